@@ -1,0 +1,159 @@
+"""The ``livediff`` command: serve | simulate | inspect.
+
+Every user error (bad config, unusable endpoint, unwritable output) ends the command
+with one line on stderr and a non-zero exit status, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import __version__, schema
+from .config import load
+from .errors import ConfigError
+
+log = logging.getLogger("livediff")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (OSError, zmq.ZMQError, ValueError) as exc:
+        print(f"livediff {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livediff", description="Live streaming processor for detector frames.")
+    p.add_argument("--version", action="version", version=f"livediff {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="receive frames, run the chain, publish and write HDF5")
+    s.add_argument("--config", help="TOML config (default: the embedded simulator demo)")
+    s.add_argument("--max-series", type=int, help="stop after this many series (default: run until signalled; "
+                                                  "1 with the embedded simulator)")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="live progress line on stderr (default: when stderr is a terminal)")
+    s.set_defaults(run=_serve)
+
+    m = sub.add_parser("simulate", help="stream a simulated series with known ground truth")
+    m.add_argument("--endpoint", default="tcp://127.0.0.1:9999", help="where to send (default %(default)s)")
+    m.add_argument("--bind", action="store_true", help="bind the PUSH socket, as a detector does")
+    m.add_argument("--frames", type=int, default=100)
+    m.add_argument("--rate", type=float, default=100.0, help="frames/s, 0 = as fast as taken")
+    m.add_argument("--shape", type=_shape, default=(256, 320), help="ROWSxCOLS (default 256x320)")
+    m.add_argument("--dtype", choices=["uint16", "uint32"], default="uint16")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--spots", type=int, default=40, help="Bragg spots per frame")
+    m.add_argument("--background", type=float, default=5.0, help="mean background counts")
+    m.add_argument("--drift", type=float, default=0.0, help="random-walk drift step, px/frame")
+    m.add_argument("--pattern", choices=["stills", "fixed"], default="stills")
+    m.add_argument("--series", type=int, default=1)
+    m.add_argument("--protocol", default="native")
+    m.add_argument("--truth", help="write the ground truth (JSON) here")
+    m.set_defaults(run=_simulate)
+
+    i = sub.add_parser("inspect", help="subscribe to a service's PUB socket and print messages")
+    i.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5557")
+    i.add_argument("--topics", default="", help="comma-separated topics (default: all)")
+    i.add_argument("--count", type=int, help="exit after this many messages")
+    i.add_argument("--timeout", type=float, help="exit after this many seconds without a message")
+    i.add_argument("--json", action="store_true", help="one JSON object per line (arrays summarised)")
+    i.set_defaults(run=_inspect)
+    return p
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS like 256x320, got {text!r}") from None
+    return rows, cols
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .service import Service
+
+    config = load(args.config)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    service = Service(config, max_series=args.max_series, progress=progress)
+    done = asyncio.run(service.run(install_signals=True))
+    for s in done:
+        print(f"series {s['series']}: {s['processed']} of {s['expected']} frames processed "
+              f"(received {s['received']}, dropped {s['dropped']}, lost {s['lost']}, bad {s['bad']}, "
+              f"failed {s['failed']}; {s['reason']}) -> {s['file']}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulators import DiffractionSimulator, stream_series
+
+    sim = DiffractionSimulator(shape=args.shape, dtype=args.dtype, n_frames=args.frames, seed=args.seed,
+                               n_spots=args.spots, background=args.background, drift=args.drift,
+                               pattern=args.pattern, series=args.series)
+    if args.truth:
+        sim.write_truth(args.truth)
+        log.info("ground truth written to %s", args.truth)
+    sent = stream_series(sim, args.endpoint, rate=args.rate, bind=args.bind, protocol=args.protocol)
+    print(f"series {args.series}: {sent} of {args.frames} frames sent to {args.endpoint}")
+    return 0 if sent == args.frames else 1
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    topics = [t for t in args.topics.split(",") if t]
+    for t in topics or [""]:
+        sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+    sock.connect(args.endpoint)
+    seen = 0
+    try:
+        while args.count is None or seen < args.count:
+            if not sock.poll(None if args.timeout is None else int(args.timeout * 1000)):
+                break
+            parts = sock.recv_multipart()
+            try:
+                topic, msg = schema.decode(parts)
+            except schema.SchemaError as exc:
+                print(f"undecodable message: {exc}", file=sys.stderr)
+                continue
+            seen += 1
+            summary = {k: _summarise(v) for k, v in msg.items()}
+            if args.json:
+                print(json.dumps({"topic": topic, **summary}), flush=True)
+            else:
+                print(topic, " ".join(f"{k}={v}" for k, v in summary.items() if k != "v"), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+        ctx.term()
+    return 0
+
+
+def _summarise(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return f"<{value.dtype.str}{list(value.shape)}>" if value.size > 8 else value.tolist()
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _summarise(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,54 @@
+"""The bounded queue between the receiver and the pipeline, with the overflow policy.
+
+``block``: a full queue makes the receiver wait, so ZeroMQ's high-water marks push back
+on the sender and nothing is lost.  ``drop``: a frame arriving at a full queue evicts
+the oldest queued frame (live view wants the newest), and the eviction is counted.
+Series starts and ends are never dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class EventQueue(Generic[T]):
+    """Bounded FIFO; ``droppable`` tells which items the ``drop`` policy may evict."""
+
+    def __init__(self, maxsize: int, overflow: str, droppable: type) -> None:
+        if overflow not in ("block", "drop"):
+            raise ValueError(f"overflow must be 'block' or 'drop', got {overflow!r}")
+        self.maxsize = maxsize
+        self.overflow = overflow
+        self.dropped = 0
+        self._droppable = droppable
+        self._items: deque[T] = deque()
+        self._changed = asyncio.Condition()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def put(self, item: T) -> None:
+        async with self._changed:
+            if (self.overflow == "drop" and isinstance(item, self._droppable)
+                    and len(self._items) >= self.maxsize):
+                self._evict_oldest()
+            await self._changed.wait_for(lambda: len(self._items) < self.maxsize)
+            self._items.append(item)
+            self._changed.notify_all()
+
+    async def get(self) -> T:
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._items))
+            item = self._items.popleft()
+            self._changed.notify_all()
+            return item
+
+    def _evict_oldest(self) -> None:
+        for i, old in enumerate(self._items):
+            if isinstance(old, self._droppable):
+                del self._items[i]
+                self.dropped += 1
+                return

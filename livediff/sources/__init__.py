@@ -1,0 +1,1 @@
+"""ZeroMQ receivers and protocol decoders: wire bytes -> SeriesStart, Frame, SeriesEnd."""

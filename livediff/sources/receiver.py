@@ -1,0 +1,113 @@
+"""The receiving end: one ZeroMQ socket, a decoder, frame-loss accounting, the queue.
+
+The receiver task owns its socket from creation to close.  Every message is counted;
+one that fails to decode is logged in one line and skipped; the series tracker decides
+what reaches the pipeline queue; an open series with no message for
+``end_timeout`` seconds is ended as a timeout.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ..config import SourceConfig
+from ..errors import DecodeError
+from ..model import SeriesEnd
+from ..queues import EventQueue
+from . import native
+from .tracker import Event, SeriesTracker
+
+log = logging.getLogger(__name__)
+
+DECODERS: dict[str, Callable[..., Event]] = {"native": native.decode}
+
+_POLL_MS = 200
+
+
+class Receiver:
+    """Receive, decode and account for one stream, feeding ``queue``.
+
+    Parameters
+    ----------
+    context : the service's ZeroMQ asyncio context.
+    config : the ``[source]`` section.
+    queue : where decoded events go (its overflow policy applies to frames).
+    endpoint : overrides ``config.endpoint`` (the embedded simulator binds one).
+    """
+
+    def __init__(self, context: zmq.asyncio.Context, config: SourceConfig, queue: EventQueue,
+                 *, endpoint: str | None = None) -> None:
+        self.config = config
+        self.endpoint = endpoint or config.endpoint
+        if self.endpoint is None:
+            raise ValueError("no source endpoint to receive from")
+        self.queue = queue
+        self.tracker = SeriesTracker()
+        self.messages = 0
+        self.bad = 0
+        self._context = context
+        self._decode = DECODERS[config.protocol]
+        self.endpoint_bound = self.endpoint  # the actual endpoint once bound (tcp://...:* resolved)
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Receive until cancelled."""
+        sock = self._context.socket(zmq.PULL if self.config.pattern == "pull" else zmq.SUB)
+        try:
+            sock.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            if self.config.pattern == "sub":
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            (sock.bind if self.config.bind else sock.connect)(self.endpoint)
+            self.endpoint_bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            log.info("receiving %s (%s) %s %s", self.config.protocol, self.config.pattern,
+                     "on" if self.config.bind else "from", self.endpoint)
+            self.ready.set()
+            await self._loop(sock)
+        finally:
+            sock.close(linger=0)
+
+    async def _loop(self, sock: zmq.asyncio.Socket) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            if not await sock.poll(_POLL_MS):
+                if self.tracker.open is not None and loop.time() - last > self.config.end_timeout:
+                    log.warning("series %d: no message for %.1f s", self.tracker.open.series,
+                                self.config.end_timeout)
+                    await self.queue.put(self.tracker.close("timeout"))
+                continue
+            parts = await sock.recv_multipart(copy=False)
+            last = loop.time()
+            self.messages += 1
+            try:
+                event = self._decode([p.buffer for p in parts], series=self.tracker.open)
+            except DecodeError as exc:
+                self.bad += 1
+                self.tracker.bad_message()
+                log.warning("bad message #%d skipped: %s", self.messages, _clip(str(exc)))
+                continue
+            for ev in self.tracker.feed(event):
+                await self.queue.put(ev)
+
+    async def close_open_series(self, reason: str) -> SeriesEnd | None:
+        """End the open series, if any (used at shutdown), and queue its end."""
+        if self.tracker.open is None:
+            return None
+        end = self.tracker.close(reason)
+        await self.queue.put(end)
+        return end
+
+    def status(self) -> dict[str, Any]:
+        return {"messages": self.messages, "bad": self.bad, "orphans": self.tracker.orphans,
+                "open_series": None if self.tracker.open is None else self.tracker.open.series}
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+

@@ -1,0 +1,111 @@
+"""Frame-loss accounting for one stream: which series is open, which frames came.
+
+The tracker sees every decoded event in arrival order and decides what the pipeline
+gets: frames of the open series, starts, and ends (real, synthesised on a timeout, or
+synthesised when a new series starts before the old one ended).  It counts per series
+what was received, rejected, duplicated and never seen; frames dropped downstream are
+the pipeline's to count.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..model import Frame, SeriesEnd, SeriesStart
+
+log = logging.getLogger(__name__)
+
+Event = SeriesStart | Frame | SeriesEnd
+
+
+@dataclass
+class SeriesCounts:
+    """Source-side accounting of one series."""
+
+    received: int = 0      # frames passed on to the pipeline
+    bad: int = 0           # messages that failed to decode while the series was open
+    duplicates: int = 0    # frame numbers seen twice (the second is discarded)
+    stray: int = 0         # frames of another series, or with no series open
+
+    def as_dict(self, *, expected: int, unique: int) -> dict[str, int]:
+        return {
+            "expected": expected, "received": self.received, "bad": self.bad,
+            "duplicates": self.duplicates, "stray": self.stray, "lost": max(expected - unique, 0),
+        }
+
+
+class SeriesTracker:
+    """Turns decoded events into the event sequence the pipeline sees, counting losses."""
+
+    def __init__(self) -> None:
+        self.open: SeriesStart | None = None
+        self.counts = SeriesCounts()
+        self._seen = np.zeros(0, dtype=np.bool_)
+        self._unique = 0
+        self.orphans = 0  # frames that arrived with no series open
+
+    def feed(self, event: Event) -> list[Event]:
+        """Account for ``event``; return the events to pass on (possibly none)."""
+        if isinstance(event, SeriesStart):
+            out: list[Event] = []
+            if self.open is not None:
+                log.warning("series %d started while series %d was open: ending %d as interrupted",
+                            event.series, self.open.series, self.open.series)
+                out.append(self.close("interrupted"))
+            self.open = event
+            self.counts = SeriesCounts()
+            self._seen = np.zeros(event.n_frames or 1024, dtype=np.bool_)
+            self._unique = 0
+            out.append(event)
+            return out
+        if isinstance(event, SeriesEnd):
+            if self.open is None or event.series != self.open.series:
+                log.warning("end of series %d ignored: %s", event.series,
+                            "no series is open" if self.open is None else f"series {self.open.series} is open")
+                return []
+            return [self.close("end")]
+        return self._frame(event)
+
+    def _frame(self, frame: Frame) -> list[Event]:
+        if self.open is None or frame.series != self.open.series:
+            if self.open is None:
+                self.orphans += 1
+            else:
+                self.counts.stray += 1
+            log.warning("frame %d of series %d discarded: %s", frame.index, frame.series,
+                        "no series is open" if self.open is None else f"series {self.open.series} is open")
+            return []
+        if frame.index >= self._seen.size:
+            self._seen = np.concatenate([self._seen, np.zeros(max(frame.index + 1, 2 * self._seen.size)
+                                                              - self._seen.size, dtype=np.bool_)])
+        if self._seen[frame.index]:
+            self.counts.duplicates += 1
+            log.warning("frame %d of series %d received twice: second copy discarded", frame.index, frame.series)
+            return []
+        self._seen[frame.index] = True
+        self._unique += 1
+        self.counts.received += 1
+        return [frame]
+
+    def bad_message(self) -> None:
+        """Count a message that failed to decode against the open series, if any."""
+        self.counts.bad += 1
+
+    def close(self, reason: str) -> SeriesEnd:
+        """End the open series (``reason`` as in :class:`SeriesEnd`) with its accounting."""
+        if self.open is None:
+            raise RuntimeError("no series is open")
+        start = self.open
+        if start.n_frames is not None:
+            expected = start.n_frames
+        else:  # without an announced count, frames after the last one seen cannot be known lost
+            seen = np.flatnonzero(self._seen)
+            expected = int(seen[-1]) + 1 if seen.size else 0
+        end = SeriesEnd(start.series, reason, self.counts.as_dict(expected=expected, unique=self._unique))
+        lost = end.counts["lost"]
+        if lost or reason != "end":
+            log.warning("series %d ended (%s): %d of %d frames never arrived", start.series, reason, lost, expected)
+        self.open = None
+        return end

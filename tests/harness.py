@@ -1,0 +1,110 @@
+"""Test harness for networked tests: loopback endpoints, a running service, a subscriber.
+
+Follows pyzmq's own test habits: ports chosen by the OS, linger 0, every socket closed,
+readiness awaited (a heartbeat received), never a fixed sleep.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from livediff import schema
+from livediff.config import Config, parse
+from livediff.service import Service
+
+
+def free_endpoint() -> str:
+    """A loopback TCP endpoint nobody listens on (the OS picks the port)."""
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.PULL)
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    s.close(linger=0)
+    return f"tcp://127.0.0.1:{port}"
+
+
+def config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    """A config writing into ``tmp_path``, fast heartbeats, with ``sections`` merged in."""
+    table: dict[str, Any] = {
+        "source": {"endpoint": free_endpoint(), "bind": True, "end_timeout": 5.0},
+        "publisher": {"endpoint": "tcp://127.0.0.1:*", "status_period": 0.05},
+        "output": {"directory": str(tmp_path / "out"), "flush_seconds": 0.1},
+    }
+    for name, values in sections.items():
+        table[name] = {**table.get(name, {}), **values}
+    return parse(table, text=repr(table), origin="test")
+
+
+class Collector:
+    """Subscribes to a service's PUB socket and keeps every decoded message."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(endpoint)
+        self._task = asyncio.create_task(self._run())
+        self._new = asyncio.Event()
+
+    async def _run(self) -> None:
+        while True:
+            topic, msg = schema.decode(await self.sock.recv_multipart())
+            self.messages.append((topic, msg))
+            self._new.set()
+
+    async def wait_for(self, predicate, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait for a message with ``predicate(topic, msg)`` true; return it."""
+        async def scan() -> dict[str, Any]:
+            seen = 0
+            while True:
+                for topic, msg in self.messages[seen:]:
+                    if predicate(topic, msg):
+                        return msg
+                seen = len(self.messages)
+                self._new.clear()
+                await self._new.wait()
+        return await asyncio.wait_for(scan(), timeout)
+
+    def of(self, topic: str) -> list[dict[str, Any]]:
+        return [m for t, m in self.messages if t == topic]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.sock.close(linger=0)
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Config, **kwargs: Any) -> AsyncIterator[tuple[Service, Collector]]:
+    """Start a service and a subscriber that already receives (a heartbeat came through)."""
+    service = Service(cfg, **kwargs)
+    task = asyncio.create_task(service.run())
+    ctx = zmq.asyncio.Context()
+    collector = None
+    try:
+        await asyncio.wait_for(_first_ready(service, task), 30)
+        collector = Collector(ctx, service.publisher.endpoint)
+        await collector.wait_for(lambda t, m: t == "status")
+        yield service, collector
+    finally:
+        service.stopping.set()
+        await asyncio.wait_for(task, 60)
+        if collector is not None:
+            await collector.close()
+        ctx.destroy(linger=0)
+
+
+async def _first_ready(service: Service, task: asyncio.Task) -> None:
+    ready = asyncio.create_task(service.ready.wait())
+    done, _ = await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        ready.cancel()
+        task.result()
+        raise RuntimeError("service stopped before it was ready")

@@ -1,0 +1,51 @@
+"""The per-frame summary kernel against plain numpy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from livediff.model import Frame, SeriesStart
+from livediff.operators.summary import Summary, summarise
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "float32"])
+def test_summary_matches_numpy_over_valid_pixels(dtype):
+    rng = np.random.default_rng(5)
+    image = (1e4 + rng.poisson(50, (37, 61))).astype(dtype)
+    image[3, 4] = np.iinfo(dtype).max if dtype != "float32" else 1e30
+    mask = rng.random(image.shape) > 0.3
+    image.setflags(write=False)
+    got = summarise(image, mask, saturation=10060)
+    valid = image[mask].astype(np.float64)
+    assert got["sum"] == valid.sum()
+    assert got["n_valid"] == mask.sum()
+    assert got["max"] == valid.max()
+    assert got["mean"] == pytest.approx(valid.mean(), rel=1e-12)
+    assert got["n_saturated"] == (valid >= 10060).sum()
+
+
+def test_default_saturation_is_top_of_integer_dtype_and_none_for_floats():
+    image = np.array([[65535, 65534], [0, 65535]], dtype=np.uint16)
+    assert summarise(image)["n_saturated"] == 2
+    assert summarise(image.astype("f4"))["n_saturated"] == 0
+
+
+def test_fully_masked_frame_gives_nan_not_an_error():
+    got = summarise(np.ones((3, 4), "u2"), np.zeros((3, 4), bool))
+    assert got["n_valid"] == 0 and np.isnan(got["mean"]) and np.isnan(got["max"]) and got["sum"] == 0
+
+
+def test_mask_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"mask shape \(3, 3\) != image shape \(3, 4\)"):
+        summarise(np.ones((3, 4)), np.ones((3, 3), bool))
+
+
+def test_operator_uses_the_frame_mask_and_the_series_saturation():
+    mask = np.ones((4, 5), bool)
+    mask[0] = False
+    op = Summary()
+    op.start(SeriesStart(1, (4, 5), "uint16", mask=mask, saturation=100))
+    data = np.full((4, 5), 100, np.uint16)
+    out = op.process(Frame(1, 0, data, mask=mask)).results["summary"]
+    assert out["n_valid"] == 15 and out["n_saturated"] == 15 and out["sum"] == 1500
+    assert set(op.columns) == set(out)
