@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -70,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--truth", help="write the ground truth (JSON) here")
     m.set_defaults(run=_simulate)
 
+    b = sub.add_parser("bench", help="time our kernels against their peers on the same frames")
+    b.add_argument("--only", help="one family (decode, corrections, stats, align, spots, azimuthal, hdf5) "
+                                  "or operators whose name contains this")
+    b.add_argument("--quick", action="store_true", help="short timings (a smoke test, not a measurement)")
+    b.add_argument("--json", action="store_true", help="print one JSON list of rows")
+    b.set_defaults(run=_bench)
+
     i = sub.add_parser("inspect", help="subscribe to a service's PUB socket and print messages")
     i.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5557")
     i.add_argument("--topics", default="", help="comma-separated topics (default: all)")
@@ -114,6 +122,20 @@ def _simulate(args: argparse.Namespace) -> int:
     sent = stream_series(sim, args.endpoint, rate=args.rate, bind=args.bind, protocol=args.protocol)
     print(f"series {args.series}: {sent} of {args.frames} frames sent to {args.endpoint}")
     return 0 if sent == args.frames else 1
+
+
+#: set on this kind of machine to tune OpenBLAS for us; unset for benchmarks so peers run at full speed
+_BENCH_UNSET_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if any(k in os.environ for k in _BENCH_UNSET_ENV):  # OpenBLAS reads them when loaded: start afresh
+        env = {k: v for k, v in os.environ.items() if k not in _BENCH_UNSET_ENV}
+        os.execve(sys.executable, [sys.executable, "-m", "livediff", *sys.argv[1:]], env)
+    from . import bench
+
+    bench.run(only=args.only, quick=args.quick, as_json=args.json)
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
