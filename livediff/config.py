@@ -29,6 +29,7 @@ else:  # pragma: no cover
 from .errors import ConfigError
 from .operators import REGISTRY
 from .operators.base import param
+from .readers.arrays import load_array
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,8 @@ def _build(cls: type, table: dict[str, Any], prefix: str, errors: list[str]) -> 
         problem, converted = _check_type(value, hints[key])
         if problem is None:
             problem = _check_bounds(converted, fields[key].metadata.get("bounds", {}))
+        if problem is None and fields[key].metadata.get("file") and converted is not None:
+            problem, converted = _read_array(converted)
         if problem is not None:
             errors.append(f"{where}: {problem}")
         else:
@@ -246,6 +249,13 @@ def _check_type(value: Any, hint: Any) -> tuple[str | None, Any]:
             return None, value
         return f"expected {'a string' if hint is str else 'true or false'}, got {_show(value)}", None
     raise TypeError(f"config type {hint!r} is not supported")  # a programming error, not user input
+
+
+def _read_array(spec: str) -> tuple[str | None, Any]:
+    try:
+        return None, load_array(spec)
+    except (OSError, ValueError) as exc:
+        return f"cannot read {spec!r}: {exc}", None
 
 
 def _check_bounds(value: Any, bounds: dict[str, float]) -> str | None:

@@ -121,6 +121,11 @@ class Frame:
     timestamp : acquisition time (s since the epoch) as the source reported it.
     received : time the frame was decoded (``time.time()``), for latency.
     results : per-operator results, ``results[operator_name] = {...}``.
+    raw : the pixel payload exactly as received when it was compressed (e.g. a
+        bitshuffle-LZ4 blob), so a writer can store it without recompressing; None for
+        uncompressed payloads.
+    encoding : how ``raw`` is encoded: ``"bslz4"`` (bitshuffle-LZ4, HDF5 filter layout),
+        ``"lz4"``, or ``"raw"``.
     """
 
     series: int
@@ -130,6 +135,8 @@ class Frame:
     timestamp: float = 0.0
     received: float = field(default_factory=time.time)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    raw: bytes | memoryview | None = None
+    encoding: str = "raw"
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,16 @@ Shape = tuple[int, ...]
 
 
 def param(default: Any, *, gt: float | None = None, ge: float | None = None,
-          lt: float | None = None, le: float | None = None, doc: str = "") -> Any:
-    """A dataclass field with bounds the config loader checks (``gt`` = strictly greater, ...)."""
+          lt: float | None = None, le: float | None = None, file: bool = False, doc: str = "") -> Any:
+    """A dataclass field with bounds the config loader checks (``gt`` = strictly greater, ...).
+
+    ``file=True`` marks a field (typed ``str | None`` in the dataclass) naming an array
+    file (``.npy``, ``.tif``/``.tiff``, ``.h5``/``.hdf5``/``.nxs``, with ``FILE::/dataset``
+    for a given HDF5 dataset): the config loader reads it at start-up, reporting an
+    unreadable file as a config error, and the operator receives the numpy array.
+    """
     bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
-    return field(default=default, metadata={"bounds": bounds, "doc": doc})
+    return field(default=default, metadata={"bounds": bounds, "file": file, "doc": doc})
 
 
 @runtime_checkable

@@ -1,0 +1,1 @@
+"""Recorded data -> arrays and frames: reference arrays named in configs, recorded series."""
