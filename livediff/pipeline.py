@@ -29,11 +29,12 @@ class Chain:
         self._mask = None
 
     def start(self, series: SeriesStart) -> None:
-        """Start every operator and collect the per-frame columns (name -> dtype) they add."""
+        """Start every operator on the frames it will see; collect the per-frame columns they add."""
         self.columns = dict(BASE_COLUMNS)
         self._mask = series.mask
         for op in self.operators:
             op.start(series)
+            series = op.output_series(series)
             for name, dtype in op.columns.items():
                 if name in self.columns:
                     raise ValueError(f"operator {op.name!r}: column {name!r} is already produced by another")

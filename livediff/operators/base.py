@@ -4,6 +4,9 @@ An operator is a thin stateful object around pure kernels:
 
 - ``start(series)`` allocates state for the series' shape, dtype and mask, and declares
   the outputs (below);
+- ``output_series(series)`` tells the next operator what frames it will see (an
+  operator that bins or crops changes the shape, mask and geometry; others return
+  ``series`` unchanged);
 - ``process(frame)`` transforms ``frame.data``/``frame.mask`` or adds
   ``frame.results[name]``; it runs on a worker thread, several workers at once, each
   with its own operator instance;
@@ -64,6 +67,7 @@ class Operator(Protocol):
     reductions: dict[str, tuple[Shape, str]]
 
     def start(self, series: SeriesStart) -> None: ...
+    def output_series(self, series: SeriesStart) -> SeriesStart: ...
     def process(self, frame: Frame) -> Frame: ...
     def collect(self, frame: Frame) -> Frame: ...
     def state(self) -> dict[str, Any]: ...
@@ -96,6 +100,9 @@ class Stateless:
 
     def start(self, series: SeriesStart) -> None:
         self.series = series
+
+    def output_series(self, series: SeriesStart) -> SeriesStart:
+        return series
 
     def collect(self, frame: Frame) -> Frame:
         return frame
