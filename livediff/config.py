@@ -36,7 +36,11 @@ from .readers.arrays import load_array
 class SourceConfig:
     """Where frames come from.  No ``endpoint`` = the embedded simulator."""
 
-    protocol: Literal["native"] = "native"
+    protocol: Literal["native", "dectris-stream1", "dectris-stream2"] = param(
+        "native", doc="wire protocol: livediff's own, DECTRIS SIMPLON Stream v1 (JSON multipart, detector "
+                      "port 9999) or Stream v2 (CBOR, port 31001)")
+    channel: str | None = param(None, doc="Stream v2 channel (threshold) to process, e.g. 'threshold_2'; "
+                                          "unset = the first the detector announces")
     endpoint: str | None = None
     pattern: Literal["pull", "sub"] = "pull"
     bind: bool = False
@@ -66,6 +70,8 @@ class PipelineConfig:
     workers: int = param(1, ge=1, le=64, doc="worker threads, each with its own chain")
     queue_size: int = param(64, ge=1, doc="frames buffered between receiver and pipeline")
     overflow: Literal["block", "drop"] = "block"
+    snapshot_period: float = param(2.0, ge=0, doc="seconds between published/saved snapshots of running "
+                                                  "results; 0 = only at series end")
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,10 @@ class OutputConfig:
     template: str = "series_{series:06d}.h5"
     flush_frames: int = param(50, ge=1, doc="flush at least every N frames")
     flush_seconds: float = param(1.0, gt=0, doc="flush at least every T seconds")
-    queue_size: int = param(1024, ge=1, doc="rows buffered for the writer thread")
+    queue_size: int = param(1024, ge=1, doc="frames buffered for the writer thread")
+    max_pending_mb: float = param(512.0, gt=0, doc="frame data buffered for the writer before frames go unsaved")
+    save_raw: bool = param(False, doc="record frames as received in /entry/data/data (bitshuffle-LZ4)")
+    save_corrected: bool = param(False, doc="record the chain's output frames in /entry/livediff/corrected")
 
 
 @dataclass(frozen=True)

@@ -18,37 +18,21 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
-from pathlib import Path
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from . import schema
 from .config import Config
 from .executors import ThreadExecutor
-from .model import Frame, SeriesEnd, SeriesStart
-from .pipeline import Chain, row
+from .model import Frame
+from .processor import STOP, Processor
 from .queues import EventQueue
 from .sinks.hdf5 import HDF5Writer
 from .sinks.publisher import Publisher
 from .sources.receiver import Receiver
 
 log = logging.getLogger(__name__)
-
-_STOP = object()  # queued after the last event at shutdown
-
-
-@dataclasses.dataclass
-class SeriesProgress:
-    """What the processor knows of the series it is working on."""
-
-    start: SeriesStart
-    file: Path
-    processed: int = 0
-    failed: int = 0
-
 
 class Service:
     """Wire source, pipeline and sinks for ``config``.
@@ -69,11 +53,8 @@ class Service:
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once the sockets are bound and the receiver listens
         self.series_done: list[dict[str, Any]] = []
-        self.totals = {"processed": 0, "failed": 0}
         self.publisher: Publisher | None = None
-        self._current: SeriesProgress | None = None
         self._started = time.monotonic()
-        self._rate = _RateMeter()
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, install_signals: bool = False) -> list[dict[str, Any]]:
@@ -91,12 +72,14 @@ class Service:
         self.receiver = Receiver(context, source, self.queue)
         self.publisher = Publisher(zmq.Context.shadow(context.underlying), cfg.publisher)
         self.writer = HDF5Writer(cfg.output)
-        self.executor = ThreadExecutor(lambda: Chain(cfg.operators), cfg.pipeline.workers)
+        self.executor = ThreadExecutor(cfg.operators, cfg.pipeline.workers)
+        self.processor = Processor(cfg, self.queue, self.executor, self.writer, self.publisher,
+                                   self._series_ended)
         sim_stop = threading.Event()
         tasks: list[asyncio.Task] = []
         try:
             receiving = asyncio.create_task(self.receiver.run(), name="receiver")
-            processing = asyncio.create_task(self._process(), name="processor")
+            processing = asyncio.create_task(self.processor.run(), name="processor")
             tasks = [receiving, processing, asyncio.create_task(self._heartbeat(), name="heartbeat")]
             await _first(self.receiver.ready.wait(), receiving)
             self.ready.set()
@@ -132,7 +115,7 @@ class Service:
             processing.result()  # re-raise a processor crash: it is a bug, not bad input
             return
         await self.receiver.close_open_series("shutdown")
-        await self.queue.put(_STOP)
+        await self.queue.put(STOP)
         try:
             await asyncio.wait_for(asyncio.shield(processing), timeout=30.0)
         except asyncio.TimeoutError:
@@ -149,99 +132,29 @@ class Service:
                  s.rate or "max", endpoint)
         await asyncio.to_thread(stream_series, sim, endpoint, rate=s.rate, stop=stop)
 
-    # ------------------------------------------------------------------ processing
-    async def _process(self) -> None:
-        """Take events in order; keep up to ``workers`` frames in flight; emit in order."""
-        inflight: deque[tuple[Frame, asyncio.Future]] = deque()
-        getter: asyncio.Future | None = None
-        workers = self.executor.workers
-        try:
-            while True:
-                if getter is None and len(inflight) < workers:
-                    getter = asyncio.ensure_future(self.queue.get())
-                waiting = {f for f in (getter, inflight[0][1] if inflight else None) if f is not None}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                while inflight and inflight[0][1].done():
-                    self._emit(*inflight.popleft())
-                if getter is None or not getter.done():
-                    continue
-                event, getter = getter.result(), None
-                if isinstance(event, Frame):
-                    inflight.append((event, asyncio.ensure_future(self.executor.process(event))))
-                    continue
-                while inflight:
-                    frame, fut = inflight.popleft()
-                    await asyncio.wait({fut})
-                    self._emit(frame, fut)
-                if event is _STOP:
-                    return
-                if isinstance(event, SeriesStart):
-                    await self._start_series(event)
-                elif isinstance(event, SeriesEnd):
-                    await self._end_series(event)
-        finally:
-            if getter is not None:
-                getter.cancel()
-
-    async def _start_series(self, start: SeriesStart) -> None:
-        await self.executor.start(start)
-        path = self.writer.start_series(start, self.executor.columns, self.config.text)
-        self._current = SeriesProgress(start, path)
-        self.publisher.publish("series", "start",
-                               schema.series_start(start, config_hash=self.config.digest, file=str(path)))
-        log.info("series %d started: %s %s, %s frames -> %s", start.series, start.dtype, start.shape,
-                 start.n_frames if start.n_frames is not None else "?", path)
-
-    def _emit(self, frame: Frame, fut: asyncio.Future) -> None:
-        cur = self._current
-        if fut.exception() is not None:
-            cur.failed += 1
-            self.totals["failed"] += 1
-            exc = fut.exception()
-            log.error("series %d frame %d: processing failed: %s: %s", frame.series, frame.index,
-                      type(exc).__name__, exc)
-            return
-        cur.processed += 1
-        self.totals["processed"] += 1
-        self._rate.add(1)
-        values = row(fut.result(), self.executor.columns, time.time())
-        self.writer.append(values)
-        self.publisher.publish("stats", "frame", {"series": frame.series, **values})
-
-    async def _end_series(self, end: SeriesEnd) -> None:
-        cur = self._current
-        self._current = None
-        await self.executor.finish()
-        summary = {"series": end.series, "reason": end.reason, **end.counts,
-                   "processed": cur.processed, "failed": cur.failed,
-                   "dropped": end.counts.get("received", 0) - cur.processed - cur.failed,
-                   "file": str(cur.file)}
-        self.writer.end_series(summary)
-        self.publisher.publish("series", "end", summary)
+    def _series_ended(self, summary: dict[str, Any]) -> None:
         self.series_done.append(summary)
-        log.info("series %d ended (%s): %s", end.series, end.reason,
-                 ", ".join(f"{k} {summary[k]}" for k in ("expected", "received", "processed", "dropped",
-                                                         "lost", "bad", "failed")))
         if self.max_series is not None and len(self.series_done) >= self.max_series:
             self.stopping.set()
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         """The heartbeat's content: throughput, counts, queue depth, uptime."""
-        cur = self._current
+        proc = self.processor
+        cur = proc.current
         return {
             "uptime_s": time.monotonic() - self._started,
-            "fps": self._rate.rate(),
+            "fps": proc.rate.rate(),
             "series": cur.start.series if cur else None,
             "n_frames": cur.start.n_frames if cur else None,
             "received": self.receiver.tracker.counts.received if cur else 0,
             "processed": cur.processed if cur else 0,
             "dropped": self.queue.dropped,
             "queue": self.queue.qsize(),
-            "total_processed": self.totals["processed"],
-            "total_failed": self.totals["failed"],
+            "total_processed": proc.totals["processed"],
+            "total_failed": proc.totals["failed"],
             **self.receiver.status(),
-            "hdf5_rows_dropped": self.writer.rows_dropped,
+            "hdf5_not_saved": self.writer.not_saved,
             "hdf5_errors": self.writer.errors,
             "published": self.publisher.sent,
         }
@@ -259,28 +172,6 @@ class Service:
         if self.progress:
             sys.stderr.write("\n")
             sys.stderr.flush()
-
-
-class _RateMeter:
-    """Events per second over the last few seconds."""
-
-    def __init__(self, window_s: float = 2.0) -> None:
-        self._window = window_s
-        self._times: deque[float] = deque()
-
-    def add(self, n: int) -> None:
-        now = time.monotonic()
-        self._times.extend([now] * n)
-        self._trim(now)
-
-    def rate(self) -> float:
-        now = time.monotonic()
-        self._trim(now)
-        return len(self._times) / self._window
-
-    def _trim(self, now: float) -> None:
-        while self._times and self._times[0] < now - self._window:
-            self._times.popleft()
 
 
 def _draw_progress(s: dict[str, Any]) -> None:

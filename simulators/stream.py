@@ -3,6 +3,10 @@
 Used by ``livediff simulate`` (its own process) and by ``livediff serve``'s embedded
 default (a thread of the service).  The sender blocks when the receiver's high-water
 marks are full, exactly like a detector's PUSH socket: nothing is lost on the way.
+
+Every protocol livediff reads can be sent (:data:`ENCODERS`): the native one, DECTRIS
+Stream v1 and Stream v2, each with raw, bitshuffle-LZ4 or LZ4 payloads, from the same
+simulated frames, so each ingest path can be tested end to end against one ground truth.
 """
 from __future__ import annotations
 
@@ -10,26 +14,50 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import zmq
 
 from livediff.model import SeriesStart
-from livediff.sources import native
+from livediff.sources import codecs, native
 
+from .dectris import StreamV1Encoder, StreamV2Encoder
 from .diffraction import DiffractionSimulator
 
 log = logging.getLogger(__name__)
 
-#: protocol -> (encode start, encode image, encode end)
-ENCODERS: dict[str, tuple[Callable[[SeriesStart], list], Callable[..., list], Callable[[int], list]]] = {
-    "native": (native.encode_start, native.encode_image, native.encode_end),
+
+class NativeEncoder:
+    """livediff's native protocol with the encoder interface of :mod:`simulators.dectris`."""
+
+    def __init__(self, *, encoding: str = "raw") -> None:
+        if encoding not in codecs.ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(codecs.ENCODINGS)}, got {encoding!r}")
+        self.encoding = encoding
+
+    def start(self, start: SeriesStart) -> list[Any]:
+        return native.encode_start(start)
+
+    def image(self, series: int, index: int, data: np.ndarray, *, timestamp: float | None = None) -> list[Any]:
+        return native.encode_image(series, index, data, timestamp=timestamp, encoding=self.encoding)
+
+    def end(self, series: int) -> list[Any]:
+        return native.encode_end(series)
+
+
+#: protocol (``source.protocol``) -> encoder class, called with ``encoding=``; one per stream.
+ENCODERS: dict[str, Callable[..., NativeEncoder | StreamV1Encoder | StreamV2Encoder]] = {
+    "native": NativeEncoder,
+    "dectris-stream1": StreamV1Encoder,
+    "dectris-stream2": StreamV2Encoder,
 }
 
 _SEND_POLL_MS = 200
 
 
 def stream_series(sim: DiffractionSimulator, endpoint: str, *, rate: float = 0.0, bind: bool = False,
-                  protocol: str = "native", stop: threading.Event | None = None,
+                  protocol: str = "native", encoding: str = "raw", stop: threading.Event | None = None,
                   context: zmq.Context | None = None, on_bound: Callable[[str], None] | None = None,
                   sndhwm: int = 16) -> int:
     """Send ``sim``'s series (start, every frame, end) to ``endpoint``; returns frames sent.
@@ -38,10 +66,19 @@ def stream_series(sim: DiffractionSimulator, endpoint: str, *, rate: float = 0.0
     ----------
     rate : frames per second; 0 sends as fast as the receiver takes them.
     bind : bind the PUSH socket (a detector does) instead of connecting.
+    protocol : a key of :data:`ENCODERS`.
+    encoding : pixel payload: "raw", "bslz4" (bitshuffle-LZ4) or "lz4".
     stop : set it to end the series early (the end message is still sent).
     on_bound : called with the actual endpoint once bound (for ``tcp://...:*``).
+
+    Raises
+    ------
+    ValueError
+        Unknown protocol or encoding.
     """
-    encode_start, encode_image, encode_end = ENCODERS[protocol]
+    if protocol not in ENCODERS:
+        raise ValueError(f"protocol must be one of {', '.join(ENCODERS)}, got {protocol!r}")
+    encoder = ENCODERS[protocol](encoding=encoding)
     stop = stop or threading.Event()
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.PUSH)
@@ -54,7 +91,7 @@ def stream_series(sim: DiffractionSimulator, endpoint: str, *, rate: float = 0.0
                 on_bound(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         else:
             sock.connect(endpoint)
-        if not _send(sock, encode_start(sim.series_start()), stop):
+        if not _send(sock, encoder.start(sim.series_start()), stop):
             return 0
         t0 = time.perf_counter()
         sent = 0
@@ -63,11 +100,12 @@ def stream_series(sim: DiffractionSimulator, endpoint: str, *, rate: float = 0.0
                 delay = t0 + i / rate - time.perf_counter()
                 if delay > 0 and stop.wait(delay):
                     break
-            if not _send(sock, encode_image(sim.series, i, sim.frame(i)), stop):
+            if not _send(sock, encoder.image(sim.series, i, sim.frame(i)), stop):
                 break
             sent += 1
-        _send(sock, encode_end(sim.series), threading.Event(), timeout_s=5.0)
-        log.info("simulator: series %d, %d of %d frames sent", sim.series, sent, sim.n_frames)
+        _send(sock, encoder.end(sim.series), threading.Event(), timeout_s=5.0)
+        log.info("simulator: series %d, %d of %d frames sent (%s, %s)", sim.series, sent, sim.n_frames,
+                 protocol, encoding)
         return sent
     finally:
         sock.close()
@@ -84,6 +122,3 @@ def _send(sock: zmq.Socket, parts: list, stop: threading.Event, timeout_s: float
             log.warning("simulator: receiver gone, message not sent")
             return False
     return False
-
-
-

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from livediff.config import Config, load, parse
+from livediff.operators import REGISTRY
 from livediff.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,8 @@ def test_all_errors_are_reported_at_once_with_file_key_and_value():
         "configs/x.toml: simulator.shape: expected an integer, got 'a' (in [4, 'a'])",
         "configs/x.toml: simulator.frames: expected an integer, got 2.5",
         "configs/x.toml: pipeline.workers: expected an integer, got true",
-        "configs/x.toml: operators.sumary: unknown operator (did you mean 'summary'?); known: summary",
+        "configs/x.toml: operators.sumary: unknown operator (did you mean 'summary'?); known: "
+        + ", ".join(sorted(REGISTRY)),
     ]
 
 

@@ -5,9 +5,13 @@ operator class; each class declares its parameters as a frozen dataclass ``Param
 """
 from __future__ import annotations
 
+from .align import Align
+from .azimuthal import Azimuthal, PowderCenter
 from .base import NoParams, Operator, Stateless, param
+from .spots import Spots
+from .stats import Stats
 from .summary import Summary
 
-REGISTRY: dict[str, type] = {cls.name: cls for cls in (Summary,)}
+REGISTRY: dict[str, type] = {cls.name: cls for cls in (Summary, Stats, Align, Spots, Azimuthal, PowderCenter)}
 
 __all__ = ["REGISTRY", "NoParams", "Operator", "Stateless", "param"]

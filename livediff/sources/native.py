@@ -10,7 +10,10 @@ Each message is a ZeroMQ multipart message.  Part 1 is a msgpack map with ``"v"`
 (1 = valid, livediff's convention) of ``shape``.
 
 ``image``: ``frame`` (0-based), ``timestamp`` (s since the epoch), ``shape``, ``dtype``,
-``encoding`` (``"raw"``); part 2 the pixels, C order.
+``encoding``; part 2 the pixels, C order: ``"raw"`` little-endian, or compressed as
+``"bslz4"`` (bitshuffle-LZ4) or ``"lz4"``, both in the HDF5 filter chunk layout (see
+:mod:`livediff.sources.codecs`).  A compressed payload reaches the pipeline as
+``Frame.raw`` too, so a writer can store it without recompressing.
 
 ``end``: nothing more.
 """
@@ -22,11 +25,12 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ..model import FRAME_DTYPES, Frame, Geometry, Scan, SeriesEnd, SeriesStart
 from ..errors import DecodeError
+from ..model import FRAME_DTYPES, Frame, Geometry, Scan, SeriesEnd, SeriesStart
+from . import codecs
 
 VERSION = 1
-ENCODINGS = ("raw",)
+ENCODINGS = codecs.ENCODINGS
 
 Event = SeriesStart | Frame | SeriesEnd
 
@@ -45,16 +49,26 @@ def encode_start(start: SeriesStart) -> list[bytes]:
     return parts
 
 
-def encode_image(series: int, index: int, data: np.ndarray, *, timestamp: float | None = None) -> list[bytes]:
-    """Multipart message carrying frame ``index`` of ``series``."""
+def encode_image(series: int, index: int, data: np.ndarray, *, timestamp: float | None = None,
+                 encoding: str = "raw") -> list[bytes]:
+    """Multipart message carrying frame ``index`` of ``series``, its pixels encoded as ``encoding``.
+
+    Raises
+    ------
+    ValueError
+        ``encoding`` is not one of :data:`ENCODINGS`.
+    """
     data = np.ascontiguousarray(data)
     header = {
         "v": VERSION, "type": "image", "series": series, "frame": index,
         "timestamp": time.time() if timestamp is None else timestamp,
-        "shape": list(data.shape), "dtype": data.dtype.name, "encoding": "raw",
+        "shape": list(data.shape), "dtype": data.dtype.name, "encoding": encoding,
     }
-    pixels = data.astype(data.dtype.newbyteorder("<"), copy=False)
-    return [msgpack.packb(header, use_bin_type=True), memoryview(pixels).cast("B")]
+    if encoding == "raw":
+        payload = memoryview(data.astype(data.dtype.newbyteorder("<"), copy=False)).cast("B")
+    else:
+        payload = codecs.encode(data, encoding)
+    return [msgpack.packb(header, use_bin_type=True), payload]
 
 
 def encode_end(series: int) -> list[bytes]:
@@ -129,9 +143,10 @@ def _decode_image(header: dict[str, Any], parts: list[bytes], series_no: int,
             f"native: frame {index}: {dtype.name} {shape} disagrees with the series header "
             f"({series.dtype} {series.shape})"
         )
-    data = _buffer(parts[1], shape, dtype, f"frame {index}")
+    data = _buffer(parts[1], shape, dtype, f"frame {index}", encoding)
+    raw = None if encoding == "raw" else parts[1]
     timestamp = header.get("timestamp", 0.0)
-    return Frame(series=series_no, index=index, data=data,
+    return Frame(series=series_no, index=index, data=data, raw=raw, encoding=encoding,
                  timestamp=float(timestamp) if isinstance(timestamp, (int, float)) else 0.0)
 
 
@@ -162,11 +177,8 @@ def _dtype(header: dict[str, Any]) -> np.dtype:
     return np.dtype(name).newbyteorder("<")
 
 
-def _buffer(buf: bytes, shape: tuple[int, int], dtype: np.dtype, what: str) -> np.ndarray:
-    expected = shape[0] * shape[1] * dtype.itemsize
-    nbytes = memoryview(buf).nbytes
-    if nbytes != expected:
-        raise DecodeError(
-            f"native: {what}: buffer holds {nbytes} bytes, expected {expected} for {dtype.name} {shape}"
-        )
-    return np.frombuffer(buf, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+def _buffer(buf: bytes, shape: tuple[int, int], dtype: np.dtype, what: str, encoding: str = "raw") -> np.ndarray:
+    try:
+        return codecs.decode(buf, encoding, shape, dtype)
+    except DecodeError as exc:
+        raise DecodeError(f"native: {what}: {exc}") from None

@@ -19,12 +19,23 @@ from ..config import SourceConfig
 from ..errors import DecodeError
 from ..model import SeriesEnd
 from ..queues import EventQueue
-from . import native
+from . import dectris_v1, dectris_v2, native
 from .tracker import Event, SeriesTracker
 
 log = logging.getLogger(__name__)
 
-DECODERS: dict[str, Callable[..., Event]] = {"native": native.decode}
+#: What a decoder returns for one message: an event, or the events it completes in order
+#: (possibly none; a DecodeError in the list is a frame that failed after a series start).
+Decoded = Event | list[Event | DecodeError]
+
+#: protocol -> factory of the decoder one receiver uses: ``decode(parts, series=open_series)``
+#: returning :data:`Decoded` or raising DecodeError.  The DECTRIS decoders keep state
+#: across messages (a header may come in pieces), hence one per receiver.
+DECODERS: dict[str, Callable[[SourceConfig], Callable[..., Decoded]]] = {
+    "native": lambda config: native.decode,
+    "dectris-stream1": lambda config: dectris_v1.StreamV1Decoder(),
+    "dectris-stream2": lambda config: dectris_v2.StreamV2Decoder(channel=config.channel),
+}
 
 _POLL_MS = 200
 
@@ -51,7 +62,7 @@ class Receiver:
         self.messages = 0
         self.bad = 0
         self._context = context
-        self._decode = DECODERS[config.protocol]
+        self._decode = DECODERS[config.protocol](config)
         self.endpoint_bound = self.endpoint  # the actual endpoint once bound (tcp://...:* resolved)
         self.ready = asyncio.Event()
 
@@ -86,14 +97,21 @@ class Receiver:
             last = loop.time()
             self.messages += 1
             try:
-                event = self._decode([p.buffer for p in parts], series=self.tracker.open)
+                decoded = self._decode([p.buffer for p in parts], series=self.tracker.open)
             except DecodeError as exc:
-                self.bad += 1
-                self.tracker.bad_message()
-                log.warning("bad message #%d skipped: %s", self.messages, _clip(str(exc)))
+                self._bad(exc)
                 continue
-            for ev in self.tracker.feed(event):
-                await self.queue.put(ev)
+            for event in decoded if isinstance(decoded, list) else [decoded]:
+                if isinstance(event, DecodeError):
+                    self._bad(event)
+                    continue
+                for ev in self.tracker.feed(event):
+                    await self.queue.put(ev)
+
+    def _bad(self, exc: DecodeError) -> None:
+        self.bad += 1
+        self.tracker.bad_message()
+        log.warning("bad message #%d skipped: %s", self.messages, _clip(str(exc)))
 
     async def close_open_series(self, reason: str) -> SeriesEnd | None:
         """End the open series, if any (used at shutdown), and queue its end."""

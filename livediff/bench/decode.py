@@ -1,0 +1,126 @@
+"""Decode throughput: bitshuffle-LZ4 frames as EIGER detectors send them, against the codec peers.
+
+One EIGER2 4M-sized frame (2162 x 2068, uint32 and uint16) of simulated diffraction
+(Poisson background, Bragg spots, module gaps at the top value, dead and hot pixels),
+compressed once in the bitshuffle HDF5-filter layout with bitshuffle's default 8 KiB
+blocks; ``--quick`` uses 512 x 512.  Ours is :func:`livediff.sources.codecs.decode`
+(header and lengths checked, then dectris-compression) and, for the whole path, the
+Stream v1 and v2 decoders on a complete image message.  Peers, each given the same valid
+blob (bitshuffle and the HDF5 filter crash on corrupt input, so livediff never gives them
+received bytes): dectris-compression's ``decompress``, ``bitshuffle.decompress_lz4``, and
+h5py + hdf5plugin reading the blob stored as a chunk by a direct chunk write.  Every
+check compares the decoded arrays for equality.
+"""
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable
+
+import numpy as np
+
+from ..sources import codecs
+from ..sources.dectris_v1 import StreamV1Decoder
+from ..sources.dectris_v2 import StreamV2Decoder
+from . import core
+
+_FULL = (2162, 2068)
+_QUICK = (512, 512)
+
+
+@functools.lru_cache(maxsize=2)
+def _frame(shape: tuple[int, int], dtype: str) -> tuple[np.ndarray, bytes]:
+    """A realistic detector frame and its bitshuffle-LZ4 blob."""
+    from simulators import DiffractionSimulator
+
+    frame = DiffractionSimulator(shape=shape, dtype=dtype, n_frames=1, n_spots=300, background=3.0).frame(0)
+    frame.setflags(write=False)
+    return frame, codecs.encode_bslz4(frame)
+
+
+def _check(expected: np.ndarray, decode: Callable[[], np.ndarray]) -> Callable[[], None]:
+    def check() -> None:
+        got = np.asarray(decode()).reshape(expected.shape)
+        np.testing.assert_array_equal(got, expected)
+    return check
+
+
+def _peers(frame: np.ndarray, blob: bytes) -> list[tuple[str, Callable[[], np.ndarray] | None, str | None]]:
+    """(name, decode function, why skipped) for each peer."""
+    peers: list[tuple[str, Callable[[], np.ndarray] | None, str | None]] = []
+    try:
+        import dectris.compression as dc
+        peers.append(("dectris-compression", lambda: np.frombuffer(
+            dc.decompress(blob, "bslz4", elem_size=frame.itemsize), frame.dtype), None))
+    except ImportError:
+        peers.append(("dectris-compression", None, core.skipped_peer("dectris.compression")))
+    try:
+        import bitshuffle
+        payload = np.frombuffer(blob, np.uint8)[12:]
+        block = int.from_bytes(blob[8:12], "big") // frame.itemsize
+        peers.append(("bitshuffle.decompress_lz4", lambda: bitshuffle.decompress_lz4(
+            payload, frame.shape, frame.dtype, block), None))
+    except ImportError:
+        peers.append(("bitshuffle.decompress_lz4", None, core.skipped_peer("bitshuffle")))
+    peers.append(("h5py+hdf5plugin", _hdf5_reader(frame, blob), None))
+    return peers
+
+
+def _hdf5_reader(frame: np.ndarray, blob: bytes) -> Callable[[], np.ndarray]:
+    import h5py
+    import hdf5plugin
+
+    f = h5py.File(io.BytesIO(), "w", rdcc_nbytes=0)  # no chunk cache: every read decompresses
+    ds = f.create_dataset("data", shape=(1, *frame.shape), dtype=frame.dtype, chunks=(1, *frame.shape),
+                          **hdf5plugin.Bitshuffle(cname="lz4"))
+    ds.id.write_direct_chunk((0, 0, 0), blob)
+    return lambda: ds[0]
+
+
+def cases(quick: bool) -> list[core.Case]:
+    shape = _QUICK if quick else _FULL
+    out: list[core.Case] = []
+    for dtype in ("uint32", "uint16"):
+        frame, blob = _frame(shape, dtype)
+
+        def ours(blob: bytes = blob, dtype: str = dtype) -> np.ndarray:
+            return codecs.decode(blob, "bslz4", shape, dtype)
+
+        for name, peer, skipped in _peers(frame, blob):
+            out.append(core.Case(operator="bslz4 decode", shape=shape, dtype=dtype, ours=ours, peer=name,
+                                 peer_fn=peer, check=None if peer is None else _check(frame, peer),
+                                 skipped=skipped))
+    frame, blob = _frame(shape, "uint32")
+    dc = next(p for p in _peers(frame, blob) if p[0] == "dectris-compression")
+    for operator, decode in (("stream1 image message", _stream1(frame)), ("stream2 image message", _stream2(frame))):
+        out.append(core.Case(operator=operator, shape=shape, dtype="uint32", ours=decode, peer=dc[0] + " alone",
+                             peer_fn=dc[1], check=_check(frame, decode), skipped=dc[2]))
+    return out
+
+
+def _stream1(frame: np.ndarray) -> Callable[[], np.ndarray]:
+    """Decode one Stream v1 bs32-lz4< image message, as the receiver does, after its header."""
+    from simulators.dectris import StreamV1Encoder
+
+    encoder, decoder = StreamV1Encoder(encoding="bslz4", header_detail="basic"), StreamV1Decoder()
+    start = _series_start(frame)
+    (series,) = decoder(encoder.start(start))
+    parts = encoder.image(1, 0, frame)
+    return lambda: decoder(parts, series=series)[-1].data
+
+
+def _stream2(frame: np.ndarray) -> Callable[[], np.ndarray]:
+    """Decode one Stream v2 image message (CBOR parse, tag 40/69/56500, bslz4), after its start."""
+    from simulators.dectris import StreamV2Encoder
+
+    encoder, decoder = StreamV2Encoder(encoding="bslz4"), StreamV2Decoder()
+    decoder(encoder.start(_series_start(frame)))
+    parts = encoder.image(1, 0, frame)
+    series = decoder(parts)[0]
+    return lambda: decoder(parts, series=series)[-1].data
+
+
+def _series_start(frame: np.ndarray):
+    from ..model import SeriesStart
+
+    return SeriesStart(series=1, shape=frame.shape, dtype=frame.dtype.name, n_frames=1)

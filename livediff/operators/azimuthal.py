@@ -1,0 +1,531 @@
+"""Azimuthal (angular) average of powder patterns around a centre, and finding that centre.
+
+:class:`RadialMap` assigns every pixel to a (sector, radial bin) once per series and
+centre; each frame then costs one pass over its pixels (:func:`_bin_sums`, a masked
+bincount).  :func:`azimuthal_average` is the one-call form, :func:`powder_center` finds
+the centre of concentric rings.  The operators ``azimuthal`` (per-frame profiles and their
+running mean) and ``powder_center`` (the centre of the running mean) wrap them.
+
+Bins: bin ``k`` holds the pixels with ``r_min + k w <= r < r_min + (k + 1) w``, where
+``r = sqrt((row - row_c)**2 + (col - col_c)**2)`` in float64 and ``w`` is the bin width in
+px; its radius is the bin centre ``r_min + (k + 1/2) w``.  Azimuth ``phi`` is measured
+from the +col axis towards +row (clockwise on a displayed image), in degrees in [0, 360).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+from scipy import constants, ndimage, optimize
+from skimage.registration import phase_cross_correlation
+
+from ..model import Frame, SeriesStart
+from .base import Stateless, param
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Azimuthal", "PowderCenter", "RadialMap", "azimuthal_average", "electron_wavelength",
+           "powder_center", "scattering_vector"]
+
+
+def electron_wavelength(voltage_kv: float) -> float:
+    """Relativistic wavelength of electrons accelerated through ``voltage_kv`` kilovolts, in Å.
+
+    Parameters
+    ----------
+    voltage_kv : accelerating voltage in kV, > 0.
+
+    Returns
+    -------
+    float : the wavelength in ångström (0.02508 Å at 200 kV).
+
+    Raises
+    ------
+    ValueError
+        If the voltage is not a positive number.
+
+    Notes
+    -----
+    λ = h / sqrt(2 m0 e V (1 + e V / (2 m0 c²))), with CODATA constants (scipy.constants).
+    """
+    if not voltage_kv > 0:
+        raise ValueError(f"accelerating voltage must be > 0 kV, got {voltage_kv}")
+    ev = constants.e * voltage_kv * 1e3
+    m0 = constants.m_e
+    return constants.h / math.sqrt(2.0 * m0 * ev * (1.0 + ev / (2.0 * m0 * constants.c ** 2))) * 1e10
+
+
+def scattering_vector(radius: np.ndarray, *, pixel_size: float, distance: float, wavelength: float) -> np.ndarray:
+    """Scattering vector q (1/Å) at ``radius`` px from the beam centre on a flat detector.
+
+    Parameters
+    ----------
+    radius : distances from the beam centre in pixels.
+    pixel_size : pixel size in metres (square pixels).
+    distance : sample-detector distance in metres, normal incidence.
+    wavelength : wavelength in Å.
+
+    Returns
+    -------
+    ndarray of float64 : q = 4π sin(θ) / λ with 2θ = atan(r p / L).
+    """
+    two_theta = np.arctan(np.asarray(radius, dtype=np.float64) * pixel_size / distance)
+    return 4.0 * np.pi * np.sin(two_theta / 2.0) / wavelength
+
+
+@numba.njit(nogil=True, cache=True)
+def _bin_sums(data, labels, mask, sums, counts):  # pragma: no cover - compiled
+    """Add each labelled (label >= 0) valid pixel to ``sums[label]`` and 1 to ``counts[label]``."""
+    rows, cols = data.shape
+    for r in range(rows):
+        for c in range(cols):
+            label = labels[r, c]
+            if label >= 0 and (mask is None or mask[r, c]):
+                sums[label] += data[r, c]
+                counts[label] += 1
+
+
+class RadialMap:
+    """The pixel -> (sector, radial bin) assignment for one frame shape, centre and mask.
+
+    Build it once per series (and per centre); :meth:`sums` and :meth:`average` then cost
+    one pass over a frame's pixels.
+
+    Parameters
+    ----------
+    shape : (rows, cols) of the frames.
+    center : (row, col) of the centre in pixels, pixel-centre origin.
+    mask : bool array of ``shape``, True = valid, used for frames without a mask of their
+        own (:meth:`sums`); None = all valid.
+    bin_width : radial bin width in px, > 0.
+    radial_range : (r_min, r_max) in px, r_max exclusive; None = from 0 to past the
+        farthest pixel.  A negative r_min shifts the bin edges (-0.5 centres the bins on
+        whole radii, as scikit-ued does).  The last bin ends at r_max when r_max - r_min
+        is not a multiple of ``bin_width`` (its radius is still the nominal bin centre).
+    sectors : number of equal azimuthal sectors splitting ``azimuth_range``.
+    azimuth_range : (phi_min, phi_max) in degrees, 0 < phi_max - phi_min <= 360, angles
+        taken modulo 360; None = the full circle.
+
+    Attributes
+    ----------
+    radius : (n_bins,) float64, bin centres in px.
+    edges : (n_bins + 1,) float64, bin edges in px.
+    labels : (rows, cols) int32, read-only: sector * n_bins + bin, or -1 for a pixel
+        outside the radial or azimuthal range.
+    out_shape : (n_bins,) when ``sectors == 1``, else (sectors, n_bins).
+
+    Raises
+    ------
+    ValueError
+        For a centre, range, width, sector count or mask that does not fit the frame.
+    """
+
+    def __init__(self, shape: tuple[int, int], center: tuple[float, float], mask: np.ndarray | None = None, *,
+                 bin_width: float = 1.0, radial_range: tuple[float, float] | None = None, sectors: int = 1,
+                 azimuth_range: tuple[float, float] | None = None) -> None:
+        shape = tuple(int(n) for n in shape)
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"shape must be (rows, cols) with both >= 1, got {shape}")
+        if len(center) != 2 or not all(math.isfinite(float(v)) for v in center):
+            raise ValueError(f"center must be two finite numbers (row, col), got {tuple(center)}")
+        if not bin_width > 0:
+            raise ValueError(f"bin_width must be > 0 px, got {bin_width}")
+        if int(sectors) != sectors or sectors < 1:
+            raise ValueError(f"sectors must be an integer >= 1, got {sectors}")
+        if mask is not None and (mask.shape != shape or mask.dtype != np.bool_):
+            raise ValueError(f"mask must be bool of shape {shape}, got {mask.dtype} {mask.shape}")
+        rr, cc = np.ogrid[: shape[0], : shape[1]]
+        dr, dc = rr - float(center[0]), cc - float(center[1])
+        r = np.sqrt(dr ** 2 + dc ** 2)
+        r_min, r_max = (0.0, None) if radial_range is None else (float(radial_range[0]), float(radial_range[1]))
+        if r_max is None:
+            n_bins = int((r.max() - r_min) // bin_width) + 1
+            r_max = r_min + n_bins * bin_width
+        elif not r_min < r_max:
+            raise ValueError(f"radial_range must be (r_min, r_max) with r_min < r_max, got {radial_range}")
+        else:
+            n_bins = math.ceil((r_max - r_min) / bin_width)
+        index = np.floor((r - r_min) / bin_width)
+        inside = (r >= r_min) & (r < r_max)
+        sectors = int(sectors)
+        if azimuth_range is not None or sectors > 1:
+            lo, hi = (0.0, 360.0) if azimuth_range is None else (float(azimuth_range[0]), float(azimuth_range[1]))
+            if not 0 < hi - lo <= 360:
+                raise ValueError(f"azimuth_range must be (phi_min, phi_max) with 0 < phi_max - phi_min <= 360 "
+                                 f"degrees, got {azimuth_range}")
+            phi = np.mod(np.degrees(np.arctan2(dr, dc)) - lo, 360.0)  # may round up to 360.0
+            if hi - lo < 360:
+                inside &= phi < hi - lo
+            index = index + n_bins * np.minimum(np.floor(phi * (sectors / (hi - lo))), sectors - 1)
+        labels = np.where(inside, index, -1).astype(np.int32)
+        labels.setflags(write=False)
+        self.shape, self.center, self.mask = shape, (float(center[0]), float(center[1])), mask
+        self.bin_width, self.sectors, self.n_bins = float(bin_width), sectors, n_bins
+        self.edges = r_min + bin_width * np.arange(n_bins + 1, dtype=np.float64)
+        self.radius = r_min + bin_width * (np.arange(n_bins, dtype=np.float64) + 0.5)
+        self.out_shape = (n_bins,) if sectors == 1 else (sectors, n_bins)
+        self.labels = labels
+
+    def sums(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Sum and number of the valid pixels in each bin of ``image``, in one pass.
+
+        Parameters
+        ----------
+        image : (rows, cols) real array of the map's shape; not written.
+        mask : bool array, True = valid; None = the map's mask.
+
+        Returns
+        -------
+        sums : float64 array of ``out_shape``.
+        counts : int64 array of ``out_shape``.
+
+        Raises
+        ------
+        ValueError
+            If ``image`` or ``mask`` does not have the map's shape.
+        TypeError
+            If ``image`` is not of a real (integer or float) dtype.
+
+        Notes
+        -----
+        Pixels are added in C order into float64 accumulators, so the sums equal
+        ``np.bincount(labels[valid], weights=image[valid])`` exactly.  A NaN or inf in a
+        valid pixel propagates to its bin; under the mask it is never read.
+        """
+        if image.shape != self.shape:
+            raise ValueError(f"image shape {image.shape} != map shape {self.shape}")
+        if image.dtype.kind not in "uif":
+            raise TypeError(f"image must hold integers or floats, got dtype {image.dtype}")
+        mask = self.mask if mask is None else mask
+        if mask is not None and (mask.shape != self.shape or mask.dtype != np.bool_):
+            raise ValueError(f"mask must be bool of shape {self.shape}, got {mask.dtype} {mask.shape}")
+        sums = np.zeros(self.sectors * self.n_bins, dtype=np.float64)
+        counts = np.zeros(self.sectors * self.n_bins, dtype=np.int64)
+        _bin_sums(image, self.labels, mask, sums, counts)
+        return sums.reshape(self.out_shape), counts.reshape(self.out_shape)
+
+    def average(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Mean of the valid pixels in each bin (float64, ``out_shape``); NaN for a bin with none.
+
+        See :meth:`sums` for the parameters.
+        """
+        return _mean(*self.sums(image, mask))
+
+    def q(self, *, pixel_size: float, distance: float, wavelength: float) -> np.ndarray:
+        """Scattering vector (1/Å) of the bin centres; see :func:`scattering_vector`."""
+        return scattering_vector(self.radius, pixel_size=pixel_size, distance=distance, wavelength=wavelength)
+
+
+def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    return np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
+
+
+def azimuthal_average(image: np.ndarray, center: tuple[float, float], mask: np.ndarray | None = None, *,
+                      bin_width: float = 1.0, radial_range: tuple[float, float] | None = None,
+                      sectors: int = 1, azimuth_range: tuple[float, float] | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Angular average of ``image`` around ``center``, over valid pixels.
+
+    Parameters
+    ----------
+    image : (rows, cols) real array; not written.
+    center : (row, col) in pixels, pixel-centre origin (scikit-ued's ``center`` is (x, y)).
+    mask : bool array of the same shape, True = valid; None = all valid.
+    bin_width, radial_range, sectors, azimuth_range : see :class:`RadialMap`.
+
+    Returns
+    -------
+    radius : (n_bins,) float64, bin centres in px.
+    mean : float64, (n_bins,) or (sectors, n_bins): mean of the valid pixels of each bin,
+        NaN where a bin has none.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 2-D or ``mask`` does not match it, or for invalid options.
+
+    Notes
+    -----
+    Builds a :class:`RadialMap` and calls :meth:`RadialMap.average`; to average many
+    frames around one centre, build the map once.  scikit-ued's bins are centred on whole
+    radii (``radial_range=(-0.5, r_max)`` here); unlike it, masked NaNs are never read and
+    empty bins are NaN rather than 0.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D (rows, cols), got shape {image.shape}")
+    if mask is not None and mask.shape != image.shape:
+        raise ValueError(f"mask shape {mask.shape} != image shape {image.shape}")
+    rmap = RadialMap(image.shape, center, mask, bin_width=bin_width, radial_range=radial_range,
+                     sectors=sectors, azimuth_range=azimuth_range)
+    return rmap.radius, rmap.average(image)
+
+
+def powder_center(image: np.ndarray, mask: np.ndarray | None = None, *,
+                  guess: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Centre of inversion symmetry of a pattern (the centre of concentric rings), sub-pixel.
+
+    Parameters
+    ----------
+    image : (rows, cols) real array of counts; not written.  Negative values count as 0.
+    mask : bool array of the same shape, True = valid; None = all valid.  Mask the beam
+        stop, gaps and other asymmetric features; non-finite pixels are ignored.
+    guess : (row, col) to refine from, within about a ring width of the centre; None =
+        find it by masked cross-correlation, which needs the box symmetric about the
+        centre to cover at least 10 % of the frame (give a guess for a centre nearer a
+        corner).
+
+    Returns
+    -------
+    (row, col) : the centre in pixels, pixel-centre origin.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 2-D, ``mask`` does not match it, fewer than 64 pixels are valid,
+        or too few valid pixels have a valid mirror image (a centre off the frame).
+
+    Notes
+    -----
+    Counts are first made homoscedastic with the Anscombe transform a = 2 sqrt(I + 3/8),
+    so that Poisson noise weighs every pixel alike and a bright central beam does not
+    dominate.  The coarse centre is half the shift that registers the image with its
+    180°-rotated self, by masked normalised cross-correlation (Padfield, IEEE Trans. Image
+    Process. 21, 2706 (2012); scikit-image), on a copy binned by k to at most 256 px a side.
+    It is then refined, at binning k and at full resolution, by robust least squares
+    (soft-L1) on the differences a(x) - a(2c - x) between valid pixels x (at most 200 000,
+    on a regular grid) and their mirror images through c, the mirror value taken by
+    cubic-spline interpolation at least 3 px away from masked pixels.  Both
+    values come from the pattern smoothed by a Gaussian of sigma 1 px: without it the
+    interpolation's own smoothing of the noise depends on the fractional part of 2c and
+    pulls c by up to 0.1 px towards quarter pixels.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D (rows, cols), got shape {image.shape}")
+    if mask is not None and mask.shape != image.shape:
+        raise ValueError(f"mask shape {mask.shape} != image shape {image.shape}")
+    valid = np.isfinite(image) if mask is None else mask & np.isfinite(image)
+    if valid.sum() < 64:
+        raise ValueError(f"powder_center needs at least 64 valid pixels, got {int(valid.sum())}")
+    counts = np.where(valid, image, 0).astype(np.float64)
+    anscombe = 2.0 * np.sqrt(np.maximum(counts, 0.0) + 0.375)
+    k = 1 << max(0, math.ceil(math.log2(max(image.shape) / _COARSE_SIZE)))
+    if guess is None:
+        a, v = _bin(anscombe, valid, k)
+        shift = phase_cross_correlation(a, a[::-1, ::-1], reference_mask=v, moving_mask=v[::-1, ::-1],
+                                        overlap_ratio=_MIN_OVERLAP)[0]
+        center = ((np.array(a.shape) - 1 + shift) / 2 + 0.5) * k - 0.5
+    else:
+        center = np.array(guess, dtype=np.float64)
+    for scale in sorted({k, 1}, reverse=True):
+        a, v = _bin(anscombe, valid, scale)
+        center = (_refine(a, v, (center + 0.5) / scale - 0.5) + 0.5) * scale - 0.5
+    return float(center[0]), float(center[1])
+
+
+_COARSE_SIZE = 256      # px a side for the coarse cross-correlation
+_MIN_OVERLAP = 0.1      # smallest fraction of the frame symmetric about a candidate centre
+_MAX_POINTS = 200_000   # pixel pairs per refinement
+_MARGIN = 3             # px between an interpolated point and the nearest masked pixel
+
+
+def _bin(a: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of k x k blocks (cropped to a multiple of k); a block is valid when all its pixels are."""
+    if k == 1:
+        return a, valid
+    r, c = a.shape[0] // k * k, a.shape[1] // k * k
+    blocks = (r // k, k, c // k, k)
+    return a[:r, :c].reshape(blocks).mean(axis=(1, 3)), valid[:r, :c].reshape(blocks).all(axis=(1, 3))
+
+
+def _refine(a: np.ndarray, valid: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Least-squares centre of symmetry of ``a`` near ``center`` (see :func:`powder_center`)."""
+    half = np.minimum(center, np.array(a.shape) - 1 - center) + _MARGIN + 4
+    lo = np.clip(np.floor(center - half), 0, None).astype(np.int64)
+    hi = np.clip(np.ceil(center + half).astype(np.int64) + 1, 0, a.shape)
+    a, valid, center = a[lo[0]:hi[0], lo[1]:hi[1]], valid[lo[0]:hi[0], lo[1]:hi[1]], center - lo
+    if valid.sum() < 64:
+        raise ValueError(f"too few valid pixels around the centre {_show(center + lo)} to refine it "
+                         f"({int(valid.sum())}); is it on the frame?")
+    nearest = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    smooth = ndimage.gaussian_filter(a[tuple(nearest)], 1.0)
+    spline = ndimage.spline_filter(smooth, order=3, mode="mirror")
+    safe = ndimage.binary_erosion(valid, iterations=_MARGIN, border_value=0)
+    step = math.ceil(math.sqrt(valid.sum() / _MAX_POINTS))
+    points = np.argwhere(valid[::step, ::step]) * step
+    mirror = np.rint(2.0 * center - points).astype(np.int64)
+    inside = np.all((mirror >= 0) & (mirror < a.shape), axis=1)
+    inside[inside] = safe[mirror[inside, 0], mirror[inside, 1]]
+    points = points[inside]
+    if len(points) < 16:
+        raise ValueError(f"too few pixels with a valid mirror image through {_show(center + lo)} "
+                         f"({len(points)}); is the centre on the frame?")
+    values = smooth[points[:, 0], points[:, 1]]
+    coords = points.T.astype(np.float64)
+
+    def residuals(c: np.ndarray) -> np.ndarray:
+        return values - ndimage.map_coordinates(spline, 2.0 * c[:, None] - coords, order=3,
+                                                prefilter=False, mode="mirror")
+
+    return optimize.least_squares(residuals, center, method="trf", loss="soft_l1", f_scale=1.0).x + lo
+
+
+def _show(point: np.ndarray) -> str:
+    return f"({point[0]:.2f}, {point[1]:.2f})"
+
+
+@dataclass(frozen=True)
+class AzimuthalParams:
+    """Parameters of the ``azimuthal`` operator; geometry values override the series header."""
+
+    center: tuple[float, float] | None = param(None, doc="(row, col) px; None = the header's beam centre")
+    bin_width: float = param(1.0, gt=0, doc="radial bin width, px")
+    radial_range: tuple[float, float] | None = param(None, doc="(r_min, r_max) px, r_max exclusive")
+    sectors: int = param(1, ge=1, doc="equal azimuthal sectors (profile becomes sectors x bins)")
+    azimuth_range: tuple[float, float] | None = param(None, doc="(phi_min, phi_max) degrees from +col to +row")
+    voltage_kv: float | None = param(None, doc="electron accelerating voltage, kV (sets the wavelength)")
+    wavelength: float | None = param(None, doc="wavelength, Å")
+    distance: float | None = param(None, doc="sample-detector distance, m")
+    pixel_size: float | None = param(None, doc="pixel size, m (square pixels)")
+
+    def __post_init__(self) -> None:
+        if self.voltage_kv is not None and self.wavelength is not None:
+            raise ValueError(f"give voltage_kv or wavelength, not both (got {self.voltage_kv} kV "
+                             f"and {self.wavelength} Å)")
+        for key in ("voltage_kv", "wavelength", "distance", "pixel_size"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ValueError(f"{key} must be > 0, got {value}")
+
+
+class Azimuthal(Stateless):
+    """Angular average of every frame around a fixed centre, and the running mean profile.
+
+    The centre is ``center`` from the config, else the series header's beam centre.  The
+    pixel -> bin map is built in ``start``; each frame then costs one pass.
+
+    Outputs: ``arrays`` ``profile`` (float32, ``(bins,)`` or ``(sectors, bins)``; NaN where a
+    bin has no valid pixel) per frame; ``reductions`` ``mean`` (float64: sum over frames of
+    the bin sums / sum of the bin counts, i.e. the profile of the summed frames), ``count``
+    (valid pixel-frames per bin), ``radius`` (bin centres, px) and, when pixel size,
+    distance and wavelength are known from the config or the header, ``q`` (1/Å).  The state
+    (bin sums and counts) merges by addition.
+    """
+
+    name = "azimuthal"
+    Params = AzimuthalParams
+
+    def start(self, series: SeriesStart) -> None:
+        super().start(series)
+        p, geometry = self.params, series.geometry
+        center = p.center if p.center is not None else geometry.beam_center
+        if center is None:
+            raise ValueError("azimuthal: no centre: set operators.azimuthal.center = [row, col] or send the "
+                             "beam centre in the series header (powder_center finds it in a recorded series)")
+        self.map = RadialMap(series.shape, center, series.mask, bin_width=p.bin_width, radial_range=p.radial_range,
+                             sectors=p.sectors, azimuth_range=p.azimuth_range)
+        pixel = p.pixel_size
+        if pixel is None and geometry.pixel_size is not None:
+            if not math.isclose(*geometry.pixel_size, rel_tol=1e-6):
+                raise ValueError(f"azimuthal: pixels of the header are not square, (y, x) = {geometry.pixel_size} m; "
+                                 f"set operators.azimuthal.pixel_size")
+            pixel = geometry.pixel_size[0]
+        distance = p.distance if p.distance is not None else geometry.distance
+        wavelength = electron_wavelength(p.voltage_kv) if p.voltage_kv is not None else (
+            p.wavelength if p.wavelength is not None else geometry.wavelength)
+        self.axes = {"radius": self.map.radius.copy()}
+        if None not in (pixel, distance, wavelength):
+            self.axes["q"] = self.map.q(pixel_size=pixel, distance=distance, wavelength=wavelength)
+        shape = self.map.out_shape
+        self.arrays = {"profile": (shape, "f4")}
+        self.reductions = {"mean": (shape, "f8"), "count": (shape, "i8"),
+                           **{k: (v.shape, "f8") for k, v in self.axes.items()}}
+        self._sum = np.zeros(shape, dtype=np.float64)
+        self._count = np.zeros(shape, dtype=np.int64)
+
+    def process(self, frame: Frame) -> Frame:
+        sums, counts = self.map.sums(frame.data, frame.mask)
+        self._sum += sums
+        self._count += counts
+        frame.results[self.name] = {"profile": _mean(sums, counts).astype(np.float32)}
+        return frame
+
+    def state(self) -> dict[str, Any]:
+        return {"sum": self._sum.copy(), "count": self._count.copy()}
+
+    def merge(self, other: dict[str, Any]) -> None:
+        self._sum += other["sum"]
+        self._count += other["count"]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"mean": _mean(self._sum, self._count), "count": self._count.copy(),
+                **{k: v.copy() for k, v in self.axes.items()}}
+
+
+@dataclass(frozen=True)
+class PowderCenterParams:
+    """Parameters of the ``powder_center`` operator."""
+
+    snapshot_after: int = param(0, ge=0, doc="also compute the centre at each snapshot once this many frames "
+                                             "are in; 0 = at the series end only")
+
+
+class PowderCenter(Stateless):
+    """:func:`powder_center` of the running mean of the frames (over each pixel's valid frames).
+
+    The state is the per-pixel sum and count of valid frames (merged by addition).  The
+    centre costs about a second on a 2048 x 2048 frame, so it is computed at the series end
+    and, when ``snapshot_after`` > 0, at each snapshot once that many frames are in (a
+    snapshot waits for it).  Output: ``reductions`` ``center`` = (row, col) px, NaN until
+    computed or when the mean has too few valid pixels (logged).
+    """
+
+    name = "powder_center"
+    Params = PowderCenterParams
+
+    def start(self, series: SeriesStart) -> None:
+        super().start(series)
+        self.reductions = {"center": ((2,), "f8")}
+        self._sum = np.zeros(series.shape, dtype=np.float64)
+        self._count = np.zeros(series.shape, dtype=np.int64)
+        self._frames = 0
+        self._center = (np.full(2, np.nan), 0)  # (centre, number of frames it was computed from)
+        self._all_valid = np.ones(series.shape, dtype=np.bool_)
+        self._all_valid.setflags(write=False)
+
+    def process(self, frame: Frame) -> Frame:
+        valid = self._all_valid if frame.mask is None else frame.mask
+        np.add(self._sum, frame.data, out=self._sum, where=valid)
+        self._count += valid
+        self._frames += 1
+        return frame
+
+    def state(self) -> dict[str, Any]:
+        return {"sum": self._sum.copy(), "count": self._count.copy(), "frames": self._frames}
+
+    def merge(self, other: dict[str, Any]) -> None:
+        self._sum += other["sum"]
+        self._count += other["count"]
+        self._frames += other["frames"]
+
+    def snapshot(self) -> dict[str, Any]:
+        due = 0 < self.params.snapshot_after <= self._frames
+        return {"center": (self._update() if due else self._center[0]).copy()}
+
+    def finish(self) -> dict[str, Any]:
+        return {"center": self._update().copy()}
+
+    def _update(self) -> np.ndarray:
+        if self._frames and self._frames != self._center[1]:
+            try:
+                found = np.array(powder_center(_mean(self._sum, self._count), self._count > 0))
+            except ValueError as exc:
+                log.warning("powder_center: no centre from the mean of %d frames: %s", self._frames, exc)
+                found = np.full(2, np.nan)
+            self._center = (found, self._frames)
+        return self._center[0]

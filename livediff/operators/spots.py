@@ -1,0 +1,409 @@
+"""Spotfinding: DIALS' dispersion threshold, then spots per frame (2-D) or across frames (3-D).
+
+Kernels, usable without the service::
+
+    strong = dispersion_mask(image, mask)            # bool, True = strong pixel
+    spots = find_spots(image, mask, z=frame_index)   # columns of the ``spots`` message
+
+The ``spots`` operator runs them on every frame.  In ``mode = "2d"`` (stills, grid
+scans) the rows it emits with a frame are that frame's spots.  In ``mode = "3d"``
+(rotation data) components of consecutive frames that overlap are one spot (6-
+connectivity); the rows emitted with a frame are the spots that frame *completed* (none
+of their pixels is on it, so they cannot grow), each spot once, whatever frame it
+started on.  Either way ``n_spots`` counts the frame's own (2-D) spots after the filters.
+
+Modules: ``spots_kernels`` (numba threshold kernels, row blocks on threads),
+``spots_label`` (components and their properties), ``spots3d`` (linking across frames).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy import ndimage
+
+from ..model import Frame, SeriesStart
+from .base import Stateless, param
+from .spots3d import SpotLinker
+from .spots_kernels import MAX_VALUE, background_block, dispersion_block, extended_strong, run_blocks
+from .spots_label import NSTAT, component_stats, label_runs, select, shoeboxes, spot_columns, strong_runs
+
+__all__ = ["MAX_VALUE", "FrameSpots", "Spots", "SpotsParams", "dispersion_mask", "find_spots", "frame_spots",
+           "strong_pixels"]
+
+#: the spot table's columns as rows of the operator (bbox split into six)
+ROW_COLUMNS = {"x": "f8", "y": "f8", "z": "f8", "var_x": "f8", "var_y": "f8", "var_z": "f8",
+               "intensity": "f8", "intensity_var": "f8", "x0": "i8", "x1": "i8", "y0": "i8", "y1": "i8",
+               "z0": "i8", "z1": "i8", "npix": "i8"}
+
+_PARTS = "_parts"  # a frame's components, from process() to collect() in 3-D mode
+
+
+def dispersion_mask(image: np.ndarray, mask: np.ndarray | None = None, *, gain: float | np.ndarray | None = None,
+                    kernel_size: tuple[int, int] = (3, 3), sigma_background: float = 6.0, sigma_strong: float = 3.0,
+                    min_local: int = 2, global_threshold: float = 0.0, extended: bool = False,
+                    max_value: float = MAX_VALUE, threads: int = 1) -> np.ndarray:
+    """Strong pixels of one frame by DIALS' dispersion (or extended dispersion) test.
+
+    Parameters
+    ----------
+    image : (rows, cols) array, integer or float (counts, not yet thresholded).
+    mask : bool array of the same shape, True = valid pixel; None = all valid.
+    gain : detector gain, a scalar or a per-pixel map of the image's shape; None = the
+        DIALS formulas without gain (which differ from gain 1 only in rounding).
+    kernel_size : (kh, kw) half-sizes of the window, which is (2 kh + 1) x (2 kw + 1).
+    sigma_background : sigma_b of the dispersion test.
+    sigma_strong : sigma_s of the strong test.
+    min_local : fewest usable pixels a window needs.
+    global_threshold : a strong pixel's value must exceed it.
+    extended : DIALS' ``dispersion_extended`` algorithm (its offline default) instead of
+        ``dispersion`` (the live default).
+    max_value : pixels with ``|value| >= max_value`` (and NaN) are left out of every window
+        and are never strong; DIALS uses 2**24.
+    threads : worker threads, each taking a block of rows (the kernels release the GIL).
+
+    Returns
+    -------
+    bool array of the image's shape, True = strong pixel.
+
+    Raises
+    ------
+    ValueError
+        On a mask or gain map whose shape differs from the image's, or parameters out of range.
+    TypeError
+        On a non-real image, a non-bool mask or non-integer sizes.
+
+    Notes
+    -----
+    With m, x, y the count, sum and sum of squares of the usable pixels in the clipped
+    window around a pixel of value v, the pixel is strong when it is usable,
+    m >= min_local, x >= 0, v > global_threshold and (all strict)
+
+    - dispersion: m y - x^2 - x (m - 1) > x sigma_b sqrt(2 (m - 1)), or with a gain g:
+      m y - x^2 > g x (m - 1 + sigma_b sqrt(2 (m - 1))), i.e. variance/mean >
+      g (1 + sigma_b sqrt(2 / (m - 1))) with the unbiased variance;
+    - strength: m v - x > sigma_s sqrt(g x m), i.e. v > mean + sigma_s sqrt(g mean).
+
+    The extended variant flags dispersed pixels (dispersion test only; unusable pixels
+    count as not background), erodes the flags by a square of half-size
+    min(kernel_size) - 1 (the image border is not background), and calls a pixel of
+    that core strong when v > global_threshold and v >= mean + sigma_s sqrt(g mean), the
+    mean taken over the usable non-core pixels of the window enlarged by 2 (0 with fewer
+    than 2 such pixels).  Both follow DIALS' ``DispersionThreshold`` and
+    ``DispersionExtendedThreshold`` (``dials/algorithms/image/threshold/local.h``); see
+    Winter et al., Acta Cryst. D74 (2018) 85-97.
+
+    Sums are exact for integer-valued images, so the mask equals that of any exact
+    implementation (e.g. float64 summed-area tables); for other float images, pixels
+    within rounding (about 1e-12 relative) of a threshold may go either way.
+    """
+    return _strong_pixels(image, mask, gain=gain, kernel_size=kernel_size, sigma_background=sigma_background,
+                          sigma_strong=sigma_strong, min_local=min_local, global_threshold=global_threshold,
+                          extended=extended, max_value=max_value, threads=threads)[0]
+
+
+def strong_pixels(image: np.ndarray, mask: np.ndarray | None = None,
+                  **params: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`dispersion_mask`, with the strong pixels as runs and the number of valid pixels.
+
+    Parameters
+    ----------
+    image, mask, **params : as for :func:`dispersion_mask`.
+
+    Returns
+    -------
+    strong : bool array, True = strong pixel.
+    runs : (n, 3) int32 runs (row, first col, end col) of strong pixels in scan order.
+    n_valid : number of valid pixels (True in the mask).
+    """
+    bound = inspect.signature(dispersion_mask).bind(image, mask, **params)
+    bound.apply_defaults()
+    return _strong_pixels(**bound.arguments)
+
+
+def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | np.ndarray | None,
+                   kernel_size: tuple[int, int], sigma_background: float, sigma_strong: float, min_local: int,
+                   global_threshold: float, extended: bool, max_value: float,
+                   threads: int) -> tuple[np.ndarray, np.ndarray, int]:
+    image, mask_rows, gain_rows, has_gain, limit = _prepare(image, mask, gain, max_value)
+    kh, kw = _kernel(kernel_size)
+    _check_params(sigma_background=sigma_background, sigma_strong=sigma_strong, min_local=min_local,
+                  threads=threads)
+    out = np.zeros(image.shape, dtype=np.bool_)
+    if not extended:
+        blocks = run_blocks(threads, image.shape[0], dispersion_block, image, mask_rows, gain_rows, has_gain,
+                            kh, kw, float(sigma_background), float(sigma_strong), int(min_local),
+                            float(global_threshold), limit, out=out)
+        return out, np.concatenate([runs for runs, _ in blocks]), sum(n for _, n in blocks)
+    flags = np.zeros(image.shape, dtype=np.bool_)
+    run_blocks(threads, image.shape[0], background_block, image, mask_rows, gain_rows, has_gain, kh, kw,
+               float(sigma_background), int(min_local), limit, out=flags)
+    erosion = min(kh, kw) - 1
+    core = ndimage.binary_erosion(flags, structure=np.ones((2 * erosion + 1,) * 2, bool), border_value=1)
+    usable = (image < limit) & (image > -limit)
+    if mask is not None:
+        usable &= mask
+    rr, cc = np.nonzero(core & usable)
+    extended_strong(image, usable & ~core, gain_rows, rr, cc, kh + 2, kw + 2, float(sigma_strong),
+                    float(global_threshold), limit, out)
+    return out, strong_runs(out), int(image.size if mask is None else np.count_nonzero(mask))
+
+
+def _prepare(image: np.ndarray, mask: np.ndarray | None, gain: float | np.ndarray | None,
+             max_value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, Any]:
+    """Checked, C-ordered inputs; a missing mask or a scalar gain becomes a single row."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D (rows, cols), got shape {image.shape}")
+    if image.dtype.kind not in "uif" or image.dtype == np.uint64 or image.size == 0:
+        raise TypeError(f"image must be a non-empty integer (at most 32-bit unsigned) or float array, "
+                        f"got {image.dtype} {image.shape}")
+    image = np.ascontiguousarray(image)
+    cols = image.shape[1]
+    if mask is None:
+        mask_rows = np.ones((1, cols), dtype=np.bool_)
+    else:
+        mask_rows = np.asarray(mask)
+        if mask_rows.shape != image.shape:
+            raise ValueError(f"mask shape {mask_rows.shape} != image shape {image.shape}")
+        if mask_rows.dtype != np.bool_:
+            raise TypeError(f"mask must be bool (True = valid), got {mask_rows.dtype}")
+        mask_rows = np.ascontiguousarray(mask_rows)
+    if gain is None or np.ndim(gain) == 0:
+        g = 1.0 if gain is None else float(gain)
+        if not g > 0 or not math.isfinite(g):
+            raise ValueError(f"gain must be a finite number > 0, got {gain!r}")
+        gain_rows = np.full((1, cols), g)
+    else:
+        gain_rows = np.ascontiguousarray(gain, dtype=np.float64)
+        if gain_rows.shape != image.shape:
+            raise ValueError(f"gain map shape {gain_rows.shape} != image shape {image.shape}")
+    if not max_value > 0:
+        raise ValueError(f"max_value must be > 0, got {max_value!r}")
+    limit = np.int64(min(math.ceil(max_value), 2 ** 62)) if image.dtype.kind in "ui" else np.float64(max_value)
+    return image, mask_rows, gain_rows, gain is not None, limit
+
+
+def _kernel(kernel_size: tuple[int, int]) -> tuple[int, int]:
+    try:
+        kh, kw = (int(k) for k in kernel_size)
+    except (TypeError, ValueError):
+        raise TypeError(f"kernel_size must be two integers (kh, kw), got {kernel_size!r}") from None
+    if min(kh, kw) < 1 or (kh, kw) != tuple(kernel_size):
+        raise ValueError(f"kernel_size must be two integers >= 1, got {kernel_size!r}")
+    return kh, kw
+
+
+def _check_params(*, sigma_background: float, sigma_strong: float, min_local: int, threads: int) -> None:
+    if not sigma_background >= 0:
+        raise ValueError(f"sigma_background must be >= 0, got {sigma_background!r}")
+    if not sigma_strong >= 0:
+        raise ValueError(f"sigma_strong must be >= 0, got {sigma_strong!r}")
+    if int(min_local) != min_local or min_local < 0:
+        raise ValueError(f"min_local must be an integer >= 0, got {min_local!r}")
+    if int(threads) != threads or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+
+
+@dataclass(frozen=True)
+class FrameSpots:
+    """One frame's strong-pixel components, before the spot filters.
+
+    Attributes
+    ----------
+    runs, labels : strong-pixel runs (row, col0, col1) and their component (``spots_label``).
+    stats : (k, NSTAT) statistics of the k components.
+    n_strong, n_valid : strong and valid pixels of the frame.
+    rejected : more than the allowed fraction of valid pixels is strong; then there are
+        no components.
+    """
+
+    runs: np.ndarray
+    labels: np.ndarray
+    stats: np.ndarray
+    n_strong: int
+    n_valid: int
+    rejected: bool
+
+    @property
+    def strong_fraction(self) -> float:
+        return self.n_strong / self.n_valid if self.n_valid else 0.0
+
+
+def frame_spots(image: np.ndarray, mask: np.ndarray | None = None, *, z: int = 0,
+                max_strong_fraction: float = 1.0, **threshold: Any) -> FrameSpots:
+    """Strong pixels of a frame (:func:`strong_pixels`) and their 4-connected components.
+
+    Parameters
+    ----------
+    image, mask : as for :func:`dispersion_mask`.
+    z : the frame's index, the components' z coordinate.
+    max_strong_fraction : beyond this fraction of strong valid pixels the frame is
+        rejected and not labelled (an ice ring, a saturated beam).
+    **threshold : keywords of :func:`dispersion_mask`.
+
+    Returns
+    -------
+    FrameSpots
+    """
+    _, runs, n_valid = strong_pixels(image, mask, **threshold)
+    n_strong = int((runs[:, 2] - runs[:, 1]).sum())
+    if n_strong > max_strong_fraction * n_valid:
+        return FrameSpots(runs[:0], np.zeros(0, np.int64), np.zeros((0, NSTAT)), n_strong, n_valid, True)
+    labels, k = label_runs(runs)
+    return FrameSpots(runs, labels, component_stats(np.asarray(image), runs, labels, k, z), n_strong, n_valid, False)
+
+
+def find_spots(image: np.ndarray, mask: np.ndarray | None = None, *, z: int = 0, min_spot_size: int = 3,
+               max_spot_size: int = 1000, max_separation: float = 2.0, max_strong_fraction: float = 0.25,
+               shoebox: bool = False, **threshold: Any) -> dict[str, np.ndarray]:
+    """Spots of one frame: strong pixels, 4-connected components, their properties.
+
+    Parameters
+    ----------
+    image : (rows, cols) integer or float array (counts).
+    mask : bool array of the same shape, True = valid; None = all valid.
+    z : the frame's index, reported as the spots' z.
+    min_spot_size, max_spot_size : bounds on a spot's pixel count (DIALS: 3 for
+        photon-counting detectors, 1000).
+    max_separation : largest distance (px) from a spot's peak pixel to its centroid.
+    max_strong_fraction : a frame with a larger fraction of strong valid pixels gives no
+        spots (with a warning).
+    shoebox : also return each spot's pixels and mask within its bounding box.
+    **threshold : keywords of :func:`dispersion_mask` (gain, kernel_size,
+        sigma_background, sigma_strong, min_local, global_threshold, extended, max_value,
+        threads).
+
+    Returns
+    -------
+    dict of the ``spots`` message's columns, one entry per spot in scan order of the
+    spots' first pixels: float64 ``x``, ``y`` (weighted centroid; pixel (r, c) is centred
+    on (y, x) = (r, c)), ``z``, ``var_x``, ``var_y``, ``var_z`` (centroid variances, DIALS'
+    ``xyzobs.px.variance``), ``intensity`` (sum of the spot's counts) and
+    ``intensity_var``; int64 ``bbox`` (n, 6) = x0, x1, y0, y1, z0, z1 with exclusive upper
+    bounds, and ``npix``.  With ``shoebox``: ``shoebox_data`` (float32), ``shoebox_mask``
+    (bool) and ``shoebox_offset`` (n + 1), box i being ``[offset[i]:offset[i + 1]]``
+    reshaped to (y1 - y0, x1 - x0).
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`dispersion_mask`.
+
+    Notes
+    -----
+    Centroids are weighted by the pixel values over the spot's strong pixels; DIALS puts
+    pixel centres at index + 0.5 and a single-frame spot at z + 0.5, livediff at the index
+    (add 0.5 to compare).  See ``spots_label.spot_columns`` for the variances.
+    """
+    spots = frame_spots(image, mask, z=z, max_strong_fraction=max_strong_fraction, **threshold)
+    if spots.rejected:
+        warnings.warn(f"{spots.strong_fraction:.1%} of the valid pixels are strong (more than "
+                      f"max_strong_fraction={max_strong_fraction}): no spots reported", stacklevel=2)
+    keep = select(spots.stats, min_size=min_spot_size, max_size=max_spot_size, max_separation=max_separation)
+    columns = spot_columns(spots.stats[keep])
+    if shoebox:
+        data, box_mask, offsets = shoeboxes(np.asarray(image), spots.runs, spots.labels, spots.stats, keep)
+        columns.update(shoebox_data=data, shoebox_mask=box_mask, shoebox_offset=offsets)
+    return columns
+
+
+@dataclass(frozen=True)
+class SpotsParams:
+    """Parameters of the ``spots`` operator (DIALS' names and defaults)."""
+
+    mode: Literal["2d", "3d"] = "2d"
+    algorithm: Literal["dispersion", "dispersion_extended"] = "dispersion"
+    gain: float | None = param(None, gt=0, doc="detector gain; unset = DIALS' formulas without gain")
+    gain_map: str | None = param(None, file=True, doc="per-pixel gain array file (instead of gain)")
+    kernel_size: tuple[int, int] = param((3, 3), ge=1, doc="window half-sizes (rows, cols)")
+    sigma_background: float = param(6.0, ge=0)
+    sigma_strong: float = param(3.0, ge=0)
+    min_local: int = param(2, ge=0, doc="fewest valid pixels a window needs")
+    global_threshold: float = 0.0
+    min_spot_size: int = param(3, ge=1, doc="pixels")
+    max_spot_size: int = param(1000, ge=1, doc="pixels")
+    max_separation: float = param(2.0, gt=0, doc="peak to centroid, px")
+    max_strong_fraction: float = param(0.25, gt=0, le=1, doc="beyond it the frame is rejected")
+    threads: int = param(1, ge=1, le=64, doc="threads per frame (row blocks); 1 when pipeline workers fill the cores")
+    max_pending: int = param(16, ge=1, doc="3d: frames that may wait for a missing predecessor")
+
+    def __post_init__(self) -> None:
+        if self.min_spot_size > self.max_spot_size:
+            raise ValueError(f"min_spot_size {self.min_spot_size} > max_spot_size {self.max_spot_size}")
+        if self.gain is not None and self.gain_map is not None:
+            raise ValueError("give gain or gain_map, not both")
+
+
+class Spots(Stateless):
+    """Spots per frame (rows on the ``spots`` topic and in ``/entry/livediff/spots``).
+
+    Columns of the frames table: ``n_spots`` (this frame's 2-D spots after the filters),
+    ``n_strong``, ``strong_fraction`` (of the valid pixels) and ``spots_rejected`` (1 when
+    that fraction exceeds ``max_strong_fraction``: no spots then).  Rows: see the module
+    docstring for which spots a frame carries in each mode.
+    """
+
+    name = "spots"
+    Params = SpotsParams
+
+    def start(self, series: SeriesStart) -> None:
+        super().start(series)
+        p = self.params
+        gain = p.gain if p.gain_map is None else np.ascontiguousarray(p.gain_map, dtype=np.float64)
+        if isinstance(gain, np.ndarray) and gain.shape != tuple(series.shape):
+            raise ValueError(f"operators.spots.gain_map: shape {gain.shape} != frame shape {tuple(series.shape)}")
+        self._threshold = {
+            "gain": gain, "kernel_size": p.kernel_size, "sigma_background": p.sigma_background,
+            "sigma_strong": p.sigma_strong, "min_local": p.min_local, "global_threshold": p.global_threshold,
+            "extended": p.algorithm == "dispersion_extended", "threads": p.threads,
+            "max_value": MAX_VALUE if series.saturation is None else min(MAX_VALUE, series.saturation),
+        }
+        self._filters = {"min_size": p.min_spot_size, "max_size": p.max_spot_size,
+                         "max_separation": p.max_separation}
+        self.columns = {"n_spots": "i8", "n_strong": "i8", "strong_fraction": "f8", "spots_rejected": "u1"}
+        self.rows = dict(ROW_COLUMNS)
+        last = None if series.n_frames is None else series.n_frames - 1
+        self._linker = SpotLinker(last=last, max_pending=p.max_pending)
+
+    def process(self, frame: Frame) -> Frame:
+        spots = frame_spots(frame.data, frame.mask, z=frame.index,
+                            max_strong_fraction=self.params.max_strong_fraction, **self._threshold)
+        keep = select(spots.stats, **self._filters)
+        result: dict[str, Any] = {"n_spots": int(keep.sum()), "n_strong": spots.n_strong,
+                                  "strong_fraction": spots.strong_fraction, "spots_rejected": int(spots.rejected)}
+        if self.params.mode == "2d":
+            result["rows"] = _rows(spots.stats[keep])
+        else:
+            result["rows"] = _rows(spots.stats[:0])
+            result[_PARTS] = None if spots.rejected else (spots.runs, spots.labels, spots.stats)
+        frame.results[self.name] = result
+        return frame
+
+    def collect(self, frame: Frame) -> Frame:
+        """3-D mode: link this frame's components; its rows become the spots now complete."""
+        result = frame.results.get(self.name)
+        if self.params.mode == "3d" and result is not None:
+            done = self._linker.push(frame.index, result.pop(_PARTS))
+            result["rows"] = _rows(done[select(done, **self._filters)])
+        return frame
+
+    def finish(self) -> dict[str, Any]:
+        """3-D mode: the spots still open when the series ends, under ``"rows"``."""
+        if self.params.mode != "3d":
+            return {}
+        done = self._linker.flush()
+        return {"rows": _rows(done[select(done, **self._filters)])}
+
+
+def _rows(stats: np.ndarray) -> dict[str, np.ndarray]:
+    """Spot statistics -> the operator's row columns (bbox split into x0 ... z1)."""
+    columns = spot_columns(stats)
+    bbox = columns.pop("bbox")
+    columns.update({name: bbox[:, i].copy() for i, name in enumerate(("x0", "x1", "y0", "y1", "z0", "z1"))})
+    return {name: columns[name] for name in ROW_COLUMNS}
+

@@ -1,0 +1,233 @@
+"""One series' HDF5 file: its layout, created at series start, and the appends.
+
+::
+
+    /entry                             NXentry (start_time, end_time)
+    /entry/instrument/detector         NXdetector: pixel_mask (NXmx: 0 = good), pixel sizes, distance, ...
+    /entry/data                        NXdata
+    /entry/data/data                   raw frames as received (optional; bitshuffle-LZ4, chunk per frame)
+    /entry/livediff                    NXcollection
+    /entry/livediff/config             the TOML text that produced the file
+    /entry/livediff/frames             one row per processed frame (compound dataset)
+    /entry/livediff/<op>               rows an operator emits (e.g. spots), with their frame number
+    /entry/livediff/<op>/<name>        per-frame arrays of an operator (frame x shape), with .../frame
+    /entry/livediff/reductions/<op>/<name>   snapshots and final results (overwritten)
+    /entry/livediff/corrected          corrected frames (optional; float32, chunk per frame)
+    /entry/livediff/summary            one row, written at series end (complete = 1)
+
+SWMR needs every dataset to exist before ``swmr_mode`` is switched on, so everything is
+created here from the chain's :class:`~livediff.pipeline.Layout`.  Used by the writer
+thread only.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from ..model import SeriesStart
+from ..pipeline import Layout
+
+SUMMARY_FIELDS = ("expected", "received", "processed", "failed", "dropped", "bad", "duplicates", "stray",
+                  "lost", "not_saved")
+SUMMARY_DTYPE = np.dtype([*((k, "i8") for k in SUMMARY_FIELDS), ("reason", "S16"), ("complete", "u1")])
+
+#: HDF5 filter for frames: bitshuffle + LZ4, byte-compatible with DECTRIS bslz4 blobs
+BSLZ4 = hdf5plugin.Bitshuffle(cname="lz4")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class SeriesFile:
+    """An open series file; every dataset exists from the start (SWMR)."""
+
+    def __init__(self, path: Path, start: SeriesStart, layout: Layout, config_text: str, *,
+                 save_raw: bool, save_corrected: bool) -> None:
+        self.path = path
+        self.file = h5py.File(path, "w-", libver="latest")
+        entry = self.file.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        entry["start_time"] = _now()
+        self.end_time = entry.create_dataset("end_time", shape=(), dtype="S32")
+        _write_detector(entry, start)
+        data = entry.create_group("data")
+        data.attrs["NX_class"] = "NXdata"
+        self.raw = self.corrected = None
+        if save_raw:
+            data.attrs["signal"] = "data"
+            self.raw = _frame_stack(data, "data", start.shape, start.dtype)
+        ld = entry.create_group("livediff")
+        ld.attrs.update({"NX_class": "NXcollection", "series": start.series, "shape": start.shape,
+                         "dtype": start.dtype, "n_frames": -1 if start.n_frames is None else start.n_frames})
+        ld.create_dataset("config", data=config_text)
+        if save_corrected and layout.output is not None:
+            self.corrected = _frame_stack(ld, "corrected", layout.output.shape, "float32")
+        self.frames = _Table(ld, "frames", layout.columns)
+        self.rows = {op: _Table(ld, op, {"frame": "i8", **cols}) for op, cols in layout.rows.items()}
+        self.arrays = {(op, name): _Stack(ld.require_group(op), name, shape, dtype)
+                       for op, decl in layout.arrays.items() for name, (shape, dtype) in decl.items()}
+        self.array_frames = {op: _Stack(ld[op], "frame", (), "i8") for op in layout.arrays}
+        red = ld.create_group("reductions")
+        self.reductions = {(op, name): red.require_group(op).create_dataset(
+            name, shape=shape, dtype=dtype, fillvalue=np.nan if np.dtype(dtype).kind == "f" else 0)
+            for op, decl in layout.reductions.items() for name, (shape, dtype) in decl.items()}
+        self.summary = ld.create_dataset("summary", shape=(1,), dtype=SUMMARY_DTYPE)
+        self.file.swmr_mode = True
+        self.file.flush()
+        self.last_flush = time.monotonic()
+
+    @property
+    def pending(self) -> int:
+        return len(self.frames.pending)
+
+    def add_frame(self, item: dict[str, Any]) -> None:
+        """Buffer one processed frame's row, arrays and rows; write its frames at once."""
+        index = item["row"]["frame"]
+        self.frames.pending.append(item["row"])
+        for op, columns in item["rows"].items():
+            if op in self.rows:
+                self.rows[op].add_columns(index, columns)
+        for op, arrays in item["arrays"].items():
+            for name, value in arrays.items():
+                self.arrays[op, name].pending.append(value)
+            self.array_frames[op].pending.append(index)
+        if self.raw is not None and item.get("raw") is not None:
+            _write_frame(self.raw, index, item["raw"])
+        if self.corrected is not None and item.get("corrected") is not None:
+            _write_frame(self.corrected, index, item["corrected"])
+
+    def write_reductions(self, results: dict[str, dict[str, Any]]) -> None:
+        for op, values in results.items():
+            for name, value in values.items():
+                if (op, name) in self.reductions:
+                    self.reductions[op, name][...] = value
+
+    def flush(self) -> int:
+        """Append everything buffered and flush the file; returns the frame rows written."""
+        written = self.frames.write()
+        for table in (*self.rows.values(), *self.arrays.values(), *self.array_frames.values()):
+            table.write()
+        self.file.flush()
+        self.last_flush = time.monotonic()
+        return written
+
+    def close(self, summary: dict[str, Any] | None) -> int:
+        """Flush, write ``summary`` (None: leave the file marked incomplete) and close."""
+        written = self.flush()
+        if summary is not None:
+            rec = np.zeros(1, dtype=SUMMARY_DTYPE)
+            for k in SUMMARY_FIELDS:
+                rec[k] = summary.get(k, 0)
+            rec["reason"] = summary.get("reason", "end").encode()[:16]
+            rec["complete"] = 1
+            self.summary[...] = rec
+            self.end_time[()] = _now().encode()
+        self.file.flush()
+        self.file.close()
+        return written
+
+
+class _Table:
+    """A growable 1-D compound dataset, appended in chunks."""
+
+    def __init__(self, group: h5py.Group, name: str, columns: dict[str, str]) -> None:
+        self.dtype = np.dtype(list(columns.items()))
+        self.dataset = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=self.dtype,
+                                            chunks=(max(1, 65536 // self.dtype.itemsize),))
+        self.pending: list[dict[str, Any]] = []
+        self._columns: list[np.ndarray] = []
+
+    def add_columns(self, frame: int, columns: dict[str, np.ndarray]) -> None:
+        n = len(next(iter(columns.values()))) if columns else 0
+        block = np.zeros(n, dtype=self.dtype)
+        block["frame"] = frame
+        for name, values in columns.items():
+            if name in self.dtype.names:
+                block[name] = values
+        self._columns.append(block)
+
+    def write(self) -> int:
+        blocks = self._columns
+        if self.pending:
+            blocks = [*blocks, np.array([tuple(r.get(n, _missing(self.dtype[n])) for n in self.dtype.names)
+                                         for r in self.pending], dtype=self.dtype)]
+        self.pending, self._columns = [], []
+        rows = np.concatenate(blocks) if blocks else np.zeros(0, self.dtype)
+        if len(rows):
+            n = self.dataset.shape[0]
+            self.dataset.resize((n + len(rows),))
+            self.dataset[n:] = rows
+        return len(rows)
+
+
+class _Stack:
+    """A growable dataset of fixed-shape per-frame arrays."""
+
+    def __init__(self, group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> None:
+        rows_per_chunk = max(1, (1 << 16) // max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
+        self.dataset = group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                            chunks=(rows_per_chunk, *shape) if shape else (4096,))
+        self.pending: list[Any] = []
+
+    def write(self) -> int:
+        if self.pending:
+            n = self.dataset.shape[0]
+            self.dataset.resize((n + len(self.pending), *self.dataset.shape[1:]))
+            self.dataset[n:] = np.asarray(self.pending, dtype=self.dataset.dtype)
+            self.pending = []
+        return 0
+
+
+def _frame_stack(group: h5py.Group, name: str, shape: tuple[int, int], dtype: str) -> h5py.Dataset:
+    return group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                chunks=(1, *shape), **BSLZ4)
+
+
+def _write_frame(dataset: h5py.Dataset, index: int, frame: Any) -> None:
+    """Store frame ``index``: a (encoding, blob) bslz4 pair by direct chunk write, else an array."""
+    if index >= dataset.shape[0]:
+        dataset.resize((index + 1, *dataset.shape[1:]))
+    if isinstance(frame, tuple):
+        dataset.id.write_direct_chunk((index, 0, 0), bytes(frame[1]))
+    else:
+        dataset[index] = frame
+
+
+def _missing(dtype: np.dtype) -> Any:
+    return np.nan if dtype.kind == "f" else -1
+
+
+def _write_detector(entry: h5py.Group, start: SeriesStart) -> None:
+    inst = entry.create_group("instrument")
+    inst.attrs["NX_class"] = "NXinstrument"
+    det = inst.create_group("detector")
+    det.attrs["NX_class"] = "NXdetector"
+    if start.mask is not None:
+        det.create_dataset("pixel_mask", data=(~start.mask).astype(np.uint32), compression="gzip")
+    geo = start.geometry
+    fields: dict[str, tuple[Any, str | None]] = {}
+    if geo.pixel_size is not None:
+        fields["y_pixel_size"], fields["x_pixel_size"] = ((v, "m") for v in geo.pixel_size)
+    if geo.beam_center is not None:  # NXmx counts from the pixel corner; livediff from its centre
+        fields["beam_center_y"], fields["beam_center_x"] = ((v + 0.5, "pixel") for v in geo.beam_center)
+    if geo.distance is not None:
+        fields["distance"] = (geo.distance, "m")
+    if start.count_time is not None:
+        fields["count_time"] = (start.count_time, "s")
+    if start.saturation is not None:
+        fields["saturation_value"] = (start.saturation, None)
+    for name, (value, units) in fields.items():
+        det[name] = value
+        if units:
+            det[name].attrs["units"] = units
+    if geo.wavelength is not None:
+        beam = inst.create_group("beam")
+        beam.attrs["NX_class"] = "NXbeam"
+        beam["incident_wavelength"] = geo.wavelength
+        beam["incident_wavelength"].attrs["units"] = "angstrom"

@@ -1,0 +1,424 @@
+"""DECTRIS SIMPLON Stream v1 ("legacy" JSON multipart) -> SeriesStart, Frame, SeriesEnd.
+
+Follows the stream interface of the SIMPLON API 1.8 (EIGER, EIGER2, PILATUS4):
+``dheader-1.0`` (``header_detail`` "all" | "basic" | "none": the detector configuration,
+then ``dflatfield-1.0``, ``dpixelmask-1.0``, ``dcountrate_table-1.0`` parts each followed by
+its data), ``dimage-1.0`` + ``dimage_d-1.0`` + data + ``dconfig-1.0`` (encodings ``<``,
+``lz4<``, ``bs8-lz4<``, ``bs16-lz4<``, ``bs32-lz4<``) and ``dseries_end-1.0``.
+
+Conversions happen here and nowhere else (DESIGN.md): ``shape`` [x, y] -> array (y, x);
+``pixel_mask`` nonzero = bad -> True = valid; the beam centre, which DECTRIS (like NXmx)
+counts in pixels from the outer corner of the first pixel (dxtbx's EIGER stream formats
+place the beam at ``beam_center_x * x_pixel_size`` from the detector corner, the first
+pixel's centre being at 0.5 px), minus 0.5 px for livediff's pixel-centre origin; pixel
+size and ``detector_distance`` in m, ``wavelength`` in Å, ``count_time`` in s;
+``countrate_correction_count_cutoff`` is the saturation; ``n_frames`` = nimages x ntrigger.
+
+Senders differ (``protocols.md``), so the decoder tolerates a header whose configuration
+and array parts come as separate messages, ``flatfield-1.0`` for ``dflatfield-1.0``, an
+appendix part after a header or an image, a ``hash`` that is no md5 (never checked), and
+``header_detail = "none"``, whose series start is made from the first image.  A header is
+passed on once complete for its detail level, else with the first image or end of its
+series.  So the decoder has state: each receiver owns one :class:`StreamV1Decoder`.  The
+public helpers below the class are shared with :mod:`livediff.sources.dectris_v2`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from ..errors import DecodeError
+from ..model import FRAME_DTYPES, Frame, Geometry, SeriesEnd, SeriesStart
+from . import codecs
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "dectris-stream1"
+#: Largest frame count (and frame number + 1) a header or image may announce.
+MAX_FRAMES = 1 << 31
+#: Largest image side, in pixels.
+MAX_SIDE = 1 << 20
+Event = SeriesStart | Frame | SeriesEnd
+
+_ARRAY_PARTS = {"dflatfield-1.0": "flatfield", "flatfield-1.0": "flatfield",
+                "dpixelmask-1.0": "pixel_mask", "dcountrate_table-1.0": "countrate_table"}
+_BIT_DEPTHS = {8: "uint8", 16: "uint16", 32: "uint32"}
+_META_KEYS = ("description", "detector_number", "software_version", "sensor_material", "sensor_thickness",
+              "frame_time", "omega_start", "omega_increment", "photon_energy", "data_collection_date")
+
+
+@dataclass
+class _Header:
+    """A series header being put together, possibly from several messages."""
+
+    series: int
+    detail: str
+    config: dict[str, Any] | None = None
+    pixel_mask: np.ndarray | None = None
+    flatfield: bool = False
+
+    @property
+    def complete(self) -> bool:
+        if self.detail == "basic":
+            return self.config is not None
+        if self.detail == "all":
+            return self.config is not None and self.pixel_mask is not None and self.flatfield
+        return False  # "none": only the first image tells the shape
+
+
+class StreamV1Decoder:
+    """Decode Stream v1 messages of one stream; call it like ``native.decode``.
+
+    Calling it with a message's parts (and the open series, to check frames against)
+    returns the events the message completes, in order: none for a header still
+    incomplete, ``[start]``, ``[frame]``, ``[start, frame]`` for the first image after
+    an incomplete header, ``[end]`` or ``[start, end]``.  When that first image is bad,
+    the start still counts: the list ends with the :class:`DecodeError` instead of the
+    frame, so that the receiver opens the series before it counts the bad frame.
+
+    Raises
+    ------
+    DecodeError
+        With a one-line reason, when nothing in the message decodes; the decoder stays
+        usable.
+    """
+
+    def __init__(self) -> None:
+        self._pending: _Header | None = None
+        self._extras_ok = False  # header parts may still trail a header already passed on
+
+    def __call__(self, parts: list[Any], *, series: SeriesStart | None = None) -> list[Event | DecodeError]:
+        if not parts:
+            raise DecodeError(f"{PROTOCOL}: empty message")
+        first = _json(parts[0], "part 1")
+        htype = first.get("htype")
+        if htype is not None and not isinstance(htype, str):
+            raise DecodeError(f"{PROTOCOL}: 'htype' must be a string, got {_show(htype)}")
+        if htype == "dheader-1.0":
+            return self._header(first, parts)
+        if htype == "dimage-1.0":
+            return self._image(first, parts, series)
+        if htype == "dseries_end-1.0":
+            if len(parts) != 1:
+                raise DecodeError(f"{PROTOCOL}: dseries_end-1.0 message needs 1 part, got {len(parts)}")
+            return self._end(integer(first, "series", PROTOCOL))
+        if htype is None or htype in _ARRAY_PARTS:
+            return self._continuation(parts)
+        raise DecodeError(f"{PROTOCOL}: unknown htype {_show(htype)} (expected dheader-1.0, dimage-1.0, "
+                          "dseries_end-1.0 or a header part)")
+
+    def _header(self, first: dict[str, Any], parts: list[Any]) -> list[Event | DecodeError]:
+        series_no = integer(first, "series", PROTOCOL)
+        detail = first.get("header_detail", "basic")
+        if detail not in ("all", "basic", "none"):
+            raise DecodeError(f"{PROTOCOL}: header_detail {_show(detail)}, expected 'all', 'basic' or 'none'")
+        header = _Header(series_no, detail)
+        _absorb(header, parts[1:])
+        self._drop_pending("another header came")
+        self._pending = header
+        return self._emit_if_complete()
+
+    def _continuation(self, parts: list[Any]) -> list[Event | DecodeError]:
+        if self._pending is None:
+            if self._extras_ok:
+                log.debug("%s: header part after the header was complete: ignored", PROTOCOL)
+                return []
+            raise DecodeError(f"{PROTOCOL}: header part (detector configuration or array) "
+                              "with no dheader-1.0 before it")
+        _absorb(self._pending, parts)
+        return self._emit_if_complete()
+
+    def _image(self, first: dict[str, Any], parts: list[Any],
+               series: SeriesStart | None) -> list[Event | DecodeError]:
+        if len(parts) not in (4, 5):
+            raise DecodeError(f"{PROTOCOL}: dimage-1.0 message needs 4 parts (5 with an appendix), "
+                              f"got {len(parts)}")
+        series_no, index = integer(first, "series", PROTOCOL), frame_index(first, "frame", PROTOCOL)
+        where = f"{PROTOCOL}: frame {index}"
+        info = _json(parts[1], "part 2")
+        if info.get("htype") != "dimage_d-1.0":
+            raise DecodeError(f"{where}: part 2 htype {_show(info.get('htype'))}, expected 'dimage_d-1.0'")
+        shape, dtype = _shape(info, where), _dtype(info.get("type"), where)
+        timing = _json(parts[3], "part 4")
+        if timing.get("htype") != "dconfig-1.0":
+            raise DecodeError(f"{where}: part 4 htype {_show(timing.get('htype'))}, expected 'dconfig-1.0'")
+        events: list[Event | DecodeError] = []
+        if self._pending is not None and self._pending.series == series_no:
+            header, self._pending = self._pending, None
+            series = _start(header, shape, dtype.name)
+            events.append(series)
+        self._extras_ok = False
+        try:
+            if series is not None and series.series == series_no and (shape, dtype.name) != (series.shape,
+                                                                                               series.dtype):
+                raise DecodeError(f"{where}: {dtype.name} {shape} disagrees with the series header "
+                                  f"({series.dtype} {series.shape})")
+            frame = _frame(series_no, index, info, parts[2], shape, dtype, where)
+        except DecodeError as exc:
+            if not events:
+                raise
+            return [*events, exc]
+        frame.timestamp = _timestamp(series if series is not None and series.series == series_no else None,
+                                     timing.get("start_time"))
+        return [*events, frame]
+
+    def _end(self, series_no: int) -> list[Event | DecodeError]:
+        events: list[Event | DecodeError] = []
+        if self._pending is not None and self._pending.series == series_no:
+            header, self._pending = self._pending, None
+            start = _start(header)
+            if start is None:
+                log.warning("%s: series %d ended before its header said what its frames look like",
+                            PROTOCOL, series_no)
+            else:
+                events.append(start)
+        self._extras_ok = False
+        return [*events, SeriesEnd(series_no)]
+
+    def _emit_if_complete(self) -> list[Event | DecodeError]:
+        if self._pending is None or not self._pending.complete:
+            return []
+        try:
+            start = _start(self._pending)
+        except DecodeError:
+            self._pending = None
+            raise
+        if start is None:  # a configuration without the image size: the first image will tell
+            return []
+        self._pending, self._extras_ok = None, True
+        return [start]
+
+    def _drop_pending(self, why: str) -> None:
+        if self._pending is not None:
+            log.warning("%s: incomplete header of series %d dropped: %s", PROTOCOL, self._pending.series, why)
+            self._pending = None
+
+
+# ---------------------------------------------------------------------- header
+def _absorb(header: _Header, parts: list[Any]) -> None:
+    """Take the detector configuration and the array parts from ``parts``; the rest is appendix."""
+    i = 0
+    while i < len(parts):
+        obj = _try_json(parts[i])
+        htype = obj.get("htype") if obj is not None else None
+        if isinstance(htype, str) and htype in _ARRAY_PARTS:
+            if i + 1 == len(parts):
+                raise DecodeError(f"{PROTOCOL}: {htype} part without its data part")
+            _header_array(header, _ARRAY_PARTS[htype], obj, parts[i + 1])
+            i += 2
+            continue
+        if obj is not None and "htype" not in obj and header.config is None and header.detail != "none":
+            header.config = obj
+        i += 1
+
+
+def _header_array(header: _Header, kind: str, info: dict[str, Any], data: Any) -> None:
+    if kind == "countrate_table":
+        return  # not used by livediff
+    where = f"{PROTOCOL}: series {header.series}: {kind}"
+    shape, dtype = _shape(info, where), _dtype(info.get("type"), where, kinds=("uint32", "float32"))
+    try:
+        array = codecs.decode(data, "raw", shape, dtype)
+    except DecodeError as exc:
+        raise DecodeError(f"{where}: {exc}") from None
+    if kind == "pixel_mask":
+        header.pixel_mask = array
+    else:
+        header.flatfield = True  # checked, not kept: SeriesStart has no flat-field slot
+
+
+def _start(header: _Header, shape: tuple[int, int] | None = None, dtype: str | None = None) -> SeriesStart | None:
+    """The series start ``header`` describes; the first image's shape and type fill gaps."""
+    where = f"{PROTOCOL}: series {header.series}"
+    config = header.config or {}
+    if "x_pixels_in_detector" in config or "y_pixels_in_detector" in config:
+        shape = (side(config, "y_pixels_in_detector", where), side(config, "x_pixels_in_detector", where))
+    if "bit_depth_image" in config:
+        depth = config["bit_depth_image"]
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth not in _BIT_DEPTHS:
+            raise DecodeError(f"{where}: bit_depth_image {_show(depth)}, expected 8, 16 or 32")
+        dtype = _BIT_DEPTHS[depth]
+    if shape is None or dtype is None:
+        return None
+    mask = None
+    if header.pixel_mask is not None:
+        if header.pixel_mask.shape != shape:
+            raise DecodeError(f"{where}: pixel mask shape {header.pixel_mask.shape} != image shape {shape}")
+        mask = valid_mask(header.pixel_mask)
+    nimages = integer(config, "nimages", where, required=False)
+    n_frames = None if nimages is None else nimages * (integer(config, "ntrigger", where, required=False) or 1)
+    if n_frames is not None and n_frames > MAX_FRAMES:
+        raise DecodeError(f"{where}: nimages x ntrigger = {n_frames}, more than {MAX_FRAMES} frames")
+    pixel = (number(config, "y_pixel_size", where), number(config, "x_pixel_size", where))
+    epoch = _epoch(config.get("data_collection_date"))
+    return SeriesStart(
+        series=header.series, shape=shape, dtype=dtype, mask=mask, n_frames=n_frames,
+        geometry=Geometry(
+            beam_center=beam_center(number(config, "beam_center_x", where), number(config, "beam_center_y", where)),
+            pixel_size=None if None in pixel else pixel,
+            distance=number(config, "detector_distance", where), wavelength=number(config, "wavelength", where)),
+        count_time=number(config, "count_time", where),
+        saturation=integer(config, "countrate_correction_count_cutoff", where, required=False),
+        meta={"protocol": PROTOCOL, "header_detail": header.detail, **scalars(config, _META_KEYS),
+              **({} if epoch is None else {"series_epoch": epoch})},
+    )
+
+
+# ---------------------------------------------------------------------- image
+def _frame(series_no: int, index: int, info: dict[str, Any], blob: Any, shape: tuple[int, int],
+           dtype: np.dtype, where: str) -> Frame:
+    encoding = info.get("encoding")
+    size = info.get("size")
+    nbytes = memoryview(blob).nbytes
+    if isinstance(size, int) and not isinstance(size, bool) and size != nbytes:
+        raise DecodeError(f"{where}: data part holds {nbytes} bytes, dimage_d-1.0 says size {size}")
+    try:
+        if encoding == "<":
+            return Frame(series_no, index, codecs.decode(blob, "raw", shape, dtype))
+        if encoding == "lz4<":
+            raw = codecs.lz4_block_to_h5(blob, shape[0] * shape[1] * dtype.itemsize)
+            return Frame(series_no, index, codecs.decode_lz4_block(blob, shape, dtype), raw=raw,
+                         encoding="raw" if raw is None else "lz4")
+        if encoding in ("bs8-lz4<", "bs16-lz4<", "bs32-lz4<"):
+            if encoding != f"bs{8 * dtype.itemsize}-lz4<":
+                raise DecodeError(f"encoding {encoding!r} does not suit type {dtype.name}")
+            return Frame(series_no, index, codecs.decode(blob, "bslz4", shape, dtype), raw=blob, encoding="bslz4")
+    except DecodeError as exc:
+        raise DecodeError(f"{where}: {exc}") from None
+    raise DecodeError(f"{where}: unknown encoding {encoding!r} (expected '<', 'lz4<', 'bs8-lz4<', "
+                      "'bs16-lz4<' or 'bs32-lz4<')")
+
+
+def _timestamp(series: SeriesStart | None, start_ns: Any) -> float:
+    """Acquisition start of a frame, s since the epoch, when the header gave the series date."""
+    epoch = None if series is None else series.meta.get("series_epoch")
+    if epoch is None or not isinstance(start_ns, int) or isinstance(start_ns, bool) or abs(start_ns) >= 1 << 63:
+        return 0.0
+    return float(epoch) + start_ns * 1e-9
+
+
+def _epoch(date: Any) -> float | None:
+    if not isinstance(date, str):
+        return None
+    try:
+        return datetime.fromisoformat(date).timestamp()
+    except (ValueError, OverflowError, OSError):
+        log.warning("%s: data_collection_date %r is not an ISO 8601 date: frame times unknown", PROTOCOL, date)
+        return None
+
+
+# ---------------------------------------------------------------------- shared with dectris_v2
+def integer(d: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> int | None:
+    """``d[key]`` as an integer in 0..2**63 - 1; None when absent and not ``required``.
+
+    Raises
+    ------
+    DecodeError
+        Present but not such an integer, or absent and ``required``.
+    """
+    value = d.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+        raise DecodeError(f"{where}: {key!r} must be an integer >= 0, got {_show(value)}")
+    return value
+
+
+def number(d: Mapping[str, Any], key: str, where: str) -> float | None:
+    """``d[key]`` as a finite float, or None when absent.
+
+    Raises
+    ------
+    DecodeError
+        Present but not a finite real number.
+    """
+    value = d.get(key)
+    if value is None:
+        return None
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or abs(value) >= 1 << 63
+            or not math.isfinite(value)):
+        raise DecodeError(f"{where}: {key!r} must be a finite number, got {_show(value)}")
+    return float(value)
+
+
+def frame_index(d: Mapping[str, Any], key: str, where: str) -> int:
+    """``d[key]`` as a frame number, 0 <= n < :data:`MAX_FRAMES`.
+
+    Raises
+    ------
+    DecodeError
+        Not an integer in that range.
+    """
+    value = integer(d, key, where)
+    if value >= MAX_FRAMES:
+        raise DecodeError(f"{where}: {key!r} must be < {MAX_FRAMES}, got {value}")
+    return value
+
+
+def scalars(d: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values of ``keys`` in ``d`` that are msgpack-able scalars (for ``SeriesStart.meta``)."""
+    return {k: d[k] for k in keys if isinstance(d.get(k), (str, bool, float))
+            or (isinstance(d.get(k), int) and -(1 << 63) <= d[k] < 1 << 63)}
+
+
+def side(d: Mapping[str, Any], key: str, where: str) -> int:
+    """``d[key]`` as an image side in pixels, 1 <= n < :data:`MAX_SIDE` (raises DecodeError)."""
+    value = integer(d, key, where)
+    if not 0 < value < MAX_SIDE:
+        raise DecodeError(f"{where}: {key!r} must be in 1..{MAX_SIDE - 1}, got {value}")
+    return value
+
+
+def beam_center(x: float | None, y: float | None) -> tuple[float, float] | None:
+    """(row, col) with livediff's pixel-centre origin from DECTRIS' corner-origin (x, y) in pixels."""
+    if x is None or y is None:
+        return None
+    return (y - 0.5, x - 0.5)
+
+
+def valid_mask(pixel_mask: np.ndarray) -> np.ndarray:
+    """DECTRIS/NXmx ``pixel_mask`` (nonzero = bad, bits give the reason) -> bool, True = valid."""
+    return np.asarray(pixel_mask) == 0
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---------------------------------------------------------------------- parsing
+def _try_json(part: Any) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(bytes(part))
+    except (ValueError, RecursionError, TypeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _json(part: Any, what: str) -> dict[str, Any]:
+    obj = _try_json(part)
+    if obj is None:
+        raise DecodeError(f"{PROTOCOL}: {what} is not a JSON object")
+    return obj
+
+
+def _shape(info: Mapping[str, Any], where: str) -> tuple[int, int]:
+    """DECTRIS ``shape`` [x, y] -> (rows, cols) = (y, x)."""
+    shape = info.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < MAX_SIDE for n in shape)):
+        raise DecodeError(f"{where}: 'shape' must be [x, y] of positive integers, got {_show(shape)}")
+    return (shape[1], shape[0])
+
+
+def _dtype(name: Any, where: str, *, kinds: tuple[str, ...] = FRAME_DTYPES) -> np.dtype:
+    if name not in kinds:
+        raise DecodeError(f"{where}: type {_show(name)}, expected one of {', '.join(kinds)}")
+    return np.dtype(name)
