@@ -145,10 +145,16 @@ class Processor:
         self.writer.add_frame({"row": values, "arrays": arrays, "rows": rows, "raw": raw,
                                "corrected": frame.data if self.config.output.save_corrected else None})
         self.publisher.publish("stats", "frame", {"series": frame.series, **values, **arrays})
+        self._emit_rows(frame.series, frame.index, rows, write=False)
+
+    def _emit_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], *, write: bool) -> None:
+        """Publish operators' rows on their topics (and queue them for the file if ``write``)."""
+        if write and rows:
+            self.writer.add_rows(index, rows)
         for op, columns in rows.items():
             if op in schema.TOPICS:
                 n = len(next(iter(columns.values()))) if columns else 0
-                self.publisher.publish(op, op, {"series": frame.series, "frame": frame.index, "n": n, **columns})
+                self.publisher.publish(op, op, {"series": series, "frame": index, "n": n, **columns})
 
     def _snapshot_due(self) -> bool:
         period = self.config.pipeline.snapshot_period
@@ -160,6 +166,10 @@ class Processor:
         self._last_snapshot = time.monotonic()
         cur = self.current
         results = await (self.executor.finish() if final else self.executor.snapshot())
+        if final:
+            self._emit_rows(cur.start.series, cur.last_frame,
+                            {op: results[op]["rows"] for op in self.executor.layout.rows
+                             if "rows" in results.get(op, {})}, write=True)
         declared = self.executor.layout.reductions
         results = {op: {k: v for k, v in values.items() if k in declared.get(op, {})}
                    for op, values in results.items()}

@@ -130,7 +130,8 @@ class Service:
         endpoint = self.receiver.endpoint_bound
         log.info("embedded simulator: %d frames of %s %s at %s Hz -> %s", s.frames, s.dtype, s.shape,
                  s.rate or "max", endpoint)
-        await asyncio.to_thread(stream_series, sim, endpoint, rate=s.rate, stop=stop)
+        await asyncio.to_thread(stream_series, sim, endpoint, rate=s.rate, stop=stop,
+                                protocol=self.config.source.protocol)
 
     def _series_ended(self, summary: dict[str, Any]) -> None:
         self.series_done.append(summary)

@@ -30,10 +30,10 @@ class ThreadExecutor:
 
     def __init__(self, operators: Sequence[OperatorConfig], workers: int = 1) -> None:
         self.workers = workers
-        self._operators = operators
         self._chains = [Chain(operators) for _ in range(workers)]
         self._collector = Chain(operators, only_collecting=True)
         self._collecting = {op.name for op in self._collector.operators}
+        self._merged = Chain(operators) if workers > 1 else self._chains[0]
         self._idle = list(self._chains)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="livediff-worker")
         self._collect_pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-collector")
@@ -74,10 +74,8 @@ class ThreadExecutor:
         return await self._run(self._collect_pool, self._report, "finish")
 
     def _report(self, method: str) -> dict[str, dict[str, Any]]:
-        if self.workers == 1:
-            merged = self._chains[0]
-        else:  # a fresh chain holding the sum of all workers
-            merged = Chain(self._operators)
+        merged = self._merged
+        if merged is not self._chains[0]:  # restarted empty, then holding the sum of all workers
             merged.start(self._series)
             for chain in self._chains:
                 merged.merge(chain.state())

@@ -78,6 +78,10 @@ class HDF5Writer:
         if self.not_saved == 1 or self.not_saved % 1000 == 0:
             log.error("HDF5 writer is behind: %d frames not saved so far", self.not_saved)
 
+    def add_rows(self, index: int, rows: dict[str, dict[str, Any]]) -> None:
+        """Queue operator rows that belong to no processed frame (e.g. spots completed at series end)."""
+        self._control("rows", (index, rows))
+
     def write_reductions(self, results: dict[str, dict[str, Any]]) -> None:
         """Overwrite the series' reductions with ``results`` ({operator: {name: array}})."""
         self._control("reductions", results)
@@ -133,6 +137,8 @@ class HDF5Writer:
                 f.add_frame(item)
         elif kind == "reductions" and f is not None:
             f.write_reductions(payload)
+        elif kind == "rows" and f is not None:
+            f.add_rows(*payload)
         elif kind in ("start", "end", "stop") and f is not None:
             self._file = None
             self.rows_written += f.close(payload if kind == "end" else None)

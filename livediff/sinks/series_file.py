@@ -90,9 +90,7 @@ class SeriesFile:
         """Buffer one processed frame's row, arrays and rows; write its frames at once."""
         index = item["row"]["frame"]
         self.frames.pending.append(item["row"])
-        for op, columns in item["rows"].items():
-            if op in self.rows:
-                self.rows[op].add_columns(index, columns)
+        self.add_rows(index, item["rows"])
         for op, arrays in item["arrays"].items():
             for name, value in arrays.items():
                 self.arrays[op, name].pending.append(value)
@@ -101,6 +99,12 @@ class SeriesFile:
             _write_frame(self.raw, index, item["raw"])
         if self.corrected is not None and item.get("corrected") is not None:
             _write_frame(self.corrected, index, item["corrected"])
+
+    def add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]]) -> None:
+        """Buffer operators' rows ({operator: {column: array}}) emitted with frame ``index``."""
+        for op, columns in rows.items():
+            if op in self.rows:
+                self.rows[op].add_columns(index, columns)
 
     def write_reductions(self, results: dict[str, dict[str, Any]]) -> None:
         for op, values in results.items():
