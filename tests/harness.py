@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,12 @@ from livediff.service import Service
 
 
 def free_endpoint() -> str:
-    """A loopback TCP endpoint nobody listens on (the OS picks the port)."""
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.PULL)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(linger=0)
-    return f"tcp://127.0.0.1:{port}"
+    """A fresh endpoint nobody else uses: an ipc socket file with a unique name.
+
+    (A TCP port picked by binding and closing could be taken by another process
+    before the service binds it again.)
+    """
+    return f"ipc://{tempfile.gettempdir()}/livediff-test-{uuid.uuid4().hex[:12]}"
 
 
 def config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
