@@ -67,9 +67,24 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--drift", type=float, default=0.0, help="random-walk drift step, px/frame")
     m.add_argument("--pattern", choices=["stills", "fixed"], default="stills")
     m.add_argument("--series", type=int, default=1)
-    m.add_argument("--protocol", default="native")
+    m.add_argument("--protocol", default="native", choices=["native", "dectris-stream1", "dectris-stream2"])
+    m.add_argument("--encoding", default="raw", choices=["raw", "bslz4", "lz4"],
+                   help="pixel payload encoding (default %(default)s)")
     m.add_argument("--truth", help="write the ground truth (JSON) here")
     m.set_defaults(run=_simulate)
+
+    r = sub.add_parser("replay", help="stream a recorded series (livediff HDF5 or NXmx / EIGER master file) "
+                                      "as a live detector stream")
+    r.add_argument("file", help="livediff series file (saved with save_raw) or NXmx / EIGER master file")
+    r.add_argument("--endpoint", required=True, help="where to send, e.g. tcp://127.0.0.1:9999")
+    r.add_argument("--bind", action="store_true", help="bind the PUSH socket, as a detector does")
+    r.add_argument("--rate", type=float, default=0.0, help="frames/s, 0 = as fast as taken (default)")
+    r.add_argument("--protocol", default="native", help="native, dectris-stream1 or dectris-stream2 "
+                                                          "(default %(default)s)")
+    r.add_argument("--encoding", default="bslz4", help="pixel payload: bslz4 (default; stored bitshuffle-LZ4 "
+                                                       "chunks are sent as they are), lz4 or raw")
+    r.add_argument("--series", type=int, help="series number to announce (default: the recorded one, or 1)")
+    r.set_defaults(run=_replay)
 
     b = sub.add_parser("bench", help="time our kernels against their peers on the same frames")
     b.add_argument("--only", help="one family (decode, corrections, stats, align, spots, azimuthal, hdf5) "
@@ -119,9 +134,19 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.truth:
         sim.write_truth(args.truth)
         log.info("ground truth written to %s", args.truth)
-    sent = stream_series(sim, args.endpoint, rate=args.rate, bind=args.bind, protocol=args.protocol)
+    sent = stream_series(sim, args.endpoint, rate=args.rate, bind=args.bind, protocol=args.protocol,
+                         encoding=args.encoding)
     print(f"series {args.series}: {sent} of {args.frames} frames sent to {args.endpoint}")
     return 0 if sent == args.frames else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .replay import replay
+
+    sent, recorded = replay(args.file, args.endpoint, rate=args.rate, protocol=args.protocol,
+                            encoding=args.encoding, bind=args.bind, series=args.series)
+    print(f"{args.file}: {sent} of {recorded} recorded frames sent to {args.endpoint}")
+    return 0 if sent == recorded else 1
 
 
 #: set on this kind of machine to tune OpenBLAS for us; unset for benchmarks so peers run at full speed

@@ -8,10 +8,12 @@ centre from the corner of the first pixel (+0.5 px), distance in m, wavelength i
 
 Each encoder serves one stream (it remembers when the series was armed, for the frame
 times) and has the interface :func:`simulators.stream.stream_series` uses:
-``start(series_start)``, ``image(series, index, data, timestamp=None)``, ``end(series)``,
-each returning the parts of one ZeroMQ message.  ``encoding`` is one of livediff's
-payload encodings: ``"raw"`` (v1 ``<``), ``"bslz4"`` (v1 ``bsN-lz4<``, v2 tag 56500
-``"bslz4"``) or ``"lz4"`` (v1 ``lz4<``, one bare LZ4 block; v2 tag 56500 ``"lz4"``).
+``start(series_start)``, ``image(series, index, data, timestamp=None, blob=None)``,
+``end(series)``, each returning the parts of one ZeroMQ message; ``blob`` is the frame
+already encoded (a stored chunk being replayed), sent without recompressing.
+``encoding`` is one of livediff's payload encodings: ``"raw"`` (v1 ``<``), ``"bslz4"``
+(v1 ``bsN-lz4<``, v2 tag 56500 ``"bslz4"``) or ``"lz4"`` (v1 ``lz4<``, one bare LZ4
+block; v2 tag 56500 ``"lz4"``).
 """
 from __future__ import annotations
 
@@ -87,14 +89,18 @@ class StreamV1Encoder:
                     "frame_time": start.count_time, "countrate_correction_count_cutoff": start.saturation}
         return config | {k: v for k, v in optional.items() if v is not None}
 
-    def image(self, series: int, index: int, data: np.ndarray, *, timestamp: float | None = None) -> list[bytes]:
-        """The ``dimage-1.0`` message carrying frame ``index``."""
-        data = np.ascontiguousarray(data)
-        blob, wire = {
-            "raw": lambda: (codecs.encode(data, "raw"), "<"),
-            "bslz4": lambda: (codecs.encode_bslz4(data), f"bs{8 * data.dtype.itemsize}-lz4<"),
-            "lz4": lambda: (codecs.encode_lz4_block(data), "lz4<"),
-        }[self.encoding]()
+    def image(self, series: int, index: int, data: np.ndarray, *, timestamp: float | None = None,
+              blob: bytes | None = None) -> list[bytes]:
+        """The ``dimage-1.0`` message carrying frame ``index``.
+
+        ``blob``, when given, is the frame already encoded as :attr:`encoding` (for
+        ``"lz4"`` one bare LZ4 block, as Stream v1 sends it): sent as is, ``data`` then
+        only gives the shape and dtype.
+        """
+        wire = {"raw": "<", "bslz4": f"bs{8 * data.dtype.itemsize}-lz4<", "lz4": "lz4<"}[self.encoding]
+        if blob is None:
+            data = np.ascontiguousarray(data)
+            blob = codecs.encode_lz4_block(data) if self.encoding == "lz4" else codecs.encode(data, self.encoding)
         start_ns = round(((time.time() if timestamp is None else timestamp) - self._armed) * 1e9)
         return [
             _json({"htype": "dimage-1.0", "series": series, "frame": index, "hash": hashlib.md5(blob).hexdigest()}),
@@ -162,11 +168,26 @@ class StreamV2Encoder:
         msg |= {k: v for k, v in optional.items() if v is not None}
         return [cbor2.dumps(msg)]
 
-    def image(self, series: int, index: int, data: np.ndarray, *, timestamp: float | None = None) -> list[bytes]:
-        """The ``image`` message carrying frame ``index`` in every channel."""
-        data = np.ascontiguousarray(data)
+    def image(self, series: int, index: int, data: np.ndarray, *, timestamp: float | None = None,
+              blob: bytes | None = None) -> list[bytes]:
+        """The ``image`` message carrying frame ``index`` in every channel.
+
+        ``blob``, when given, is the frame already encoded as :attr:`encoding` (HDF5
+        filter chunk layout, as :func:`livediff.sources.codecs.encode` writes it): sent as
+        is, ``data`` then only gives the shape and dtype.
+
+        Raises
+        ------
+        ValueError
+            ``blob`` given to an encoder of more than one channel (the others would need
+            the pixels).
+        """
+        if blob is not None and len(self.channels) > 1:
+            raise ValueError(f"a precompressed frame fills one channel, this encoder has {len(self.channels)}")
+        if blob is None:
+            data = np.ascontiguousarray(data)
         t_ns = round(((time.time() if timestamp is None else timestamp) - self._armed.timestamp()) * 1e9)
-        channels = {c: self._array(data if k == 0 else data // (k + 1)) for k, c in enumerate(self.channels)}
+        channels = {c: self._array(data if k == 0 else data // (k + 1), blob) for k, c in enumerate(self.channels)}
         return [cbor2.dumps(cbor2.CBORTag(_SELF_DESCRIBE, {
             "type": "image", "series_id": series, "series_unique_id": self.unique_id(series), "image_id": index,
             "start_time": [t_ns, 1_000_000_000], "stop_time": [t_ns + 1_000_000, 1_000_000_000],
@@ -178,9 +199,10 @@ class StreamV2Encoder:
         return [cbor2.dumps(cbor2.CBORTag(_SELF_DESCRIBE, {
             "type": "end", "series_id": series, "series_unique_id": self.unique_id(series)}))]
 
-    def _array(self, data: np.ndarray) -> cbor2.CBORTag:
-        """Tag 40 [[rows, cols], typed array], the bytes compressed as ``encoding`` (tag 56500)."""
-        payload: Any = codecs.encode(data, self.encoding)
+    def _array(self, data: np.ndarray, blob: bytes | None = None) -> cbor2.CBORTag:
+        """Tag 40 [[rows, cols], typed array], the bytes compressed as ``encoding`` (tag 56500);
+        ``blob``: those bytes, already encoded."""
+        payload: Any = codecs.encode(data, self.encoding) if blob is None else blob
         if self.encoding != "raw":
             element = data.dtype.itemsize if self.encoding == "bslz4" else 0
             payload = cbor2.CBORTag(_COMPRESSED, [self.encoding, element, payload])

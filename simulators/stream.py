@@ -7,6 +7,8 @@ marks are full, exactly like a detector's PUSH socket: nothing is lost on the wa
 Every protocol livediff reads can be sent (:data:`ENCODERS`): the native one, DECTRIS
 Stream v1 and Stream v2, each with raw, bitshuffle-LZ4 or LZ4 payloads, from the same
 simulated frames, so each ingest path can be tested end to end against one ground truth.
+The same sender replays recorded series (:mod:`livediff.replay`): a source that stores
+bitshuffle-LZ4 chunks has them forwarded as they are when the stream sends bslz4.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
@@ -23,7 +25,6 @@ from livediff.model import SeriesStart
 from livediff.sources import codecs, native
 
 from .dectris import StreamV1Encoder, StreamV2Encoder
-from .diffraction import DiffractionSimulator
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ class NativeEncoder:
     def start(self, start: SeriesStart) -> list[Any]:
         return native.encode_start(start)
 
-    def image(self, series: int, index: int, data: np.ndarray, *, timestamp: float | None = None) -> list[Any]:
-        return native.encode_image(series, index, data, timestamp=timestamp, encoding=self.encoding)
+    def image(self, series: int, index: int, data: np.ndarray, *, timestamp: float | None = None,
+              blob: bytes | None = None) -> list[Any]:
+        return native.encode_image(series, index, data, timestamp=timestamp, encoding=self.encoding, blob=blob)
 
     def end(self, series: int) -> list[Any]:
         return native.encode_end(series)
@@ -56,18 +58,37 @@ ENCODERS: dict[str, Callable[..., NativeEncoder | StreamV1Encoder | StreamV2Enco
 _SEND_POLL_MS = 200
 
 
-def stream_series(sim: DiffractionSimulator, endpoint: str, *, rate: float = 0.0, bind: bool = False,
+class SeriesSource(Protocol):
+    """What :func:`stream_series` sends: a simulator or a recorded series.
+
+    Optionally a source also has ``indices`` (the frame numbers to send, default
+    ``range(n_frames)``), and ``chunk_encoding`` with ``chunk(i)`` (frame ``i`` as stored,
+    in that encoding, or None), as :class:`livediff.readers.series.RecordedSeries` does.
+    """
+
+    series: int
+    n_frames: int
+
+    def series_start(self) -> SeriesStart: ...
+
+    def frame(self, i: int) -> np.ndarray: ...
+
+
+def stream_series(source: SeriesSource, endpoint: str, *, rate: float = 0.0, bind: bool = False,
                   protocol: str = "native", encoding: str = "raw", stop: threading.Event | None = None,
                   context: zmq.Context | None = None, on_bound: Callable[[str], None] | None = None,
                   sndhwm: int = 16) -> int:
-    """Send ``sim``'s series (start, every frame, end) to ``endpoint``; returns frames sent.
+    """Send ``source``'s series (start, every frame, end) to ``endpoint``; returns frames sent.
 
     Parameters
     ----------
+    source : a simulator or a recorded series (:class:`SeriesSource`).
     rate : frames per second; 0 sends as fast as the receiver takes them.
     bind : bind the PUSH socket (a detector does) instead of connecting.
     protocol : a key of :data:`ENCODERS`.
-    encoding : pixel payload: "raw", "bslz4" (bitshuffle-LZ4) or "lz4".
+    encoding : pixel payload: "raw", "bslz4" (bitshuffle-LZ4) or "lz4".  With "bslz4",
+        frames a source stores as bitshuffle-LZ4 chunks are sent as stored, never
+        decompressed.
     stop : set it to end the series early (the end message is still sent).
     on_bound : called with the actual endpoint once bound (for ``tcp://...:*``).
 
@@ -79,6 +100,11 @@ def stream_series(sim: DiffractionSimulator, endpoint: str, *, rate: float = 0.0
     if protocol not in ENCODERS:
         raise ValueError(f"protocol must be one of {', '.join(ENCODERS)}, got {protocol!r}")
     encoder = ENCODERS[protocol](encoding=encoding)
+    start = source.series_start()
+    indices = getattr(source, "indices", None)
+    indices = range(source.n_frames) if indices is None else indices
+    forward = encoding == "bslz4" and getattr(source, "chunk_encoding", None) == "bslz4"
+    shape_of = np.broadcast_to(np.zeros((), dtype=start.dtype), start.shape)  # shape and dtype of a forwarded chunk
     stop = stop or threading.Event()
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.PUSH)
@@ -91,21 +117,23 @@ def stream_series(sim: DiffractionSimulator, endpoint: str, *, rate: float = 0.0
                 on_bound(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         else:
             sock.connect(endpoint)
-        if not _send(sock, encoder.start(sim.series_start()), stop):
+        if not _send(sock, encoder.start(start), stop):
             return 0
         t0 = time.perf_counter()
         sent = 0
-        for i in range(sim.n_frames):
+        for k, i in enumerate(map(int, indices)):
             if rate > 0:
-                delay = t0 + i / rate - time.perf_counter()
+                delay = t0 + k / rate - time.perf_counter()
                 if delay > 0 and stop.wait(delay):
                     break
-            if not _send(sock, encoder.image(sim.series, i, sim.frame(i)), stop):
+            blob = source.chunk(i) if forward else None
+            data = shape_of if blob is not None else source.frame(i)
+            if not _send(sock, encoder.image(source.series, i, data, blob=blob), stop):
                 break
             sent += 1
-        _send(sock, encoder.end(sim.series), threading.Event(), timeout_s=5.0)
-        log.info("simulator: series %d, %d of %d frames sent (%s, %s)", sim.series, sent, sim.n_frames,
-                 protocol, encoding)
+        _send(sock, encoder.end(source.series), threading.Event(), timeout_s=5.0)
+        log.info("stream: series %d, %d of %d frames sent (%s, %s%s)", source.series, sent, len(indices), protocol,
+                 encoding, ", stored chunks forwarded" if forward else "")
         return sent
     finally:
         sock.close()
@@ -119,6 +147,6 @@ def _send(sock: zmq.Socket, parts: list, stop: threading.Event, timeout_s: float
             sock.send_multipart(parts, copy=False)
             return True
         if deadline is not None and time.monotonic() > deadline:
-            log.warning("simulator: receiver gone, message not sent")
+            log.warning("stream: receiver gone, message not sent")
             return False
     return False

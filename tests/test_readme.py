@@ -22,5 +22,5 @@ def test_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
 
 def test_every_cli_command_is_documented():
     text = (REPO / "README.md").read_text()
-    for command in ("serve", "simulate", "inspect"):
+    for command in ("serve", "simulate", "replay", "inspect", "bench"):
         assert f"`livediff {command}" in text

@@ -8,10 +8,16 @@ from __future__ import annotations
 from .align import Align
 from .azimuthal import Azimuthal, PowderCenter
 from .base import NoParams, Operator, Stateless, param
+from .binning import Bin, Preview
+from .corrections import DynamicBackground, FlatField, StaticBackground
+from .masking import HotPixels
 from .spots import Spots
 from .stats import Stats
 from .summary import Summary
 
-REGISTRY: dict[str, type] = {cls.name: cls for cls in (Summary, Stats, Align, Spots, Azimuthal, PowderCenter)}
+REGISTRY: dict[str, type] = {cls.name: cls for cls in (
+    Summary, HotPixels, FlatField, StaticBackground, DynamicBackground, Bin, Preview,
+    Align, Stats, Spots, Azimuthal, PowderCenter,
+)}
 
 __all__ = ["REGISTRY", "NoParams", "Operator", "Stateless", "param"]

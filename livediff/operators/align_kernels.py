@@ -1,10 +1,11 @@
-"""Kernels of the ``align`` family: masked registration and shifting of frames.
+"""Kernels of the ``align`` family: masked registration of frames (their shifting is in :mod:`.shift`).
 
 :func:`register` measures the translation between a frame and a reference by masked
 normalised cross-correlation (Padfield 2012), so that masked pixels (beam stop, module
 gaps, dead pixels) take no part in it; :class:`Registration` does it for a stream of
 frames against one reference, computing once what depends only on the reference and the
-masks; :func:`shift_image` applies the shift, moving the mask with the data.
+masks.  :func:`shift_image`, which applies the shift and moves the mask with the data,
+lives in :mod:`livediff.operators.shift` and is re-exported here.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import numba
 import numpy as np
 import scipy.fft as sfft
 
-#: fractional shifts closer than this to a whole pixel are treated as whole (px)
-_SNAP = 1e-6
+from .shift import check_image, check_mask, shift_image
+
+__all__ = ["Registration", "check_roi", "register", "shift_image"]
 
 #: relative size below which a variance term counts as zero (float32 FFT round-off is ~1e-6)
 _VARIANCE_RTOL = 1e-4
@@ -142,25 +144,6 @@ def _lag_window(terms: np.ndarray, offset: int, ly: int, lx: int) -> np.ndarray:
     return terms[..., rows[:, None], cols[None, :]]
 
 
-def _check_mask(mask: np.ndarray | None, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """``mask`` as a bool array of ``shape`` (all True for None)."""
-    if mask is None:
-        return np.ones(shape, dtype=np.bool_)
-    mask = np.asarray(mask)
-    if mask.dtype != np.bool_:
-        raise TypeError(f"{what} must be a bool array (True = valid), got dtype {mask.dtype}")
-    if mask.shape != shape:
-        raise ValueError(f"{what} shape {mask.shape} != image shape {shape}")
-    return mask
-
-
-def _check_image(image: np.ndarray, what: str) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 2 or image.dtype.kind not in "uif":
-        raise TypeError(f"{what} must be a 2-D array of integers or floats, got {image.dtype} {image.shape}")
-    return image
-
-
 def check_roi(roi: tuple[int, int, int, int] | None, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """``roi`` = (row_start, row_stop, col_start, col_stop) checked against ``shape``; None = the whole image.
 
@@ -241,10 +224,10 @@ class Registration:
                  reference_mask: np.ndarray | None = None, max_shift: float | None = None,
                  roi: tuple[int, int, int, int] | None = None, overlap_ratio: float = 0.3,
                  workers: int | None = None) -> None:
-        reference = _check_image(reference, "reference")
+        reference = check_image(reference, "reference")
         self.shape: tuple[int, int] = reference.shape
-        mask = _check_mask(mask, self.shape, "mask")
-        reference_mask = mask if reference_mask is None else _check_mask(reference_mask, self.shape,
+        mask = check_mask(mask, self.shape, "mask")
+        reference_mask = mask if reference_mask is None else check_mask(reference_mask, self.shape,
                                                                          "reference_mask")
         if max_shift is not None and not max_shift > 0:
             raise ValueError(f"max_shift must be > 0 pixels or None, got {max_shift}")
@@ -298,7 +281,7 @@ class Registration:
 
     def __call__(self, image: np.ndarray) -> tuple[float, float, float]:
         """(shift_y, shift_x, quality) of ``image``; all NaN when no lag is usable (e.g. a flat image)."""
-        image = _check_image(image, "image")
+        image = check_image(image, "image")
         if image.shape != self.shape:
             raise ValueError(f"image shape {image.shape} != reference shape {self.shape}")
         r0, r1, c0, c1 = self.roi
@@ -351,98 +334,3 @@ def register(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None =
     reference, moving)`` returns the same shift, its arguments in the other order.
     """
     return Registration(reference, mask, **params)(image)
-
-
-@numba.njit(nogil=True, cache=True)
-def _interpolate(src, valid, use_mask, offsets, weights, axis, fill, out, out_valid):
-    """out = sum_k weights[k] src shifted by offsets[k] along ``axis``; valid where every tap is
-    inside the image (and valid, with ``use_mask``), else ``fill``."""
-    rows, cols = src.shape
-    for r in range(rows):
-        for c in range(cols):
-            acc = 0.0
-            ok = True
-            for k in range(offsets.size):
-                rr = r + offsets[k] if axis == 0 else r
-                cc = c + offsets[k] if axis == 1 else c
-                if rr < 0 or rr >= rows or cc < 0 or cc >= cols or (use_mask and not valid[rr, cc]):
-                    ok = False
-                    break
-                acc += weights[k] * src[rr, cc]
-            out[r, c] = acc if ok else fill
-            out_valid[r, c] = ok
-
-
-def _taps(shift: float, order: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source offsets and weights of one output pixel for a shift along one axis."""
-    base = math.floor(-shift)
-    t = -shift - base
-    if t < _SNAP or t > 1.0 - _SNAP:  # a whole-pixel shift up to round-off: move pixels exactly
-        base, t = round(-shift), 0.0
-    if order == 1:
-        offsets, weights = np.array([0, 1]), np.array([1.0 - t, t])
-    else:  # Keys (1981) cubic convolution, a = -0.5
-        u = np.array([1.0 + t, t, 1.0 - t, 2.0 - t])
-        near = 1.5 * u ** 3 - 2.5 * u ** 2 + 1.0
-        far = -0.5 * u ** 3 + 2.5 * u ** 2 - 4.0 * u + 2.0
-        offsets, weights = np.arange(-1, 3), np.where(u <= 1.0, near, far)
-    keep = weights != 0.0
-    return (offsets[keep] + base).astype(np.int64), weights[keep]
-
-
-def shift_image(image: np.ndarray, shift: tuple[float, float], mask: np.ndarray | None = None,
-                fill_value: float = 0.0, *, order: int = 3) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Translate ``image`` by ``shift`` = (rows, cols) pixels; the mask moves with it.
-
-    Parameters
-    ----------
-    image : (rows, cols) array of any real dtype (not modified).
-    shift : (shift_y, shift_x) in pixels: output pixel (r, c) takes the value of the
-        input at (r - shift_y, c - shift_x).  :func:`register` returns the shift aligning
-        a frame with its reference.
-    mask : bool array, True = valid, or None (all valid).
-    fill_value : value of output pixels that are not valid.
-    order : 1 (bilinear) or 3 (Keys cubic convolution, interpolating, 4 x 4 pixels).
-
-    Returns
-    -------
-    shifted : float32 array (float64 for a float64 image) of the image's shape.
-    shifted_mask : bool array, only when ``mask`` is given: an output pixel is valid when
-        every input pixel it interpolates from (with a nonzero weight) lies inside the
-        image and is valid.  Without a mask, only the pixels the shift uncovers are
-        invalid.  Invalid pixels hold ``fill_value``.
-
-    Raises
-    ------
-    ValueError
-        If ``order`` is not 1 or 3, the shift is not finite, or the mask's shape differs.
-    TypeError
-        If the image is not a 2-D numeric array or the mask is not boolean.
-
-    Notes
-    -----
-    A translation has the same interpolation weights at every pixel, so the shift is two
-    1-D passes of a 2- or 4-tap filter.  Keys' kernel (a = -0.5) is
-    ``W(u) = 1.5|u|^3 - 2.5|u|^2 + 1`` for ``|u| <= 1`` and
-    ``-0.5|u|^3 + 2.5|u|^2 - 4|u| + 2`` for ``1 < |u| < 2``; it reproduces quadratics and
-    needs no prefilter, so a masked pixel affects only the 4 x 4 outputs around it and an
-    integer shift moves pixels exactly.  R. Keys, "Cubic convolution interpolation for
-    digital image processing", IEEE Trans. ASSP 29(6), 1153-1160 (1981).
-    """
-    image = _check_image(image, "image")
-    has_mask = mask is not None
-    mask = _check_mask(mask, image.shape, "mask")
-    if order not in (1, 3):
-        raise ValueError(f"order must be 1 (bilinear) or 3 (cubic), got {order}")
-    shift_y, shift_x = (float(s) for s in shift)
-    if not (math.isfinite(shift_y) and math.isfinite(shift_x)):
-        raise ValueError(f"shift must be finite, got {tuple(shift)}")
-    dtype = np.float64 if image.dtype == np.float64 else np.float32
-    (off_y, w_y), (off_x, w_x) = _taps(shift_y, order), _taps(shift_x, order)
-    along_cols = np.empty(image.shape, dtype=np.float64)
-    valid_cols = np.empty(image.shape, dtype=np.bool_)
-    _interpolate(image, mask, has_mask, off_x, w_x, 1, 0.0, along_cols, valid_cols)
-    out = np.empty(image.shape, dtype=dtype)
-    out_valid = np.empty(image.shape, dtype=np.bool_)
-    _interpolate(along_cols, valid_cols, True, off_y, w_y, 0, float(fill_value), out, out_valid)
-    return (out, out_valid) if has_mask else out

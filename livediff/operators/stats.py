@@ -2,8 +2,8 @@
 
 Exact and mergeable: every pixel keeps its count, the sum of weights V1 = sum w, the
 sum of squared weights V2 = sum w^2, the weighted mean and M2 = sum w (x - mean)^2.
-One Chan/Welford kernel (:func:`_fold`) folds either one frame or another partial
-state into these, so K workers' partial states merge to the single-stream answer and
+One Chan/Welford kernel (:func:`.stats_kernels.fold`) folds either one frame or another
+partial state into these, so K workers' partial states merge to the single-stream answer and
 no mean of squares is ever formed.  The mean is kept relative to a per-pixel shift (the
 pixel's first value), which keeps full precision for large offsets (1e8 +- 1).
 
@@ -21,130 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numba
 import numpy as np
 
 from ..model import Frame, SeriesStart
 from .base import Stateless, param
+from .stats_kernels import ARRAYS, check_weights, derive, fold, valid_sum
 
-#: the per-pixel arrays of a state, in the order of :func:`_fold`'s arguments
-_ARRAYS = ("count", "shift", "mean", "m2", "w", "w2")
 #: what :meth:`RunningStats.results` derives (and the operator's reductions)
 RESULTS = ("mean", "var", "std", "sem", "count")
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _chan(wa: float, ma: float, m2a: float, wb: float, mb: float, m2b: float) -> tuple[float, float, float]:
-    """Combine two weighted partial states (V1, mean, M2): Chan et al.'s pairwise update."""
-    w = wa + wb
-    d = mb - ma
-    r = wb / w
-    return w, ma + d * r, m2a + m2b + d * d * wa * r
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _fold(count: np.ndarray, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray, w: np.ndarray | None,
-          w2: np.ndarray | None, decay: float, o_count: np.ndarray, o_shift: np.ndarray, o_mean: np.ndarray,
-          o_m2: np.ndarray, o_w: np.ndarray | None, o_w2: np.ndarray | None, o_scale: float) -> None:
-    """Fold partial state ``o_*`` into state (count, shift, mean, m2, w, w2), in place.
-
-    A frame is the partial state (count = mask, shift = x, mean = 0, M2 = 0, weights).
-    ``w``/``w2`` None = uniform weights (V1 = V2 = count); ``o_w``/``o_w2`` likewise.  The
-    state's weights and M2 are first multiplied by ``decay`` (its squares for V2), the
-    other's by ``o_scale`` (so a uniform other with ``o_scale`` = s has V1 = s count,
-    V2 = s^2 count); a pixel where the other has no count or zero weight is left as it
-    was (but decayed).
-    """
-    rows, cols = count.shape
-    for r in range(rows):
-        for c in range(cols):
-            n = count[r, c]
-            m2a = float(m2[r, c])
-            if w is None:
-                wa = float(n)
-                w2a = wa
-            else:
-                wa = w[r, c] * decay
-                w2a = w2[r, c] * decay * decay
-                m2a *= decay
-            on = np.int64(o_count[r, c])
-            if o_w is None:
-                wb = on * o_scale
-                w2b = wb * o_scale
-                m2b = o_m2[r, c] * o_scale
-            else:
-                wb = o_w[r, c] * o_scale
-                w2b = o_w2[r, c] * o_scale * o_scale
-                m2b = o_m2[r, c] * o_scale
-            if on > 0 and wb > 0.0:
-                if n == 0:
-                    shift[r, c] = o_shift[r, c]
-                mb = o_mean[r, c] + (float(o_shift[r, c]) - float(shift[r, c]))
-                wa, mu, m2a = _chan(wa, float(mean[r, c]), m2a, wb, mb, m2b)
-                mean[r, c] = mu
-                w2a += w2b
-                count[r, c] = n + on
-            m2[r, c] = m2a
-            if w is not None:
-                w[r, c] = wa
-                w2[r, c] = w2a
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _derive(count: np.ndarray, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray, w: np.ndarray | None,
-            w2: np.ndarray | None, ddof: float, out_mean: np.ndarray | None, out_var: np.ndarray | None,
-            out_std: np.ndarray | None, out_sem: np.ndarray | None) -> None:
-    """Mean, variance, std and SEM (into the ``out_*`` not None); NaN where V1 = 0 or V1 - ddof V2/V1 <= 0."""
-    rows, cols = count.shape
-    for r in range(rows):
-        for c in range(cols):
-            if w is None:
-                v1 = float(count[r, c])
-                v2 = v1
-            else:
-                v1 = float(w[r, c])
-                v2 = float(w2[r, c])
-            mu = float(shift[r, c]) + mean[r, c] if v1 > 0.0 else np.nan
-            q = v1 * v1 - ddof * v2  # V1 (V1 - ddof V2 / V1): one division each for var and SEM
-            var = np.nan
-            sem = np.nan
-            if v1 > 0.0 and q > 0.0:
-                var = m2[r, c] * v1 / q
-                sem = math.sqrt(m2[r, c] * v2 / (v1 * q))
-            if out_mean is not None:
-                out_mean[r, c] = mu
-            if out_var is not None:
-                out_var[r, c] = var
-            if out_std is not None:
-                out_std[r, c] = math.sqrt(var)
-            if out_sem is not None:
-                out_sem[r, c] = sem
-
-
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
-def _valid_sum(image: np.ndarray, mask: np.ndarray | None) -> float:
-    """Sum of the valid pixels in float64 (reassociated to vectorise: exact for integer frames)."""
-    total = 0.0
-    rows, cols = image.shape
-    for r in range(rows):
-        for c in range(cols):
-            if mask is None or mask[r, c]:
-                total += float(image[r, c])
-    return total
-
-
-def _check_weights(weights: Any, shape: tuple[int, ...] | None, what: str) -> np.ndarray:
-    """A per-pixel weight array as float64, checked: 2-D, of ``shape``, finite, >= 0."""
-    a = np.asarray(weights)
-    if a.ndim != 2 or a.dtype.kind not in "uif":
-        raise ValueError(f"{what} must be a 2-D real array (rows, cols), got {a.dtype} {a.shape}")
-    if shape is not None and a.shape != shape:
-        raise ValueError(f"{what} shape {a.shape} != frame shape {shape}")
-    a = a.astype(np.float64)
-    if not np.all(np.isfinite(a) & (a >= 0)):
-        raise ValueError(f"{what} must be finite and >= 0, got min {np.nanmin(a)}, "
-                         f"{int(np.count_nonzero(~np.isfinite(a)))} non-finite")
-    return a
 
 
 def _derived(name: str, doc: str) -> property:
@@ -193,12 +77,12 @@ class RunningStats:
         self.time_constant = None if time_constant is None else float(time_constant)
         self._pw = self._pw2 = None
         if pixel_weights is not None:
-            self._pw = _check_weights(pixel_weights, None if shape is None else tuple(shape), "pixel_weights")
+            self._pw = check_weights(pixel_weights, None if shape is None else tuple(shape), "pixel_weights")
             self._pw2 = self._pw * self._pw
             shape = self._pw.shape
         self._weighted = self.time_constant is not None or self._pw is not None
         self._last: int | None = None
-        self._s: dict[str, np.ndarray | None] = dict.fromkeys(_ARRAYS)
+        self._s: dict[str, np.ndarray | None] = dict.fromkeys(ARRAYS)
         self._ones = self._zeros = None
         self.shape: tuple[int, int] | None = None
         if shape is not None:
@@ -209,7 +93,7 @@ class RunningStats:
             raise ValueError(f"shape must be (rows, cols) with both >= 1, got {shape}")
         self.shape = shape
         self._s = {k: None if k in ("w", "w2") and not self._weighted else
-                   np.zeros(shape, np.int64 if k == "count" else self.dtype) for k in _ARRAYS}
+                   np.zeros(shape, np.int64 if k == "count" else self.dtype) for k in ARRAYS}
 
     def _promote(self) -> None:
         """Switch from uniform to explicit weights (V1 = V2 = count so far)."""
@@ -267,7 +151,7 @@ class RunningStats:
         if self._ones is None:  # real arrays, not broadcast views: C-contiguous inputs let the kernel vectorise
             self._ones, self._zeros = np.ones(self.shape, np.bool_), np.zeros(self.shape, np.float32)
         count = self._ones if mask is None else mask
-        _fold(*self._s.values(), decay, count, frame, self._zeros, self._zeros, pw, pw2, scalar)
+        fold(*self._s.values(), decay, count, frame, self._zeros, self._zeros, pw, pw2, scalar)
 
     def _frame_weights(self, frame: np.ndarray, mask: np.ndarray | None,
                        weight: Any) -> tuple[float, np.ndarray | None, np.ndarray | None]:
@@ -277,13 +161,13 @@ class RunningStats:
         if isinstance(weight, str):
             if weight != "intensity":
                 raise ValueError(f"weight must be a number, an array or 'intensity', got {weight!r}")
-            weight = _valid_sum(frame, mask)
+            weight = valid_sum(frame, mask)
         if np.ndim(weight) == 0:
             if not (math.isfinite(weight) and weight >= 0):
                 raise ValueError(f"frame weight must be finite and >= 0, got {weight}")
             scalar, pw, pw2 = float(weight), self._pw, self._pw2
         else:
-            pw = _check_weights(weight, self.shape, "weight")
+            pw = check_weights(weight, self.shape, "weight")
             scalar, pw = 1.0, pw if self._pw is None else pw * self._pw
             pw2 = pw * pw
         self._promote()
@@ -317,7 +201,7 @@ class RunningStats:
             When the states differ in shape or time constant, or a key is missing.
         """
         o = other.state() if isinstance(other, RunningStats) else other
-        missing = [k for k in (*_ARRAYS, "last", "time_constant") if k not in o]
+        missing = [k for k in (*ARRAYS, "last", "time_constant") if k not in o]
         if missing:
             raise ValueError(f"state lacks keys {missing}")
         if o["time_constant"] != self.time_constant:
@@ -327,13 +211,13 @@ class RunningStats:
             return  # nothing seen
         if self.shape is None:
             self._allocate(tuple(o["count"].shape))
-        for k in _ARRAYS:
+        for k in ARRAYS:
             if o[k] is not None and o[k].shape != self.shape:
                 raise ValueError(f"state {k} shape {o[k].shape} != statistics shape {self.shape}")
         if o["w"] is not None:
             self._promote()
         decay, scale = self._decays(int(o["last"])) if self.time_constant is not None else (1.0, 1.0)
-        _fold(*self._s.values(), decay, *(o[k] for k in _ARRAYS), scale)
+        fold(*self._s.values(), decay, *(o[k] for k in ARRAYS), scale)
 
     def results(self, dtype: str = "float64", names: tuple[str, ...] = RESULTS) -> dict[str, np.ndarray]:
         """Fresh arrays ``names`` of ``mean``, ``var``, ``std``, ``sem`` (``dtype``), ``count`` (int64).
@@ -349,7 +233,7 @@ class RunningStats:
             raise ValueError(f"unknown results {sorted(unknown)}; expected some of {RESULTS}")
         out = {k: np.empty(self.shape, dtype) for k in RESULTS[:4] if k in names}
         if out:
-            _derive(*self._s.values(), float(self.ddof), *(out.get(k) for k in RESULTS[:4]))
+            derive(*self._s.values(), float(self.ddof), *(out.get(k) for k in RESULTS[:4]))
         if "count" in names:
             out["count"] = self._s["count"].copy()
         return out
@@ -410,7 +294,7 @@ class StatsParams:
         if self.weights != "result" and self.weight_result:
             raise ValueError(f"weight_result is used only with weights = 'result', got weights = {self.weights!r}")
         if self.weight_file is not None:
-            _check_weights(self.weight_file, None, "weight_file")
+            check_weights(self.weight_file, None, "weight_file")
 
 
 class Stats(Stateless):

@@ -21,6 +21,7 @@ thread only.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ class SeriesFile:
         ld = entry.create_group("livediff")
         ld.attrs.update({"NX_class": "NXcollection", "series": start.series, "shape": start.shape,
                          "dtype": start.dtype, "n_frames": -1 if start.n_frames is None else start.n_frames})
+        if start.scan is not None:
+            ld.attrs["scan"] = start.scan.shape
+        ld.attrs["meta"] = json.dumps(start.meta, default=str)
         ld.create_dataset("config", data=config_text)
         if save_corrected and layout.output is not None:
             self.corrected = _frame_stack(ld, "corrected", layout.output.shape, "float32")

@@ -20,13 +20,13 @@ appendix part after a header or an image, a ``hash`` that is no md5 (never check
 ``header_detail = "none"``, whose series start is made from the first image.  A header is
 passed on once complete for its detail level, else with the first image or end of its
 series.  So the decoder has state: each receiver owns one :class:`StreamV1Decoder`.  The
-public helpers below the class are shared with :mod:`livediff.sources.dectris_v2`.
+field readers shared with :mod:`livediff.sources.dectris_v2` are in
+:mod:`livediff.sources.dectris_common`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,15 +37,12 @@ import numpy as np
 from ..errors import DecodeError
 from ..model import FRAME_DTYPES, Frame, Geometry, SeriesEnd, SeriesStart
 from . import codecs
+from .dectris_common import (MAX_FRAMES, MAX_SIDE, Event, beam_center, check_fits, frame_index, integer, number,
+                             scalars, show, side, valid_mask)
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = "dectris-stream1"
-#: Largest frame count (and frame number + 1) a header or image may announce.
-MAX_FRAMES = 1 << 31
-#: Largest image side, in pixels.
-MAX_SIDE = 1 << 20
-Event = SeriesStart | Frame | SeriesEnd
 
 _ARRAY_PARTS = {"dflatfield-1.0": "flatfield", "flatfield-1.0": "flatfield",
                 "dpixelmask-1.0": "pixel_mask", "dcountrate_table-1.0": "countrate_table"}
@@ -100,7 +97,7 @@ class StreamV1Decoder:
         first = _json(parts[0], "part 1")
         htype = first.get("htype")
         if htype is not None and not isinstance(htype, str):
-            raise DecodeError(f"{PROTOCOL}: 'htype' must be a string, got {_show(htype)}")
+            raise DecodeError(f"{PROTOCOL}: 'htype' must be a string, got {show(htype)}")
         if htype == "dheader-1.0":
             return self._header(first, parts)
         if htype == "dimage-1.0":
@@ -111,14 +108,14 @@ class StreamV1Decoder:
             return self._end(integer(first, "series", PROTOCOL))
         if htype is None or htype in _ARRAY_PARTS:
             return self._continuation(parts)
-        raise DecodeError(f"{PROTOCOL}: unknown htype {_show(htype)} (expected dheader-1.0, dimage-1.0, "
+        raise DecodeError(f"{PROTOCOL}: unknown htype {show(htype)} (expected dheader-1.0, dimage-1.0, "
                           "dseries_end-1.0 or a header part)")
 
     def _header(self, first: dict[str, Any], parts: list[Any]) -> list[Event | DecodeError]:
         series_no = integer(first, "series", PROTOCOL)
         detail = first.get("header_detail", "basic")
         if detail not in ("all", "basic", "none"):
-            raise DecodeError(f"{PROTOCOL}: header_detail {_show(detail)}, expected 'all', 'basic' or 'none'")
+            raise DecodeError(f"{PROTOCOL}: header_detail {show(detail)}, expected 'all', 'basic' or 'none'")
         header = _Header(series_no, detail)
         _absorb(header, parts[1:])
         self._drop_pending("another header came")
@@ -144,29 +141,27 @@ class StreamV1Decoder:
         where = f"{PROTOCOL}: frame {index}"
         info = _json(parts[1], "part 2")
         if info.get("htype") != "dimage_d-1.0":
-            raise DecodeError(f"{where}: part 2 htype {_show(info.get('htype'))}, expected 'dimage_d-1.0'")
+            raise DecodeError(f"{where}: part 2 htype {show(info.get('htype'))}, expected 'dimage_d-1.0'")
         shape, dtype = _shape(info, where), _dtype(info.get("type"), where)
         timing = _json(parts[3], "part 4")
         if timing.get("htype") != "dconfig-1.0":
-            raise DecodeError(f"{where}: part 4 htype {_show(timing.get('htype'))}, expected 'dconfig-1.0'")
+            raise DecodeError(f"{where}: part 4 htype {show(timing.get('htype'))}, expected 'dconfig-1.0'")
         events: list[Event | DecodeError] = []
         if self._pending is not None and self._pending.series == series_no:
             header, self._pending = self._pending, None
             series = _start(header, shape, dtype.name)
             events.append(series)
         self._extras_ok = False
+        if series is not None and series.series != series_no:
+            series = None
         try:
-            if series is not None and series.series == series_no and (shape, dtype.name) != (series.shape,
-                                                                                               series.dtype):
-                raise DecodeError(f"{where}: {dtype.name} {shape} disagrees with the series header "
-                                  f"({series.dtype} {series.shape})")
+            check_fits(series, shape, dtype, where)
             frame = _frame(series_no, index, info, parts[2], shape, dtype, where)
         except DecodeError as exc:
             if not events:
                 raise
             return [*events, exc]
-        frame.timestamp = _timestamp(series if series is not None and series.series == series_no else None,
-                                     timing.get("start_time"))
+        frame.timestamp = _timestamp(series, timing.get("start_time"))
         return [*events, frame]
 
     def _end(self, series_no: int) -> list[Event | DecodeError]:
@@ -243,7 +238,7 @@ def _start(header: _Header, shape: tuple[int, int] | None = None, dtype: str | N
     if "bit_depth_image" in config:
         depth = config["bit_depth_image"]
         if not isinstance(depth, int) or isinstance(depth, bool) or depth not in _BIT_DEPTHS:
-            raise DecodeError(f"{where}: bit_depth_image {_show(depth)}, expected 8, 16 or 32")
+            raise DecodeError(f"{where}: bit_depth_image {show(depth)}, expected 8, 16 or 32")
         dtype = _BIT_DEPTHS[depth]
     if shape is None or dtype is None:
         return None
@@ -314,85 +309,6 @@ def _epoch(date: Any) -> float | None:
         return None
 
 
-# ---------------------------------------------------------------------- shared with dectris_v2
-def integer(d: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> int | None:
-    """``d[key]`` as an integer in 0..2**63 - 1; None when absent and not ``required``.
-
-    Raises
-    ------
-    DecodeError
-        Present but not such an integer, or absent and ``required``.
-    """
-    value = d.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
-        raise DecodeError(f"{where}: {key!r} must be an integer >= 0, got {_show(value)}")
-    return value
-
-
-def number(d: Mapping[str, Any], key: str, where: str) -> float | None:
-    """``d[key]`` as a finite float, or None when absent.
-
-    Raises
-    ------
-    DecodeError
-        Present but not a finite real number.
-    """
-    value = d.get(key)
-    if value is None:
-        return None
-    if (not isinstance(value, (int, float)) or isinstance(value, bool) or abs(value) >= 1 << 63
-            or not math.isfinite(value)):
-        raise DecodeError(f"{where}: {key!r} must be a finite number, got {_show(value)}")
-    return float(value)
-
-
-def frame_index(d: Mapping[str, Any], key: str, where: str) -> int:
-    """``d[key]`` as a frame number, 0 <= n < :data:`MAX_FRAMES`.
-
-    Raises
-    ------
-    DecodeError
-        Not an integer in that range.
-    """
-    value = integer(d, key, where)
-    if value >= MAX_FRAMES:
-        raise DecodeError(f"{where}: {key!r} must be < {MAX_FRAMES}, got {value}")
-    return value
-
-
-def scalars(d: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """The values of ``keys`` in ``d`` that are msgpack-able scalars (for ``SeriesStart.meta``)."""
-    return {k: d[k] for k in keys if isinstance(d.get(k), (str, bool, float))
-            or (isinstance(d.get(k), int) and -(1 << 63) <= d[k] < 1 << 63)}
-
-
-def side(d: Mapping[str, Any], key: str, where: str) -> int:
-    """``d[key]`` as an image side in pixels, 1 <= n < :data:`MAX_SIDE` (raises DecodeError)."""
-    value = integer(d, key, where)
-    if not 0 < value < MAX_SIDE:
-        raise DecodeError(f"{where}: {key!r} must be in 1..{MAX_SIDE - 1}, got {value}")
-    return value
-
-
-def beam_center(x: float | None, y: float | None) -> tuple[float, float] | None:
-    """(row, col) with livediff's pixel-centre origin from DECTRIS' corner-origin (x, y) in pixels."""
-    if x is None or y is None:
-        return None
-    return (y - 0.5, x - 0.5)
-
-
-def valid_mask(pixel_mask: np.ndarray) -> np.ndarray:
-    """DECTRIS/NXmx ``pixel_mask`` (nonzero = bad, bits give the reason) -> bool, True = valid."""
-    return np.asarray(pixel_mask) == 0
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 # ---------------------------------------------------------------------- parsing
 def _try_json(part: Any) -> dict[str, Any] | None:
     try:
@@ -414,11 +330,11 @@ def _shape(info: Mapping[str, Any], where: str) -> tuple[int, int]:
     shape = info.get("shape")
     if (not isinstance(shape, list) or len(shape) != 2
             or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < MAX_SIDE for n in shape)):
-        raise DecodeError(f"{where}: 'shape' must be [x, y] of positive integers, got {_show(shape)}")
+        raise DecodeError(f"{where}: 'shape' must be [x, y] of positive integers, got {show(shape)}")
     return (shape[1], shape[0])
 
 
 def _dtype(name: Any, where: str, *, kinds: tuple[str, ...] = FRAME_DTYPES) -> np.dtype:
     if name not in kinds:
-        raise DecodeError(f"{where}: type {_show(name)}, expected one of {', '.join(kinds)}")
+        raise DecodeError(f"{where}: type {show(name)}, expected one of {', '.join(kinds)}")
     return np.dtype(name)

@@ -40,12 +40,12 @@ import numpy as np
 from ..errors import DecodeError
 from ..model import FRAME_DTYPES, Frame, Geometry, SeriesEnd, SeriesStart
 from . import codecs
-from .dectris_v1 import MAX_FRAMES, MAX_SIDE, beam_center, frame_index, integer, number, scalars, side, valid_mask
+from .dectris_common import (MAX_FRAMES, MAX_SIDE, Event, beam_center, check_fits, frame_index, integer, number,
+                             scalars, side, valid_mask)
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = "dectris-stream2"
-Event = SeriesStart | Frame | SeriesEnd
 
 #: RFC 8746 typed-array tags livediff reads (little-endian, and bytes).
 TYPED_ARRAYS = {64: "uint8", 69: "uint16", 70: "uint32", 71: "uint64", 77: "int16", 78: "int32", 85: "float32"}
@@ -218,9 +218,7 @@ def _typed_array(value: Any, where: str) -> tuple[tuple[int, int], np.dtype, Any
 def _frame(series_no: int, index: int, value: Any, where: str, series: SeriesStart | None) -> Frame:
     shape, dtype, blob, encoding = _typed_array(value, where)
     _pixel_type(dtype, where)
-    if series is not None and (shape, dtype.name) != (series.shape, series.dtype):
-        raise DecodeError(f"{where}: {dtype.name} {shape} disagrees with the series header "
-                          f"({series.dtype} {series.shape})")
+    check_fits(series, shape, dtype, where)
     try:
         data = codecs.decode(blob, encoding, shape, dtype)
     except DecodeError as exc:

@@ -50,24 +50,30 @@ def encode_start(start: SeriesStart) -> list[bytes]:
 
 
 def encode_image(series: int, index: int, data: np.ndarray, *, timestamp: float | None = None,
-                 encoding: str = "raw") -> list[bytes]:
+                 encoding: str = "raw", blob: bytes | None = None) -> list[bytes]:
     """Multipart message carrying frame ``index`` of ``series``, its pixels encoded as ``encoding``.
+
+    ``blob``, when given, is the frame already encoded as ``encoding`` (e.g. a stored
+    bitshuffle-LZ4 chunk): it is sent as is, and ``data`` only gives the shape and dtype.
 
     Raises
     ------
     ValueError
         ``encoding`` is not one of :data:`ENCODINGS`.
     """
-    data = np.ascontiguousarray(data)
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     header = {
         "v": VERSION, "type": "image", "series": series, "frame": index,
         "timestamp": time.time() if timestamp is None else timestamp,
         "shape": list(data.shape), "dtype": data.dtype.name, "encoding": encoding,
     }
-    if encoding == "raw":
-        payload = memoryview(data.astype(data.dtype.newbyteorder("<"), copy=False)).cast("B")
+    if blob is not None:
+        payload = blob
+    elif encoding == "raw":
+        payload = memoryview(np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))).cast("B")
     else:
-        payload = codecs.encode(data, encoding)
+        payload = codecs.encode(np.ascontiguousarray(data), encoding)
     return [msgpack.packb(header, use_bin_type=True), payload]
 
 

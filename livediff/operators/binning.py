@@ -1,0 +1,252 @@
+"""Binning k x k blocks (mask-aware, geometry rescaled) and display conversion.
+
+Binning by k (DESIGN.md) crops the frame to a multiple of k, bins the mask (a binned
+pixel is valid when at least ``min_valid`` of its k*k pixels are) and rescales the
+geometry: beam centre c -> (c + 0.5)/k - 0.5, pixel size x k.  :func:`to_display`
+stretches a frame between two percentiles of its valid pixels into a compact integer
+type for display snapshots (:class:`Preview`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numba
+import numpy as np
+
+from ..model import Frame, Geometry, SeriesStart
+from .base import Stateless, param
+from .masking import check_image, check_mask
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _bin(image, k, mask, need, mean, fill, out, valid):
+    orows, ocols = out.shape
+    total = np.empty(ocols)
+    count = np.empty(ocols, np.int64)
+    full = k * k
+    for i in range(orows):
+        total[:] = 0.0
+        count[:] = 0
+        for di in range(k):
+            x = image[i * k + di]
+            if mask is None:
+                for j in range(ocols):
+                    s = 0.0
+                    for dj in range(k):
+                        s += np.float64(x[j * k + dj])
+                    total[j] += s
+                    count[j] += k
+            else:
+                m = mask[i * k + di]
+                for j in range(ocols):
+                    s = 0.0
+                    n = 0
+                    for dj in range(k):
+                        ok = m[j * k + dj]
+                        s += np.float64(x[j * k + dj]) * ok
+                        n += ok
+                    total[j] += s
+                    count[j] += n
+        o = out[i]
+        v = valid[i]
+        for j in range(ocols):
+            ok = count[j] >= need
+            v[j] = ok
+            if not ok:
+                o[j] = fill
+            elif mean:
+                o[j] = total[j] / count[j]
+            else:
+                o[j] = total[j] * full / count[j]
+
+
+def valid_needed(k: int, min_valid: float) -> int:
+    """Valid pixels a k x k block needs: ``ceil(min_valid * k**2)``, at least 1."""
+    if not 0 < min_valid <= 1:
+        raise ValueError(f"min_valid must be in (0, 1], got {min_valid}")
+    return max(1, math.ceil(min_valid * k * k - 1e-9))
+
+
+def bin_frame(image: np.ndarray, k: int, mask: np.ndarray | None = None, *, reduce: str = "sum",
+              min_valid: float = 1.0, fill_value: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Sum or mean over k x k blocks, excluding masked pixels.
+
+    Parameters
+    ----------
+    image : (rows, cols), any real dtype; rows and cols beyond a multiple of k are dropped.
+    k : block size, >= 1.
+    mask : bool, True = valid; None = all valid.
+    reduce : ``"sum"`` or ``"mean"``.
+    min_valid : fraction of a block's pixels that must be valid for the binned pixel to be
+        valid; 1.0 = all of them.
+    fill_value : value of invalid binned pixels.
+
+    Returns
+    -------
+    (binned, binned_mask) : new float32 array of shape (rows // k, cols // k) and its bool mask.
+
+    Raises
+    ------
+    ValueError
+        k < 1 or larger than the frame, bad ``reduce`` or ``min_valid``, mask shape mismatch.
+
+    Notes
+    -----
+    With :math:`n` valid pixels of values :math:`x_i` in a block, the sum is
+    :math:`\\frac{k^2}{n}\\sum x_i` (the valid pixels' sum scaled to the whole block; the plain
+    sum when all are valid) and the mean :math:`\\frac{1}{n}\\sum x_i`.  Sums run in float64,
+    so integer inputs never overflow.
+    """
+    check_image(image)
+    mask = check_mask(mask, image.shape)
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if k > min(image.shape):
+        raise ValueError(f"k = {k} is larger than the image {image.shape}")
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+    shape = (image.shape[0] // k, image.shape[1] // k)
+    out = np.empty(shape, dtype=np.float32)
+    valid = np.empty(shape, dtype=np.bool_)
+    _bin(image, int(k), mask, valid_needed(k, min_valid), reduce == "mean", np.float32(fill_value), out, valid)
+    return out, valid
+
+
+def bin_geometry(geometry: Geometry, k: int) -> Geometry:
+    """Geometry of a frame binned by k: beam centre c -> (c + 0.5)/k - 0.5, pixel size x k."""
+    bc, ps = geometry.beam_center, geometry.pixel_size
+    return replace(geometry,
+                   beam_center=None if bc is None else tuple((c + 0.5) / k - 0.5 for c in bc),
+                   pixel_size=None if ps is None else tuple(p * k for p in ps))
+
+
+def to_display(image: np.ndarray, mask: np.ndarray | None = None, *,
+               percentiles: tuple[float, float] = (1.0, 99.0), dtype: str = "uint8") -> np.ndarray:
+    """``image`` stretched between two percentiles of its valid pixels into a small integer type.
+
+    Parameters
+    ----------
+    image : (rows, cols), any real dtype.
+    mask : bool, True = valid; invalid and non-finite pixels are left out of the
+        percentiles and shown as 0.
+    percentiles : (low, high), 0 <= low < high <= 100 (numpy's linear interpolation).
+    dtype : ``"uint8"`` or ``"uint16"``.
+
+    Returns
+    -------
+    New array of ``dtype``: :math:`\\mathrm{round}(T \\cdot \\mathrm{clip}((x - p_{lo}) / (p_{hi} - p_{lo}), 0, 1))`
+    with :math:`T` the top of the type; all zeros when no pixel is valid or
+    :math:`p_{hi} = p_{lo}`.
+    """
+    check_image(image)
+    mask = check_mask(mask, image.shape)
+    lo_q, hi_q = percentiles
+    if not 0 <= lo_q < hi_q <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+    if dtype not in ("uint8", "uint16"):
+        raise ValueError(f"dtype must be 'uint8' or 'uint16', got {dtype!r}")
+    valid = np.isfinite(image) if mask is None else mask & np.isfinite(image)
+    out = np.zeros(image.shape, dtype=dtype)
+    if not valid.any():
+        return out
+    lo, hi = np.percentile(image[valid], [lo_q, hi_q])
+    if hi > lo:
+        top = np.iinfo(dtype).max
+        scaled = np.clip((image[valid] - lo) / (hi - lo), 0.0, 1.0)
+        out[valid] = np.rint(scaled * top).astype(dtype)
+    return out
+
+
+@dataclass(frozen=True)
+class BinParams:
+    """Parameters of :class:`Bin`."""
+
+    k: int = param(2, ge=1, doc="block size, px")
+    reduce: Literal["sum", "mean"] = "sum"
+    min_valid: float = param(1.0, gt=0, le=1, doc="fraction of a block that must be valid")
+    fill_value: float = param(0.0, doc="value of invalid binned pixels")
+
+
+class Bin(Stateless):
+    """Replaces each frame by its k x k binned version (:func:`bin_frame`) and its binned mask.
+
+    The frames after it are (rows // k, cols // k) float32 with the binned series mask and
+    geometry (:func:`bin_geometry`); saturation no longer applies to binned values.
+    """
+
+    name = "bin"
+    Params = BinParams
+
+    def start(self, series: SeriesStart) -> None:
+        super().start(series)
+        k = self.params.k
+        if k > min(series.shape):
+            raise ValueError(f"bin: k = {k} is larger than the frame {series.shape}")
+        mask = None
+        if series.mask is not None:
+            _, mask = bin_frame(np.zeros(series.shape, np.uint8), k, series.mask, min_valid=self.params.min_valid)
+        self._output = replace(series, shape=(series.shape[0] // k, series.shape[1] // k), dtype="float32",
+                               mask=mask, geometry=bin_geometry(series.geometry, k), saturation=None)
+
+    def output_series(self, series: SeriesStart) -> SeriesStart:
+        return self._output
+
+    def process(self, frame: Frame) -> Frame:
+        p = self.params
+        frame.data, frame.mask = bin_frame(frame.data, p.k, frame.mask, reduce=p.reduce, min_valid=p.min_valid,
+                                           fill_value=p.fill_value)
+        return frame
+
+
+@dataclass(frozen=True)
+class PreviewParams:
+    """Parameters of :class:`Preview`."""
+
+    k: int = param(4, ge=1, doc="binning before display")
+    percentiles: tuple[float, float] = param((1.0, 99.0), ge=0, le=100, doc="contrast stretch (low, high)")
+    dtype: Literal["uint8", "uint16"] = "uint8"
+
+    def __post_init__(self) -> None:
+        if not self.percentiles[0] < self.percentiles[1]:
+            raise ValueError(f"percentiles must be (low, high) with low < high, got {list(self.percentiles)}")
+
+
+class Preview(Stateless):
+    """Display snapshot of the latest frame: binned by k (mean of a block's valid pixels), stretched.
+
+    Keeps a reference to the frame with the highest index it processed (no copy: kernels
+    never write their inputs); several workers merge by keeping the latest.  ``snapshot()``
+    returns ``{"image": ...}`` (the ``image`` topic), empty before the first frame.
+    """
+
+    name = "preview"
+    Params = PreviewParams
+
+    def start(self, series: SeriesStart) -> None:
+        super().start(series)
+        k = self.params.k
+        if k > min(series.shape):
+            raise ValueError(f"preview: k = {k} is larger than the frame {series.shape}")
+        self.reductions = {"image": ((series.shape[0] // k, series.shape[1] // k), self.params.dtype)}
+        self._latest: dict[str, Any] = {}
+
+    def process(self, frame: Frame) -> Frame:
+        if not self._latest or frame.index > self._latest["index"]:
+            self._latest = {"index": frame.index, "data": frame.data, "mask": frame.mask}
+        return frame
+
+    def state(self) -> dict[str, Any]:
+        return dict(self._latest)
+
+    def merge(self, other: dict[str, Any]) -> None:
+        if other and (not self._latest or other["index"] > self._latest["index"]):
+            self._latest = dict(other)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        if not self._latest:
+            return {}
+        k = self.params.k
+        binned, valid = bin_frame(self._latest["data"], k, self._latest["mask"], reduce="mean", min_valid=1 / k**2)
+        return {"image": to_display(binned, valid, percentiles=self.params.percentiles, dtype=self.params.dtype)}

@@ -1,0 +1,263 @@
+"""Pixel masks: argument checks, user mask files, saturation levels and hot pixels found live.
+
+A mask is boolean with ``True`` = valid pixel (DESIGN.md).  The pixel mask of a frame is
+the union of what makes a pixel invalid: the detector's mask from the series header,
+a user mask file and saturated or overflow values (applied by ``flatfield``, see
+:mod:`livediff.operators.corrections`), and hot pixels found live (:class:`HotPixels`,
+placed before ``flatfield`` so it sees raw counts).  Once masked, a pixel stays masked in
+every later operator: the mask moves with the data.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numba
+import numpy as np
+
+from ..model import Frame, SeriesStart
+from .base import Stateless, param
+
+
+def check_shape(name: str, array: np.ndarray, shape: tuple[int, ...], *, of: str = "image") -> None:
+    """Raise ValueError unless ``array.shape == shape`` (``"dark shape (3, 3) != image shape (3, 4)"``)."""
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} shape {array.shape} != {of} shape {tuple(shape)}")
+
+
+def check_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``mask`` checked to be None or a bool array of ``shape``.
+
+    Raises
+    ------
+    TypeError
+        The mask is not boolean (a 0/1 integer mask has no agreed meaning: convert it
+        with :func:`mask_from_file` or ``mask != 0``).
+    ValueError
+        Its shape differs from ``shape``.
+    """
+    if mask is None:
+        return None
+    if mask.dtype != np.bool_:
+        raise TypeError(f"mask must be bool (True = valid pixel), got {mask.dtype}; "
+                        f"convert it, e.g. mask_from_file(m, nonzero='invalid')")
+    check_shape("mask", mask, shape)
+    return mask
+
+
+def check_image(image: np.ndarray) -> None:
+    """Raise unless ``image`` is a 2-D array of real numbers."""
+    if not isinstance(image, np.ndarray) or image.ndim != 2:
+        raise ValueError(f"image must be a 2-D array (rows, cols), got {getattr(image, 'shape', type(image))}")
+    if image.dtype.kind not in "uif":
+        raise TypeError(f"image must hold integers or floats, got {image.dtype}")
+
+
+def check_reference(name: str, array: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A reference frame (dark, flat, background) checked for shape, as float32 or float64.
+
+    Integer references are converted to float64 (exact); floats pass as they are.
+    """
+    if array is None:
+        return None
+    check_shape(name, array, shape)
+    if array.dtype.kind not in "uif":
+        raise TypeError(f"{name} must hold numbers, got {array.dtype}")
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
+
+
+def check_output(name: str, array: np.ndarray | None, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """``array`` checked to be a ``dtype`` array of ``shape``, or a new one when None."""
+    if array is None:
+        return np.empty(shape, dtype=dtype)
+    if array.dtype != dtype:
+        raise TypeError(f"{name} must be {np.dtype(dtype)}, got {array.dtype}")
+    check_shape(name, array, shape)
+    return array
+
+
+def pass_mask(frame: Frame, series: SeriesStart, static: np.ndarray) -> np.ndarray:
+    """``frame.mask & static``, skipping the AND when the frame carries the series mask (within ``static``)."""
+    if frame.mask is None or frame.mask is series.mask:
+        return static
+    return frame.mask & static
+
+
+def float32_series(series: SeriesStart, mask: np.ndarray | None) -> SeriesStart:
+    """What a correcting operator's frames look like: float32, ``mask`` (None if all valid), no saturation."""
+    mask = None if mask is None or mask.all() else mask
+    return replace(series, dtype="float32", mask=mask, saturation=None)
+
+
+def mask_from_file(array: np.ndarray, *, nonzero: Literal["invalid", "valid"] = "invalid") -> np.ndarray:
+    """A mask read from a file, as livediff's bool mask (True = valid).
+
+    Parameters
+    ----------
+    array : the file's 2-D array, any dtype.
+    nonzero : what a nonzero value means in the file: ``"invalid"`` (DECTRIS
+        ``pixel_mask``, pyFAI, NXmx) or ``"valid"`` (DIALS, CrystFEL).
+
+    Returns
+    -------
+    New bool array, True = valid.  Non-finite values count as nonzero.
+    """
+    if nonzero not in ("invalid", "valid"):
+        raise ValueError(f"nonzero must be 'invalid' or 'valid', got {nonzero!r}")
+    set_ = array != 0
+    return ~set_ if nonzero == "invalid" else set_
+
+
+def saturation_level(dtype: np.dtype | str, saturation: float | None = None) -> float:
+    """Value at and above which a pixel is invalid (saturated, overflowing or a gap marker).
+
+    ``saturation`` when given; else the top of an integer dtype (``2**bits - 1``, which
+    EIGER detectors send for gaps and overflows); else ``+inf`` (float frames: only
+    non-finite values are invalid, since ``NaN < inf`` and ``inf < inf`` are false).
+    """
+    if saturation is not None:
+        return float(saturation)
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else math.inf
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _valid_row(x, m, buf):
+    for c in range(x.size):
+        v = np.float64(x[c])
+        buf[c + 1] = v if m[c] and np.isfinite(v) else np.inf
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _bright(image, mask, n_sigma, out):
+    rows, cols = image.shape
+    rings = np.full((3, cols + 2), np.inf)  # rows r-1, r, r+1; invalid and outside = inf
+    near = np.empty(8)
+    _valid_row(image[0], mask[0], rings[1])
+    for r in range(rows):
+        if r + 1 < rows:
+            _valid_row(image[r + 1], mask[r + 1], rings[2])
+        else:
+            rings[2, :] = np.inf
+        up, mid, down = rings[0], rings[1], rings[2]
+        o = out[r]
+        for c in range(cols):
+            v = mid[c + 1]
+            lo = min(min(up[c], up[c + 1], up[c + 2]), min(mid[c], mid[c + 2]),
+                     min(down[c], down[c + 1], down[c + 2]))
+            # lo <= median, and m + n sqrt(max(m, 1)) grows with m: most pixels stop here
+            o[c] = v != np.inf and lo != np.inf and v > lo + n_sigma * math.sqrt(max(lo, 1.0))
+        for c in range(cols):
+            if o[c]:
+                n = 0
+                for k in range(9):  # insertion sort of the valid neighbours
+                    w = rings[k // 3, c + k % 3]
+                    if k != 4 and w != np.inf:
+                        j = n
+                        while j > 0 and near[j - 1] > w:
+                            near[j] = near[j - 1]
+                            j -= 1
+                        near[j] = w
+                        n += 1
+                m = near[n // 2] if n % 2 else 0.5 * (near[n // 2 - 1] + near[n // 2])
+                o[c] = mid[c + 1] > m + n_sigma * math.sqrt(max(m, 1.0))
+        rings[0, :] = rings[1]
+        rings[1, :] = rings[2]
+
+
+def bright_pixels(image: np.ndarray, mask: np.ndarray | None = None, *, n_sigma: float = 8.0) -> np.ndarray:
+    """Pixels much brighter than their neighbours in one frame (candidate hot pixels).
+
+    Parameters
+    ----------
+    image : (rows, cols) counts, any real dtype.
+    mask : bool, True = valid; invalid pixels are neither tested nor used as neighbours.
+    n_sigma : threshold in Poisson standard deviations of the neighbourhood level.
+
+    Returns
+    -------
+    New bool array: True where the pixel is valid, finite and
+
+    .. math:: x > m + n_\\sigma \\sqrt{\\max(m, 1)},
+
+    with :math:`m` the median of its valid, finite 8-neighbours (fewer at the border; a
+    pixel without any is never bright).
+
+    Notes
+    -----
+    The threshold assumes counts (Poisson noise :math:`\\sqrt{m}`): test raw frames, before
+    the flat field.  A Bragg spot spreads over several pixels, so its neighbours' median
+    is raised with it; a lone bright pixel is not.  Only pixels brighter than the bound
+    from their smallest neighbour pay for the median.
+    """
+    check_image(image)
+    mask = check_mask(mask, image.shape)
+    if not n_sigma > 0:
+        raise ValueError(f"n_sigma must be > 0, got {n_sigma}")
+    out = np.empty(image.shape, dtype=np.bool_)
+    _bright(image, np.ones(image.shape, np.bool_) if mask is None else mask, float(n_sigma), out)
+    return out
+
+
+@dataclass(frozen=True)
+class HotPixelParams:
+    """Parameters of :class:`HotPixels`."""
+
+    n_sigma: float = param(8.0, gt=0, doc="a pixel is bright above median(8 neighbours) + n_sigma*sqrt(median)")
+    window: int = param(20, ge=1, le=65535, doc="frames per test block")
+    fraction: float = param(0.9, gt=0, le=1, doc="hot when bright in at least this fraction of a block")
+
+
+class HotPixels(Stateless):
+    """Masks pixels found bright in most frames (see :func:`bright_pixels`), from then on.
+
+    Each block of ``window`` consecutive frames this instance processes, it counts how
+    often every pixel is bright; at the end of the block, pixels bright in at least
+    ``ceil(fraction * window)`` of them become hot and stay masked until the series ends
+    (``frame.mask`` is replaced by a new array; the column ``n_hot`` counts them).
+
+    Several workers: every worker counts the frames it sees, so with W workers a pixel is
+    flagged after about ``W * window`` frames, at slightly different frames on each worker;
+    ``state``/``merge`` combine the hot maps (logical or) for the ``hot`` reduction.
+    Place it before ``flatfield``: the test assumes counts.
+    """
+
+    name = "hot_pixels"
+    Params = HotPixelParams
+
+    def start(self, series: SeriesStart) -> None:
+        super().start(series)
+        self.columns = {"n_hot": "i8"}
+        self.reductions = {"hot": (tuple(series.shape), "u1")}
+        self._counts = np.zeros(series.shape, dtype=np.uint16)
+        self._seen = 0
+        self._need = math.ceil(self.params.fraction * self.params.window - 1e-9)
+        self._set_hot(np.zeros(series.shape, dtype=np.bool_))
+
+    def _set_hot(self, hot: np.ndarray) -> None:
+        self._hot = hot
+        self._n_hot = int(hot.sum())
+        self._not_hot = ~hot
+        self._not_hot.setflags(write=False)
+
+    def process(self, frame: Frame) -> Frame:
+        self._counts += bright_pixels(frame.data, frame.mask, n_sigma=self.params.n_sigma)
+        self._seen += 1
+        if self._seen == self.params.window:
+            self._set_hot(self._hot | (self._counts >= self._need))
+            self._counts[...] = 0
+            self._seen = 0
+        if self._n_hot:
+            frame.mask = self._not_hot if frame.mask is None else frame.mask & self._not_hot
+        frame.results[self.name] = {"n_hot": self._n_hot}
+        return frame
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"hot": self._hot.copy()}
+
+    def merge(self, other: dict[str, np.ndarray]) -> None:
+        self._set_hot(self._hot | other["hot"])
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        return {"hot": self._hot.astype(np.uint8)}
