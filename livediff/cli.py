@@ -91,6 +91,18 @@ def _parser() -> argparse.ArgumentParser:
                                   "or operators whose name contains this")
     b.add_argument("--quick", action="store_true", help="short timings (a smoke test, not a measurement)")
     b.add_argument("--json", action="store_true", help="print one JSON list of rows")
+    e2e = b.add_argument_group("end-to-end load (--e2e): simulator -> service process -> results")
+    e2e.add_argument("--e2e", action="store_true", help="run the whole service under load instead")
+    e2e.add_argument("--detector", default="eiger2-4m", choices=["eiger2-16m", "eiger2-4m", "eiger2-1m", "small"])
+    e2e.add_argument("--rate", type=float, default=100.0, help="frames/s sent (default %(default)s)")
+    e2e.add_argument("--seconds", type=float, default=10.0, help="length of the run (default %(default)s)")
+    e2e.add_argument("--config", help="the chain to run (default: the embedded default chain)")
+    e2e.add_argument("--protocol", default="native", choices=["native", "dectris-stream1", "dectris-stream2"])
+    e2e.add_argument("--encoding", default="bslz4", choices=["raw", "bslz4", "lz4"])
+    e2e.add_argument("--workers", type=int, help="override pipeline.workers")
+    e2e.add_argument("--overflow", choices=["block", "drop"], help="override pipeline.overflow")
+    e2e.add_argument("--max-rate", action="store_true",
+                     help="find the highest rate with no frame dropped (overflow = drop)")
     b.set_defaults(run=_bench)
 
     i = sub.add_parser("inspect", help="subscribe to a service's PUB socket and print messages")
@@ -157,9 +169,32 @@ def _bench(args: argparse.Namespace) -> int:
     if any(k in os.environ for k in _BENCH_UNSET_ENV):  # OpenBLAS reads them when loaded: start afresh
         env = {k: v for k, v in os.environ.items() if k not in _BENCH_UNSET_ENV}
         os.execve(sys.executable, [sys.executable, "-m", "livediff", *sys.argv[1:]], env)
+    if args.e2e:
+        return _bench_e2e(args)
     from . import bench
 
     bench.run(only=args.only, quick=args.quick, as_json=args.json)
+    return 0
+
+
+def _bench_e2e(args: argparse.Namespace) -> int:
+    from .bench import e2e
+
+    common = {"detector": args.detector, "config": args.config, "protocol": args.protocol,
+              "encoding": args.encoding, "workers": args.workers}
+    if args.max_rate:
+        result = e2e.find_max_rate(start=args.rate, seconds=args.seconds, **common)
+        reports = result["runs"]
+    else:
+        result = e2e.run_load(rate=args.rate, seconds=args.seconds, overflow=args.overflow, **common)
+        reports = [result]
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for report in reports:
+        print(e2e.format_report(report))
+    if args.max_rate:
+        print(f"max sustainable rate (no frame dropped): {result['max_rate']:.1f} frames/s")
     return 0
 
 

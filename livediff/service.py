@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import resource
 import signal
 import sys
 import threading
@@ -158,6 +159,8 @@ class Service:
             "hdf5_not_saved": self.writer.not_saved,
             "hdf5_errors": self.writer.errors,
             "published": self.publisher.sent,
+            "cpu_s": time.process_time(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
 
     async def _heartbeat(self) -> None:

@@ -77,7 +77,7 @@ class SeriesSource(Protocol):
 def stream_series(source: SeriesSource, endpoint: str, *, rate: float = 0.0, bind: bool = False,
                   protocol: str = "native", encoding: str = "raw", stop: threading.Event | None = None,
                   context: zmq.Context | None = None, on_bound: Callable[[str], None] | None = None,
-                  sndhwm: int = 16) -> int:
+                  sndhwm: int = 16, linger_s: float = 60.0) -> int:
     """Send ``source``'s series (start, every frame, end) to ``endpoint``; returns frames sent.
 
     Parameters
@@ -91,6 +91,8 @@ def stream_series(source: SeriesSource, endpoint: str, *, rate: float = 0.0, bin
         decompressed.
     stop : set it to end the series early (the end message is still sent).
     on_bound : called with the actual endpoint once bound (for ``tcp://...:*``).
+    linger_s : how long closing waits for a slow receiver to take what is still queued
+        (frames and the end message); a detector's stream does not vanish either.
 
     Raises
     ------
@@ -109,7 +111,7 @@ def stream_series(source: SeriesSource, endpoint: str, *, rate: float = 0.0, bin
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
-    sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
     try:
         if bind:
             sock.bind(endpoint)

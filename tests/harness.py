@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,16 +16,13 @@ import zmq.asyncio
 
 from livediff import schema
 from livediff.config import Config, parse
+from livediff.endpoints import free_tcp_endpoint
 from livediff.service import Service
 
 
 def free_endpoint() -> str:
-    """A fresh endpoint nobody else uses: an ipc socket file with a unique name.
-
-    (A TCP port picked by binding and closing could be taken by another process
-    before the service binds it again.)
-    """
-    return f"ipc://{tempfile.gettempdir()}/livediff-test-{uuid.uuid4().hex[:12]}"
+    """A loopback TCP endpoint nobody listens on (see :mod:`livediff.endpoints`)."""
+    return free_tcp_endpoint()
 
 
 def config(tmp_path: Path, **sections: dict[str, Any]) -> Config:

@@ -1,0 +1,262 @@
+"""End-to-end load: does the service keep up with a detector, and if not, how far behind is it?
+
+The service runs as its own process (``livediff serve``) with the user's chain; this
+process streams simulated detector frames to it over loopback at the requested rate, in
+the requested protocol, and listens to what it publishes.  The report gives the frames
+sent and processed, sustained frames/s, latency from sending a frame to receiving its
+result, the service's CPU use and peak memory, the deepest queue seen, and drops.
+``find_max_rate`` raises the rate until frames are dropped and bisects to the highest
+rate with none.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .. import schema
+from ..config import load
+from ..endpoints import free_tcp_endpoint
+from ..model import SeriesStart
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: name -> (rows, cols, dtype) of common detectors
+DETECTORS: dict[str, tuple[int, int, str]] = {
+    "eiger2-16m": (4362, 4148, "uint32"),
+    "eiger2-4m": (2162, 2068, "uint32"),
+    "eiger2-1m": (1062, 1028, "uint32"),
+    "small": (256, 320, "uint16"),
+}
+
+_POOL = 8  # distinct frames, sent in turn
+
+
+@dataclass
+class LoadSource:
+    """A detector series of ``n_frames`` cycling through a few pre-compressed simulated frames.
+
+    Satisfies ``simulators.stream.SeriesSource`` and forwards its bslz4 chunks, so the
+    sender spends its time sending, not simulating; it notes when each frame left.
+    """
+
+    shape: tuple[int, int]
+    dtype: str
+    n_frames: int
+    series: int = 1
+    chunk_encoding: str = "bslz4"
+
+    def __post_init__(self) -> None:
+        from simulators import DiffractionSimulator
+
+        from ..sources import codecs
+
+        self._sim = DiffractionSimulator(shape=self.shape, dtype=self.dtype, n_frames=_POOL, series=self.series)
+        self._frames = [self._sim.frame(i) for i in range(_POOL)]
+        self._chunks = [codecs.encode_bslz4(f) for f in self._frames]
+        self.sent_at = np.full(self.n_frames, np.nan)
+
+    def series_start(self) -> SeriesStart:
+        return dataclasses.replace(self._sim.series_start(), n_frames=self.n_frames)
+
+    def frame(self, i: int) -> np.ndarray:
+        self.sent_at[i] = time.time()
+        return self._frames[i % _POOL]
+
+    def chunk(self, i: int) -> bytes:
+        self.sent_at[i] = time.time()
+        return self._chunks[i % _POOL]
+
+
+def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float = 10.0,
+             config: str | None = None, protocol: str = "native", encoding: str = "bslz4",
+             overflow: str | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Stream ``rate`` frames/s for ``seconds`` to a fresh service process; measure it."""
+    from simulators import stream_series
+
+    rows, cols, dtype = DETECTORS[detector]
+    source = LoadSource((rows, cols), dtype, max(1, int(round(rate * seconds))))
+    with tempfile.TemporaryDirectory(prefix="livediff-e2e-") as tmp:
+        cfg_path, source_ep, publish_ep = _service_config(Path(tmp), config, protocol, overflow, workers)
+        proc = subprocess.Popen([sys.executable, "-m", "livediff", "--log-level", "warning", "serve",
+                                 "--config", str(cfg_path), "--max-series", "1", "--no-progress"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        listener = _Listener(publish_ep)
+        try:
+            listener.wait_ready(proc)
+            t0 = time.perf_counter()
+            listener.mark()
+            sent = stream_series(source, source_ep, rate=rate, protocol=protocol, encoding=encoding)
+            send_s = time.perf_counter() - t0
+            end = listener.wait_end(timeout=120 + seconds)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            listener.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if end is None:
+        raise RuntimeError(f"the service did not end the series; its log:\n{err[-2000:]}")
+    latencies = np.array([t - source.sent_at[i] for i, t in listener.done.items()])
+    done_times = np.array(sorted(listener.done.values()))
+    active = done_times[-1] - done_times[0] if len(done_times) > 1 else np.nan
+    return {
+        "detector": detector, "shape": [rows, cols], "dtype": dtype, "protocol": protocol, "encoding": encoding,
+        "rate": rate, "seconds": seconds, "sent": sent, "sent_fps": sent / send_s,
+        "processed": end["processed"], "dropped": end["dropped"], "lost": end["lost"], "bad": end["bad"],
+        "sustained_fps": (len(done_times) - 1) / active if active else None,
+        "latency_ms": {f"p{q}": float(np.percentile(latencies, q) * 1e3) if latencies.size else None
+                       for q in (50, 95, 99)},
+        "cpu_cores": listener.cpu_cores(),
+        "peak_rss_mb": listener.peak_rss_mb,
+        "max_queue": listener.max_queue,
+    }
+
+
+def find_max_rate(*, start: float = 50.0, seconds: float = 5.0, steps: int = 4, **kw: Any) -> dict[str, Any]:
+    """Highest rate (frames/s) with no frame dropped, with ``overflow = "drop"``."""
+    good, bad, runs = 0.0, None, []
+    rate = start
+    while bad is None and rate < 1e5:
+        report = run_load(rate=rate, seconds=seconds, overflow="drop", **kw)
+        runs.append(report)
+        if _keeps_up(report):
+            good, rate = rate, rate * 2
+        else:
+            bad = rate
+    for _ in range(steps if bad is not None else 0):
+        rate = (good + bad) / 2
+        report = run_load(rate=rate, seconds=seconds, overflow="drop", **kw)
+        runs.append(report)
+        good, bad = (rate, bad) if _keeps_up(report) else (good, rate)
+    return {"max_rate": good, "runs": runs}
+
+
+def _keeps_up(report: dict[str, Any]) -> bool:
+    return report["dropped"] == 0 and report["processed"] == report["sent"] and report["sent_fps"] >= 0.95 * report["rate"]
+
+
+def _service_config(tmp: Path, config: str | None, protocol: str, overflow: str | None,
+                    workers: int | None) -> tuple[Path, str, str]:
+    """Write the user's config with the source, publisher and output the bench needs."""
+    table = tomllib.loads(Path(config).read_text()) if config else {}
+    source_ep, publish_ep = free_tcp_endpoint(), free_tcp_endpoint()
+    table["source"] = {**table.get("source", {}), "protocol": protocol, "endpoint": source_ep, "bind": True,
+                       "pattern": "pull"}
+    table["publisher"] = {**table.get("publisher", {}), "endpoint": publish_ep, "status_period": 0.2}
+    table["output"] = {**table.get("output", {}), "directory": str(tmp / "out")}
+    table["pipeline"] = {**table.get("pipeline", {}),
+                         **({"overflow": overflow} if overflow else {}), **({"workers": workers} if workers else {})}
+    path = tmp / "e2e.toml"
+    path.write_text(_to_toml(table))
+    load(path)  # a config error shows here, in this process, as the usual one line
+    return path, source_ep, publish_ep
+
+
+def _to_toml(table: dict[str, Any]) -> str:
+    """Our configs are two levels deep: ``[section]`` and ``[operators.name]`` tables of scalars and lists."""
+    lines: list[str] = []
+    for section, body in table.items():
+        subtables = {k: v for k, v in body.items() if isinstance(v, dict)}
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in body.items() if k not in subtables]
+        for name, sub in subtables.items():
+            lines.append(f"[{section}.{name}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in sub.items()]
+    return "\n".join(lines) + "\n"
+
+
+class _Listener:
+    """Subscribes to the service: readiness, per-frame completion times, queue depth, the series end."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.done: dict[int, float] = {}
+        self.max_queue = 0
+        self.peak_rss_mb = 0.0
+        self._cpu: list[tuple[float, float]] = []  # (uptime_s, cpu_s) of heartbeats since mark()
+        self._marked = False
+        self.end: dict[str, Any] | None = None
+        self._ready = threading.Event()
+        self._ended = threading.Event()
+        self._stop = threading.Event()
+        self._ctx = zmq.Context()
+        self._endpoint = endpoint
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(self._endpoint)
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(100):
+                    continue
+                topic, msg = schema.decode(sock.recv_multipart())
+                now = time.time()
+                if topic == "stats":
+                    self.done[msg["frame"]] = now
+                elif topic == "status":
+                    self.max_queue = max(self.max_queue, msg["queue"])
+                    self.peak_rss_mb = max(self.peak_rss_mb, msg["peak_rss_mb"])
+                    if self._marked and self.end is None:
+                        self._cpu.append((msg["uptime_s"], msg["cpu_s"]))
+                    self._ready.set()
+                elif topic == "series" and msg["type"] == "end":
+                    self.end = msg
+                    self._ended.set()
+        finally:
+            sock.close(linger=0)
+
+    def wait_ready(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the service did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+
+    def mark(self) -> None:
+        """Streaming starts now: CPU use counts from the next heartbeat."""
+        self._marked = True
+
+    def cpu_cores(self) -> float | None:
+        """Cores the service kept busy while the series ran (CPU seconds per second)."""
+        if len(self._cpu) < 2:
+            return None
+        (t0, c0), (t1, c1) = self._cpu[0], self._cpu[-1]
+        return (c1 - c0) / (t1 - t0)
+
+    def wait_end(self, timeout: float) -> dict[str, Any] | None:
+        self._ended.wait(timeout)
+        return self.end
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._ctx.term()
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lat = r["latency_ms"]
+    fmt = (lambda v: "-" if v is None else f"{v:.1f}")
+    return (f"{r['detector']} {r['shape'][0]}x{r['shape'][1]} {r['dtype']}, {r['protocol']}/{r['encoding']}, "
+            f"requested {r['rate']:.1f} fr/s for {r['seconds']:.0f} s\n"
+            f"  sent {r['sent']} ({r['sent_fps']:.1f} fr/s)  processed {r['processed']}  dropped {r['dropped']}  "
+            f"lost {r['lost']}  bad {r['bad']}\n"
+            f"  sustained {fmt(r['sustained_fps'])} fr/s  latency p50/p95/p99 {fmt(lat['p50'])}/{fmt(lat['p95'])}/"
+            f"{fmt(lat['p99'])} ms  cpu {fmt(r['cpu_cores'])} cores  peak RSS {r['peak_rss_mb']:.0f} MB  "
+            f"max queue {r['max_queue']}")
+

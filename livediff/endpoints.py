@@ -1,0 +1,27 @@
+"""Loopback endpoints for tests and benchmarks.
+
+A port picked by binding to port 0 and releasing it sits in the kernel's ephemeral range,
+where any outgoing connection may take it before we bind it again.  Ports below that
+range are only ever taken on purpose, so a random free one there is safe to reuse.
+(ipc:// endpoints avoid ports altogether, but libzmq 4.3 can lose the last messages of
+a PUSH socket that closes while the receiver is behind, so streams use TCP.)
+"""
+from __future__ import annotations
+
+import random
+import socket
+
+_PORTS = range(20000, 32000)  # below Linux's ephemeral range (32768-60999)
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """``tcp://host:port`` with a random port outside the ephemeral range that is free now."""
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        return f"tcp://{host}:{port}"
+    raise OSError(f"no free TCP port found on {host} in {_PORTS.start}-{_PORTS.stop - 1}")
