@@ -46,3 +46,17 @@ def test_end_of_other_series_is_ignored():
     t = SeriesTracker()
     t.feed(SeriesStart(1, (2, 2), "uint16"))
     assert t.feed(SeriesEnd(9)) == [] and t.open is not None
+
+
+def test_huge_or_out_of_range_frame_numbers_cost_nothing():
+    t = SeriesTracker()
+    t.feed(SeriesStart(1, (2, 2), "uint16", n_frames=None))
+    for i in (0, 1, 2**40, 3):
+        t.feed(_f(1, i))
+    assert len(t._seen.above) == 2  # 2**40 and 3 wait above the contiguous prefix 0, 1
+    end = t.close("end")
+    assert end.counts["received"] == 4 and end.counts["lost"] == 2**40 + 1 - 4
+    t.feed(SeriesStart(2, (2, 2), "uint16", n_frames=5))
+    assert t.feed(_f(2, 5)) == [] and t.feed(_f(2, 4)) != []
+    assert t.close("end").counts == {"expected": 5, "received": 1, "bad": 0, "duplicates": 0, "stray": 1,
+                                     "lost": 4}

@@ -8,8 +8,10 @@ what reaches the pipeline queue; an open series with no message for
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import zmq
@@ -38,6 +40,7 @@ DECODERS: dict[str, Callable[[SourceConfig], Callable[..., Decoded]]] = {
 }
 
 _POLL_MS = 200
+_INLINE_BYTES = 1 << 16
 
 
 class Receiver:
@@ -63,6 +66,9 @@ class Receiver:
         self.bad = 0
         self._context = context
         self._decode = DECODERS[config.protocol](config)
+        # decompressing a 4M frame takes milliseconds: off the loop, on one thread (in order,
+        # and the DECTRIS decoders keep state across messages)
+        self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-decode")
         self.endpoint_bound = self.endpoint  # the actual endpoint once bound (tcp://...:* resolved)
         self.ready = asyncio.Event()
 
@@ -82,6 +88,7 @@ class Receiver:
             await self._loop(sock)
         finally:
             sock.close(linger=0)
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self, sock: zmq.asyncio.Socket) -> None:
         loop = asyncio.get_running_loop()
@@ -97,7 +104,7 @@ class Receiver:
             last = loop.time()
             self.messages += 1
             try:
-                decoded = self._decode([p.buffer for p in parts], series=self.tracker.open)
+                decoded = await self._decoded([p.buffer for p in parts])
             except DecodeError as exc:
                 self._bad(exc)
                 continue
@@ -107,6 +114,12 @@ class Receiver:
                     continue
                 for ev in self.tracker.feed(event):
                     await self.queue.put(ev)
+
+    async def _decoded(self, parts: list[memoryview]) -> Decoded:
+        if sum(p.nbytes for p in parts) < _INLINE_BYTES:  # a thread hop costs more than decoding
+            return self._decode(parts, series=self.tracker.open)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._decode_pool, functools.partial(self._decode, parts, series=self.tracker.open))
 
     def _bad(self, exc: DecodeError) -> None:
         self.bad += 1

@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..model import Frame, SeriesEnd, SeriesStart
 
 log = logging.getLogger(__name__)
@@ -36,14 +34,39 @@ class SeriesCounts:
         }
 
 
+class SeenFrames:
+    """Which frame numbers arrived: everything below ``low`` plus a set above it.
+
+    Memory follows how far out of order frames arrive, not how large their numbers are,
+    so a stray frame number like 2**40 costs one set entry, not terabytes.
+    """
+
+    def __init__(self) -> None:
+        self.low = 0
+        self.above: set[int] = set()
+        self.count = 0
+        self.highest = -1
+
+    def add(self, index: int) -> bool:
+        """Record ``index``; False if it had arrived before."""
+        if index < self.low or index in self.above:
+            return False
+        self.above.add(index)
+        self.count += 1
+        self.highest = max(self.highest, index)
+        while self.low in self.above:
+            self.above.remove(self.low)
+            self.low += 1
+        return True
+
+
 class SeriesTracker:
     """Turns decoded events into the event sequence the pipeline sees, counting losses."""
 
     def __init__(self) -> None:
         self.open: SeriesStart | None = None
         self.counts = SeriesCounts()
-        self._seen = np.zeros(0, dtype=np.bool_)
-        self._unique = 0
+        self._seen = SeenFrames()
         self.orphans = 0  # frames that arrived with no series open
 
     def feed(self, event: Event) -> list[Event]:
@@ -56,8 +79,7 @@ class SeriesTracker:
                 out.append(self.close("interrupted"))
             self.open = event
             self.counts = SeriesCounts()
-            self._seen = np.zeros(event.n_frames or 1024, dtype=np.bool_)
-            self._unique = 0
+            self._seen = SeenFrames()
             out.append(event)
             return out
         if isinstance(event, SeriesEnd):
@@ -69,23 +91,22 @@ class SeriesTracker:
         return self._frame(event)
 
     def _frame(self, frame: Frame) -> list[Event]:
-        if self.open is None or frame.series != self.open.series:
+        n_frames = None if self.open is None else self.open.n_frames
+        if self.open is None or frame.series != self.open.series or (n_frames is not None
+                                                                       and frame.index >= n_frames):
             if self.open is None:
                 self.orphans += 1
+                why = "no series is open"
             else:
                 self.counts.stray += 1
-            log.warning("frame %d of series %d discarded: %s", frame.index, frame.series,
-                        "no series is open" if self.open is None else f"series {self.open.series} is open")
+                why = (f"series {self.open.series} is open" if frame.series != self.open.series
+                       else f"the series announced {n_frames} frames")
+            log.warning("frame %d of series %d discarded: %s", frame.index, frame.series, why)
             return []
-        if frame.index >= self._seen.size:
-            self._seen = np.concatenate([self._seen, np.zeros(max(frame.index + 1, 2 * self._seen.size)
-                                                              - self._seen.size, dtype=np.bool_)])
-        if self._seen[frame.index]:
+        if not self._seen.add(frame.index):
             self.counts.duplicates += 1
             log.warning("frame %d of series %d received twice: second copy discarded", frame.index, frame.series)
             return []
-        self._seen[frame.index] = True
-        self._unique += 1
         self.counts.received += 1
         return [frame]
 
@@ -98,12 +119,9 @@ class SeriesTracker:
         if self.open is None:
             raise RuntimeError("no series is open")
         start = self.open
-        if start.n_frames is not None:
-            expected = start.n_frames
-        else:  # without an announced count, frames after the last one seen cannot be known lost
-            seen = np.flatnonzero(self._seen)
-            expected = int(seen[-1]) + 1 if seen.size else 0
-        end = SeriesEnd(start.series, reason, self.counts.as_dict(expected=expected, unique=self._unique))
+        # without an announced count, frames after the last one seen cannot be known lost
+        expected = start.n_frames if start.n_frames is not None else self._seen.highest + 1
+        end = SeriesEnd(start.series, reason, self.counts.as_dict(expected=expected, unique=self._seen.count))
         lost = end.counts["lost"]
         if lost or reason != "end":
             log.warning("series %d ended (%s): %d of %d frames never arrived", start.series, reason, lost, expected)
