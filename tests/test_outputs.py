@@ -92,3 +92,28 @@ def test_unwritable_output_directory_is_a_clear_error(tmp_path):
     cfg = config(tmp_path, output={"directory": str(blocker / "sub")})
     with pytest.raises(OSError, match=r"output directory .*file/sub is not writable"):
         HDF5Writer(cfg.output)
+
+
+def test_an_existing_file_is_never_overwritten(tmp_path):
+    from livediff.model import SeriesStart
+    from livediff.pipeline import Layout
+    from livediff.sinks.hdf5 import HDF5Writer
+
+    cfg = config(tmp_path)
+    start = SeriesStart(7, (4, 5), "uint16")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "series_000007.h5").write_bytes(b"yesterday's data")
+    writer = HDF5Writer(cfg.output)
+    try:
+        first = writer.start_series(start, Layout(), "")
+        writer.end_series({"reason": "end"})
+        second = writer.start_series(start, Layout(), "")
+        writer.end_series({"reason": "end"})
+    finally:
+        writer.close()
+    assert (out / "series_000007.h5").read_bytes() == b"yesterday's data"
+    assert (first.name, second.name) == ("series_000007_1.h5", "series_000007_2.h5")
+    for path in (first, second):
+        with h5py.File(path, "r") as f:
+            assert f["entry/livediff/summary"][0]["complete"] == 1

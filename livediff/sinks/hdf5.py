@@ -50,6 +50,7 @@ class HDF5Writer:
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
         self._file: SeriesFile | None = None
+        self._handed_out: set[Path] = set()
         self._thread = threading.Thread(target=self._run, name="livediff-hdf5", daemon=True)
         self._thread.start()
 
@@ -99,9 +100,10 @@ class HDF5Writer:
         name = self.config.template.format(series=start.series, date=time.strftime("%Y%m%d-%H%M%S"))
         path = self.directory / name
         n = 1
-        while path.exists():
+        while path.exists() or path in self._handed_out:  # the thread may not have created it yet
             path = path.with_name(f"{Path(name).stem}_{n}{Path(name).suffix}")
             n += 1
+        self._handed_out.add(path)
         return path
 
     def _control(self, kind: str, payload: Any) -> None:
