@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from livediff.model import Frame, Geometry, SeriesStart
-from livediff.operators.binning import Bin, Preview, bin_frame, bin_geometry, to_display
+from livediff.operators.binning import Bin, BinParams, Preview, bin_frame, bin_geometry, binned_shape, to_display
 
 
 def _numpy_bin(image, k, mask, reduce, min_valid):
@@ -143,3 +143,15 @@ def test_preview_blocks_show_the_mean_of_their_valid_pixels():
     lo, hi = np.nanmin(means), np.nanmax(means)
     expect = np.nan_to_num(np.rint(255 * (means - lo) / (hi - lo)), nan=0.0)
     np.testing.assert_array_equal(op.snapshot()["image"], expect.astype(np.uint8))
+
+
+def test_binned_shape_crops_to_whole_blocks_and_names_k_and_the_frame():
+    assert binned_shape((37, 61), 4) == (9, 15) and binned_shape((37, 61), 37) == (1, 1)
+    with pytest.raises(ValueError, match=r"^k = 38 is larger than the image \(37, 61\)$"):
+        binned_shape((37, 61), 38)
+    with pytest.raises(ValueError, match=r"^bin: k = 40 is larger than the frame \(37, 61\)$"):
+        Bin(BinParams(k=40)).start(SeriesStart(1, (37, 61), "uint16"))
+    op = Bin(BinParams(k=4))
+    op.start(SeriesStart(1, (37, 61), "uint16"))
+    assert op.output_series(SeriesStart(1, (37, 61), "uint16")).shape == (9, 15)
+

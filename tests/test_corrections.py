@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import h5py
@@ -17,6 +20,7 @@ from livediff.config import parse
 from livediff.errors import ConfigError
 from livediff.model import Frame, Geometry, SeriesStart
 from livediff.operators import REGISTRY
+from livediff.operators.base import SeriesBoard, shared_by_params
 from livediff.operators.binning import Bin, Preview, bin_frame
 from livediff.operators.corrections import (
     DynamicBackground,
@@ -423,3 +427,51 @@ async def test_service_with_two_workers_masks_corrects_bins_and_saves(tmp_path, 
     truth[tuple(np.array(sim.truth()["hot_pixels"]).T)] = True
     np.testing.assert_array_equal(hot.astype(bool), truth)
     assert rows["n_hot"][-1] == truth.sum() and preview.shape == (16, 24) and preview.max() == 255
+
+
+class _Counting(SeriesBoard):
+    """A board that records its resets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resets: list[tuple] = []
+
+    def reset(self, *args) -> None:
+        self.resets.append(args)
+
+
+def test_shared_by_params_gives_one_object_per_params_object_and_factory():
+    params, equal = FlatField.Params(dark_frames=2), FlatField.Params(dark_frames=2)
+    board = shared_by_params(params, _Counting)
+    with ThreadPoolExecutor(4) as pool:
+        assert all(b is board for b in pool.map(shared_by_params, [params] * 16, [_Counting] * 16))
+    assert shared_by_params(equal, _Counting) is not board  # equal but another config: its own
+    assert shared_by_params(params, list) == [] and shared_by_params(params, list) is not board
+    gone = weakref.ref(board)
+    del board, params
+    gc.collect()
+    assert gone() is None  # forgotten with its Params object
+
+
+def test_series_board_resets_once_per_series_whatever_the_number_of_instances():
+    board = _Counting()
+    start = threading.Barrier(4)
+
+    def open_series() -> None:
+        start.wait(timeout=10)
+        board.open(7, "a", 1)
+
+    threads = [threading.Thread(target=open_series) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert board.resets == [("a", 1)]
+    board.open(8, "b")  # another series without close: reset
+    board.close()
+    board.open(8, "c")  # the same number after close: a new series
+    board.open(8, "d")
+    assert board.resets == [("a", 1), ("b",), ("c",)]
+    with pytest.raises(NotImplementedError, match="SeriesBoard must define reset"):
+        SeriesBoard().open(1)
+

@@ -1,17 +1,28 @@
 """Pixel masks: conventions at the edge, saturation levels, hot pixels against brute force and the simulator."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from livediff.model import Frame, SeriesStart
+from livediff.operators import checks
+from livediff.operators.align import register, shift_image
+from livediff.operators.azimuthal import azimuthal_average, powder_center
+from livediff.operators.binning import bin_frame, to_display
+from livediff.operators.corrections import correct, dynamic_background
 from livediff.operators.masking import (
     HotPixels,
     bright_pixels,
     check_mask,
+    finite_mask,
     mask_from_file,
     saturation_level,
+    store,
 )
+from livediff.operators.spots import dispersion_mask
+from livediff.operators.summary import summarise
 from simulators import DiffractionSimulator
 
 
@@ -111,3 +122,123 @@ def test_mask_checks_name_dtype_and_shapes():
         check_mask(np.ones((2, 2), np.uint8), (2, 2))
     with pytest.raises(ValueError, match=r"mask shape \(512, 512\) != image shape \(514, 1030\)"):
         check_mask(np.ones((512, 512), bool), (514, 1030))
+
+
+_REFERENCE = 1e4 + np.random.default_rng(8).poisson(50, (37, 61)).astype(np.float32)
+
+#: every kernel taking (image, mask), called with its other arguments fixed
+_KERNELS = {
+    "summarise": summarise,
+    "correct": lambda image, mask: correct(image, mask=mask),
+    "bright_pixels": bright_pixels,
+    "bin_frame": lambda image, mask: bin_frame(image, 2, mask),
+    "to_display": to_display,
+    "dynamic_background": lambda image, mask: dynamic_background(image, 3.0, mask),
+    "shift_image": lambda image, mask: shift_image(image, (0.5, -1.0), mask),
+    "register": lambda image, mask: register(image, _REFERENCE, mask),
+    "azimuthal_average": lambda image, mask: azimuthal_average(image, (18.0, 30.0), mask),
+    "powder_center": powder_center,
+    "dispersion_mask": dispersion_mask,
+}
+
+
+@pytest.mark.parametrize("kernel", _KERNELS)
+def test_every_kernel_rejects_bad_images_and_masks_with_the_same_words(kernel):
+    call = _KERNELS[kernel]
+    image = np.random.default_rng(21).poisson(50, (37, 61)).astype(np.uint16)
+    image.setflags(write=False)
+    with pytest.raises(ValueError, match=r"^mask shape \(61, 37\) != image shape \(37, 61\)$"):
+        call(image, np.ones((61, 37), bool))
+    with pytest.raises(TypeError, match=r"^mask must be bool \(True = valid pixel\), got dtype uint8;"):
+        call(image, np.ones((37, 61), np.uint8))
+    with pytest.raises(ValueError, match=r"^image must be 2-D \(rows, cols\), got shape \(61,\)$"):
+        call(image[0], None)
+    with pytest.raises(TypeError, match="^image must be (real-valued: integers or floats|a non-empty integer)"):
+        call(image.astype(complex), None)
+
+
+def test_checks_pass_arrays_through_and_name_what_they_got():
+    image = np.zeros((3, 4), np.float32)
+    assert checks.check_image(image) is image
+    np.testing.assert_array_equal(checks.check_image([[1, 2]]), [[1, 2]])
+    assert checks.check_ndim(np.zeros(3, complex), "x", 1).dtype == complex
+    with pytest.raises(ValueError, match=r"^cube must be 3-D, got shape \(3, 4\)$"):
+        checks.check_image(image, "cube", ndim=3)
+    mask = np.ones((3, 4), bool)
+    assert checks.check_mask(mask, (3, 4)) is mask and checks.check_mask(None, (3, 4)) is None
+    assert checks.check_mask([[True, False]], (1, 2)).dtype == bool
+    with pytest.raises(ValueError, match=r"^reference_mask shape \(3, 4\) != image shape \(4, 3\)$"):
+        checks.check_mask(mask, (4, 3), "reference_mask")
+    with pytest.raises(ValueError, match=r"^gain shape \(3, 4\) != frame shape \(3, 5\)$"):
+        checks.check_shape(image, [3, 5], "gain", of="frame")
+    assert checks.check_frame_shape([5.0, np.int64(6)]) == (5, 6)
+    with pytest.raises(ValueError, match=r"^shape must be \(rows, cols\) with both >= 1, got \(0, 4\)$"):
+        checks.check_frame_shape((0, 4))
+    with pytest.raises(ValueError, match=r"^shape must be \(rows, cols\) with both >= 1, got \(2, 3, 4\)$"):
+        checks.check_frame_shape((2, 3, 4))
+
+
+def test_reference_and_output_checks_convert_or_allocate():
+    big = (np.arange(12) + 2**32 - 20).astype(np.uint32).reshape(3, 4)
+    got = checks.check_reference(big, (3, 4), "dark")
+    assert got.dtype == np.float64 and np.array_equal(got, big)  # exact: no float32 rounding
+    flat = np.ones((3, 4), np.float32)
+    assert checks.check_reference(flat, (3, 4), "flat") is flat and checks.check_reference(None, (3, 4), "x") is None
+    with pytest.raises(TypeError, match="^dark must be real-valued: integers or floats, got dtype bool$"):
+        checks.check_reference(np.zeros((3, 4), bool), (3, 4), "dark")
+    with pytest.raises(ValueError, match=r"^flat shape \(3, 4\) != image shape \(3, 3\)$"):
+        checks.check_reference(flat, (3, 3), "flat")
+    out = checks.check_output(None, (3, 4), np.float32, "out")
+    assert out.shape == (3, 4) and out.dtype == np.float32
+    assert checks.check_output(flat, (3, 4), np.float32, "out") is flat
+    with pytest.raises(TypeError, match="^mask_out must be bool, got float32$"):
+        checks.check_output(flat, (3, 4), np.bool_, "mask_out")
+    with pytest.raises(ValueError, match=r"^out shape \(3, 4\) != image shape \(4, 3\)$"):
+        checks.check_output(flat, (4, 3), np.float32, "out")
+
+
+def test_check_choice_lists_two_choices_with_or_and_more_as_one_of():
+    checks.check_choice("mean", ("sum", "mean"), "reduce")
+    with pytest.raises(ValueError, match="^reduce must be 'sum' or 'mean', got 'max'$"):
+        checks.check_choice("max", ("sum", "mean"), "reduce")
+    with pytest.raises(ValueError, match="^method must be one of 'auto', 'direct', 'fft', got None$"):
+        checks.check_choice(None, ("auto", "direct", "fft"), "method")
+
+
+def test_all_valid_is_one_shared_read_only_mask_per_shape():
+    a = checks.all_valid((37, 61))
+    assert a.dtype == bool and a.shape == (37, 61) and a.all() and not a.flags.writeable
+    assert checks.all_valid([37, 61]) is a and checks.all_valid(np.array([37, 61])) is a
+    b = checks.all_valid((61, 37))
+    assert b.shape == (61, 37) and b.all() and b is not a
+    with pytest.raises(ValueError, match="read-only"):
+        a[0, 0] = False
+
+
+def test_finite_mask_is_the_valid_pixels_holding_finite_values():
+    rng = np.random.default_rng(17)
+    image = rng.normal(1e4, 30, (37, 61)).astype(np.float32)
+    image[rng.random(image.shape) < 0.1] = np.nan
+    image[0, :3] = [np.inf, -np.inf, np.nan]
+    mask = rng.random(image.shape) > 0.2
+    image.setflags(write=False)
+    mask.setflags(write=False)
+    expect = np.array([[bool(mask[r, c]) and math.isfinite(image[r, c]) for c in range(61)] for r in range(37)])
+    got = finite_mask(image, mask)
+    np.testing.assert_array_equal(got, expect)
+    got[...] = False  # a new array: the caller may change it
+    np.testing.assert_array_equal(finite_mask(image), [[math.isfinite(v) for v in row] for row in image])
+    assert finite_mask(np.arange(6, dtype=np.uint16).reshape(2, 3)).all()
+
+
+def test_store_writes_finite_valid_values_and_fills_the_rest():
+    out = np.full((2, 3), 7.0, np.float32)
+    valid = np.ones((2, 3), bool)
+    fill = np.float32(-1.0)
+    store(out, valid, 0, 1, np.float32(2.5), True, fill)
+    store(out, valid, 1, 0, np.float32(2.5), False, fill)
+    store(out, valid, 1, 2, np.float32(np.inf), True, fill)
+    store(out, valid, 0, 2, np.float32(np.nan), True, fill)
+    store(out, None, 0, 0, np.float32(3.0), True, fill)
+    np.testing.assert_array_equal(out, [[3.0, 2.5, -1.0], [-1.0, 7.0, -1.0]])
+    np.testing.assert_array_equal(valid, [[True, True, False], [False, True, False]])

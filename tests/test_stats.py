@@ -274,7 +274,7 @@ def test_errors_name_the_value_and_what_was_expected():
     rs.update(np.ones((3, 4), np.uint16))
     with pytest.raises(ValueError, match=r"frame shape \(3, 3\) != statistics shape \(3, 4\)"):
         rs.update(np.ones((3, 3)))
-    with pytest.raises(ValueError, match=r"mask must be bool of shape \(3, 4\), got uint8 \(3, 4\)"):
+    with pytest.raises(TypeError, match=r"mask must be bool \(True = valid pixel\), got dtype uint8"):
         rs.update(np.ones((3, 4)), np.ones((3, 4), np.uint8))
     with pytest.raises(ValueError, match="frame weight must be finite and >= 0, got -1.0"):
         rs.update(np.ones((3, 4)), weight=-1.0)

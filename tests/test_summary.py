@@ -49,3 +49,16 @@ def test_operator_uses_the_frame_mask_and_the_series_saturation():
     out = op.process(Frame(1, 0, data, mask=mask)).results["summary"]
     assert out["n_valid"] == 15 and out["n_saturated"] == 15 and out["sum"] == 1500
     assert set(op.columns) == set(out)
+
+
+def test_valid_is_the_frame_mask_or_one_shared_read_only_all_true_mask():
+    op = Summary()
+    op.start(SeriesStart(1, (37, 61), "uint32"))
+    data = np.random.default_rng(9).integers(0, 2**32 - 1, (37, 61), dtype=np.uint32)
+    mask = np.random.default_rng(10).random((37, 61)) > 0.5
+    assert op.valid(Frame(1, 0, data, mask=mask)) is mask
+    everything = op.valid(Frame(1, 1, data))
+    assert everything.shape == (37, 61) and everything.all() and not everything.flags.writeable
+    assert op.valid(Frame(1, 2, data)) is everything
+    out = op.process(Frame(1, 3, data)).results["summary"]
+    assert out["n_valid"] == data.size and out["sum"] == data.sum(dtype=np.float64) and out["max"] == data.max()

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from .align import Align
 from .azimuthal import Azimuthal, PowderCenter
+from .background import DynamicBackground
 from .base import NoParams, Operator, Stateless, param
 from .binning import Bin, Preview
-from .corrections import DynamicBackground, FlatField, StaticBackground
+from .corrections import FlatField, StaticBackground
 from .masking import HotPixels
 from .spots import Spots
 from .stats import Stats

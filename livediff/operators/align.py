@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -41,7 +39,8 @@ import numpy as np
 
 from ..model import Frame, SeriesStart
 from .align_kernels import Registration, check_roi, register, shift_image
-from .base import Stateless, param
+from .base import SeriesBoard, Stateless, param, shared_by_params
+from .checks import all_valid, check_shape
 
 __all__ = ["Align", "AlignParams", "Registration", "register", "shift_image"]
 
@@ -84,31 +83,20 @@ def _accumulate(total, count, data, mask):
                 count[r, c] += 1
 
 
-class _SharedReference:
-    """The frame-derived reference of one configuration, shared by its instances."""
+class _SharedReference(SeriesBoard):
+    """The frame-derived reference of one configuration, shared by its instances.
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._open = False
-        self._series: int | None = None
+    ``open(series, every)`` starts a series: ``every`` = ``update_every`` for the "mean"
+    reference, None for "first".
+    """
 
-    def open(self, series: int, every: int | None) -> None:
-        """Start a series (the first instance to start it resets the state)."""
-        with self._cond:
-            if self._open and series == self._series:
-                return
-            self._open, self._series, self._every = True, series, every
-            self._versions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-            self._blocks: dict[int, list[Any]] = {}  # block -> [sum, count, aligned frames, frames done]
-            self._folded = 0                          # blocks 0 .. folded - 1 are in the running sum
-            self._total: list[Any] | None = None      # [sum, count, aligned frames]
-            self._degraded = False
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """End the series (the next ``open`` resets, whatever its number)."""
-        with self._cond:
-            self._open = False
+    def reset(self, every: int | None) -> None:
+        self._every = every
+        self._versions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._blocks: dict[int, list[Any]] = {}  # block -> [sum, count, aligned frames, frames done]
+        self._folded = 0                          # blocks 0 .. folded - 1 are in the running sum
+        self._total: list[Any] | None = None      # [sum, count, aligned frames]
+        self._degraded = False
 
     def post_first(self, data: np.ndarray, mask: np.ndarray) -> None:
         """Frame 0 has arrived: it is the reference until the mean takes over."""
@@ -181,21 +169,6 @@ class _SharedReference:
             self._cond.notify_all()
 
 
-_BOARDS: dict[int, _SharedReference] = {}
-_BOARDS_LOCK = threading.Lock()
-
-
-def _shared_reference(params: AlignParams) -> _SharedReference:
-    """The board of the instances built from this very ``params`` object."""
-    key = id(params)
-    with _BOARDS_LOCK:
-        board = _BOARDS.get(key)
-        if board is None:
-            board = _BOARDS[key] = _SharedReference()
-            weakref.finalize(params, _BOARDS.pop, key, None)
-        return board
-
-
 class Align(Stateless):
     """Registers each frame to the reference and shifts it; frames too unlike it pass unshifted.
 
@@ -213,7 +186,6 @@ class Align(Stateless):
         super().start(series)
         p = self.params
         self.columns = {"shift_y": "f8", "shift_x": "f8", "quality": "f8", "aligned": "i1"}
-        self._all_valid = np.ones(series.shape, dtype=np.bool_)
         check_roi(p.roi, series.shape)
         self._options = {"max_shift": p.max_shift, "roi": p.roi, "overlap_ratio": p.overlap_ratio,
                          "workers": p.fft_workers}
@@ -221,13 +193,12 @@ class Align(Stateless):
         self._key: tuple[Any, ...] = ()
         if p.reference == "file":
             reference = np.asarray(p.reference_file)
-            if reference.shape != tuple(series.shape):
-                raise ValueError(f"align: reference_file shape {reference.shape} != frame shape {series.shape}")
-            mask = self._all_valid if series.mask is None else series.mask
+            check_shape(reference, series.shape, "align: reference_file", of="frame")
+            mask = all_valid(series.shape) if series.mask is None else series.mask
             self._file = (reference, mask & np.isfinite(reference))
             self._board = None
         else:
-            self._board = _shared_reference(p)
+            self._board = shared_by_params(p, _SharedReference)
             self._board.open(series.series, p.update_every if p.reference == "mean" else None)
 
     def output_series(self, series: SeriesStart) -> SeriesStart:
@@ -235,7 +206,7 @@ class Align(Stateless):
 
     def process(self, frame: Frame) -> Frame:
         p = self.params
-        mask = self._all_valid if frame.mask is None else frame.mask
+        mask = self.valid(frame)
         aligned = None
         try:
             shift_y, shift_x, quality = self._registration_for(frame, mask)(frame.data)

@@ -15,7 +15,8 @@ import numba
 import numpy as np
 import scipy.fft as sfft
 
-from .shift import check_image, check_mask, shift_image
+from .checks import all_valid, check_image, check_mask, check_shape
+from .shift import shift_image
 
 __all__ = ["Registration", "check_roi", "register", "shift_image"]
 
@@ -189,10 +190,11 @@ class Registration:
     Raises
     ------
     ValueError
-        If shapes disagree, the ROI is empty or outside the frame, ``max_shift`` or
-        ``overlap_ratio`` are out of range, or the reference has no valid pixel.
+        If an image is not 2-D, shapes disagree, the ROI is empty or outside the frame,
+        ``max_shift`` or ``overlap_ratio`` are out of range, or the reference has no
+        valid pixel.
     TypeError
-        If an image is not a 2-D numeric array or a mask is not boolean.
+        If an image is not real-valued or a mask is not boolean.
 
     Notes
     -----
@@ -226,7 +228,8 @@ class Registration:
                  workers: int | None = None) -> None:
         reference = check_image(reference, "reference")
         self.shape: tuple[int, int] = reference.shape
-        mask = check_mask(mask, self.shape, "mask")
+        mask = check_mask(mask, self.shape)
+        mask = all_valid(self.shape) if mask is None else mask
         reference_mask = mask if reference_mask is None else check_mask(reference_mask, self.shape,
                                                                          "reference_mask")
         if max_shift is not None and not max_shift > 0:
@@ -281,9 +284,8 @@ class Registration:
 
     def __call__(self, image: np.ndarray) -> tuple[float, float, float]:
         """(shift_y, shift_x, quality) of ``image``; all NaN when no lag is usable (e.g. a flat image)."""
-        image = check_image(image, "image")
-        if image.shape != self.shape:
-            raise ValueError(f"image shape {image.shape} != reference shape {self.shape}")
+        image = check_image(image)
+        check_shape(image, self.shape, "image", of="reference")
         r0, r1, c0, c1 = self.roi
         centred = np.empty((2, r1 - r0, c1 - c0), dtype=np.float32)
         n_valid, energy = _centre(image[r0:r1, c0:c1], self.mask, centred)

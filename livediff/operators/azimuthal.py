@@ -23,6 +23,7 @@ from scipy import constants
 
 from ..model import Frame, SeriesStart
 from .base import Stateless, param
+from .checks import check_frame_shape, check_image, check_mask, check_shape
 from .powder_center import PowderCenter, PowderCenterParams, powder_center
 
 __all__ = ["Azimuthal", "PowderCenter", "PowderCenterParams", "RadialMap", "azimuthal_average",
@@ -119,22 +120,21 @@ class RadialMap:
     ------
     ValueError
         For a centre, range, width, sector count or mask that does not fit the frame.
+    TypeError
+        For a mask that is not bool.
     """
 
     def __init__(self, shape: tuple[int, int], center: tuple[float, float], mask: np.ndarray | None = None, *,
                  bin_width: float = 1.0, radial_range: tuple[float, float] | None = None, sectors: int = 1,
                  azimuth_range: tuple[float, float] | None = None) -> None:
-        shape = tuple(int(n) for n in shape)
-        if len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"shape must be (rows, cols) with both >= 1, got {shape}")
+        shape = check_frame_shape(shape)
         if len(center) != 2 or not all(math.isfinite(float(v)) for v in center):
             raise ValueError(f"center must be two finite numbers (row, col), got {tuple(center)}")
         if not bin_width > 0:
             raise ValueError(f"bin_width must be > 0 px, got {bin_width}")
         if int(sectors) != sectors or sectors < 1:
             raise ValueError(f"sectors must be an integer >= 1, got {sectors}")
-        if mask is not None and (mask.shape != shape or mask.dtype != np.bool_):
-            raise ValueError(f"mask must be bool of shape {shape}, got {mask.dtype} {mask.shape}")
+        mask = check_mask(mask, shape)
         rr, cc = np.ogrid[: shape[0], : shape[1]]
         dr, dc = rr - float(center[0]), cc - float(center[1])
         r = np.sqrt(dr ** 2 + dc ** 2)
@@ -185,7 +185,7 @@ class RadialMap:
         ValueError
             If ``image`` or ``mask`` does not have the map's shape.
         TypeError
-            If ``image`` is not of a real (integer or float) dtype.
+            If ``image`` is not of a real (integer or float) dtype or ``mask`` is not bool.
 
         Notes
         -----
@@ -193,13 +193,9 @@ class RadialMap:
         ``np.bincount(labels[valid], weights=image[valid])`` exactly.  A NaN or inf in a
         valid pixel propagates to its bin; under the mask it is never read.
         """
-        if image.shape != self.shape:
-            raise ValueError(f"image shape {image.shape} != map shape {self.shape}")
-        if image.dtype.kind not in "uif":
-            raise TypeError(f"image must hold integers or floats, got dtype {image.dtype}")
-        mask = self.mask if mask is None else mask
-        if mask is not None and (mask.shape != self.shape or mask.dtype != np.bool_):
-            raise ValueError(f"mask must be bool of shape {self.shape}, got {mask.dtype} {mask.shape}")
+        image = check_image(image)
+        check_shape(image, self.shape, "image", of="map")
+        mask = self.mask if mask is None else check_mask(mask, self.shape)
         sums = np.zeros(self.sectors * self.n_bins, dtype=np.float64)
         counts = np.zeros(self.sectors * self.n_bins, dtype=np.int64)
         _bin_sums(image, self.labels, mask, sums, counts)
@@ -244,6 +240,8 @@ def azimuthal_average(image: np.ndarray, center: tuple[float, float], mask: np.n
     ------
     ValueError
         If ``image`` is not 2-D or ``mask`` does not match it, or for invalid options.
+    TypeError
+        If ``image`` is not real-valued or ``mask`` is not bool.
 
     Notes
     -----
@@ -252,11 +250,7 @@ def azimuthal_average(image: np.ndarray, center: tuple[float, float], mask: np.n
     radii (``radial_range=(-0.5, r_max)`` here); unlike it, masked NaNs are never read and
     empty bins are NaN rather than 0.
     """
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"image must be 2-D (rows, cols), got shape {image.shape}")
-    if mask is not None and mask.shape != image.shape:
-        raise ValueError(f"mask shape {mask.shape} != image shape {image.shape}")
+    image = check_image(image)
     rmap = RadialMap(image.shape, center, mask, bin_width=bin_width, radial_range=radial_range,
                      sectors=sectors, azimuth_range=azimuth_range)
     return rmap.radius, rmap.average(image)

@@ -32,15 +32,26 @@ first frame, as SWMR requires):
 
 Operators declare their parameters as a frozen dataclass ``Params`` whose fields use
 :func:`param`, so the config loader can check every key, type and range up front.
+
+Each worker thread has its own chain, built from one config: state that must not depend
+on which worker saw which frame (a dark accumulated live, an alignment reference) is a
+:class:`SeriesBoard` that the instances share through :func:`shared_by_params`.
 """
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
 
 from ..model import Frame, SeriesStart
+from .checks import all_valid
 
 Shape = tuple[int, ...]
+T = TypeVar("T")
 
 
 def param(default: Any, *, gt: float | None = None, ge: float | None = None,
@@ -101,6 +112,16 @@ class Stateless:
     def start(self, series: SeriesStart) -> None:
         self.series = series
 
+    def valid(self, frame: Frame) -> np.ndarray:
+        """The frame's valid pixels as a bool array, for kernels that need one.
+
+        Returns
+        -------
+        ``frame.mask``, or, when it is None (all valid), a shared read-only all-True mask
+        of the frame's shape (:func:`~.checks.all_valid`: no allocation per frame).
+        """
+        return all_valid(frame.data.shape) if frame.mask is None else frame.mask
+
     def output_series(self, series: SeriesStart) -> SeriesStart:
         return series
 
@@ -118,3 +139,67 @@ class Stateless:
 
     def finish(self) -> dict[str, Any]:
         return self.snapshot()
+
+
+_SHARED: dict[tuple[int, Callable[[], Any]], Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_by_params(params: Any, factory: Callable[[], T]) -> T:
+    """The one object ``factory()`` made for ``params``, shared by the instances built from it.
+
+    The pipeline builds every worker's chain from one parsed config, so the operator
+    instances built from one ``Params`` object (the worker chains of one pipeline) get the
+    same object, and another pipeline, with Params objects of its own, gets another.
+
+    Parameters
+    ----------
+    params : an operator's ``Params`` object, compared by identity (two equal configs
+        parsed twice do not share).
+    factory : called without arguments, under a lock, on the first request for
+        ``params``; one object per (``params``, ``factory``).
+
+    Returns
+    -------
+    The shared object, forgotten when ``params`` is garbage-collected.
+    """
+    key = (id(params), factory)
+    with _SHARED_LOCK:
+        shared = _SHARED.get(key)
+        if shared is None:
+            shared = _SHARED[key] = factory()
+            weakref.finalize(params, _SHARED.pop, key, None)
+        return shared
+
+
+class SeriesBoard:
+    """State that the instances of one configuration share within a series (see :func:`shared_by_params`).
+
+    Every instance calls :meth:`open` in ``start`` and :meth:`close` in ``finish``: the
+    first to open a series resets the state (:meth:`reset`), the others find it ready;
+    after ``close`` the next ``open`` resets, whatever its series number.  Subclasses
+    guard their state with the condition ``self._cond`` (notified by every reset).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._open = False
+        self._series: int | None = None
+
+    def open(self, series: int, *args: Any) -> None:
+        """Start series ``series``; ``args`` go to :meth:`reset` if this call starts it."""
+        with self._cond:
+            if self._open and series == self._series:
+                return
+            self._open, self._series = True, series
+            self.reset(*args)
+            self._cond.notify_all()
+
+    def reset(self, *args: Any) -> None:
+        """Start afresh (called with the lock held); subclasses define it."""
+        raise NotImplementedError(f"{type(self).__name__} must define reset()")
+
+    def close(self) -> None:
+        """End the series (the next :meth:`open` resets, whatever its number)."""
+        with self._cond:
+            self._open = False

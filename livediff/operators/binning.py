@@ -17,7 +17,8 @@ import numpy as np
 
 from ..model import Frame, Geometry, SeriesStart
 from .base import Stateless, param
-from .masking import check_image, check_mask
+from .checks import check_choice, check_image, check_mask
+from .masking import finite_mask
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -99,19 +100,30 @@ def bin_frame(image: np.ndarray, k: int, mask: np.ndarray | None = None, *, redu
     sum when all are valid) and the mean :math:`\\frac{1}{n}\\sum x_i`.  Sums run in float64,
     so integer inputs never overflow.
     """
-    check_image(image)
+    image = check_image(image)
     mask = check_mask(mask, image.shape)
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if k > min(image.shape):
-        raise ValueError(f"k = {k} is larger than the image {image.shape}")
-    if reduce not in ("sum", "mean"):
-        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    shape = (image.shape[0] // k, image.shape[1] // k)
+    shape = binned_shape(image.shape, k)
+    check_choice(reduce, ("sum", "mean"), "reduce")
     out = np.empty(shape, dtype=np.float32)
     valid = np.empty(shape, dtype=np.bool_)
     _bin(image, int(k), mask, valid_needed(k, min_valid), reduce == "mean", np.float32(fill_value), out, valid)
     return out, valid
+
+
+def binned_shape(shape: tuple[int, int], k: int, *, name: str = "k", of: str = "image") -> tuple[int, int]:
+    """(rows // k, cols // k): the shape of a frame of ``shape`` binned by k.
+
+    Raises
+    ------
+    ValueError
+        When k exceeds a side; ``name`` and ``of`` name k and the frame in the message
+        (``k = 7 is larger than the image (5, 6)``).
+    """
+    if k > min(shape):
+        raise ValueError(f"{name} = {k} is larger than the {of} {tuple(shape)}")
+    return shape[0] // k, shape[1] // k
 
 
 def bin_geometry(geometry: Geometry, k: int) -> Geometry:
@@ -140,14 +152,13 @@ def to_display(image: np.ndarray, mask: np.ndarray | None = None, *,
     with :math:`T` the top of the type; all zeros when no pixel is valid or
     :math:`p_{hi} = p_{lo}`.
     """
-    check_image(image)
+    image = check_image(image)
     mask = check_mask(mask, image.shape)
     lo_q, hi_q = percentiles
     if not 0 <= lo_q < hi_q <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
-    if dtype not in ("uint8", "uint16"):
-        raise ValueError(f"dtype must be 'uint8' or 'uint16', got {dtype!r}")
-    valid = np.isfinite(image) if mask is None else mask & np.isfinite(image)
+    check_choice(dtype, ("uint8", "uint16"), "dtype")
+    valid = finite_mask(image, mask)
     out = np.zeros(image.shape, dtype=dtype)
     if not valid.any():
         return out
@@ -182,13 +193,12 @@ class Bin(Stateless):
     def start(self, series: SeriesStart) -> None:
         super().start(series)
         k = self.params.k
-        if k > min(series.shape):
-            raise ValueError(f"bin: k = {k} is larger than the frame {series.shape}")
+        shape = binned_shape(series.shape, k, name="bin: k", of="frame")
         mask = None
         if series.mask is not None:
             _, mask = bin_frame(np.zeros(series.shape, np.uint8), k, series.mask, min_valid=self.params.min_valid)
-        self._output = replace(series, shape=(series.shape[0] // k, series.shape[1] // k), dtype="float32",
-                               mask=mask, geometry=bin_geometry(series.geometry, k), saturation=None)
+        self._output = replace(series, shape=shape, dtype="float32", mask=mask,
+                               geometry=bin_geometry(series.geometry, k), saturation=None)
 
     def output_series(self, series: SeriesStart) -> SeriesStart:
         return self._output
@@ -226,10 +236,8 @@ class Preview(Stateless):
 
     def start(self, series: SeriesStart) -> None:
         super().start(series)
-        k = self.params.k
-        if k > min(series.shape):
-            raise ValueError(f"preview: k = {k} is larger than the frame {series.shape}")
-        self.reductions = {"image": ((series.shape[0] // k, series.shape[1] // k), self.params.dtype)}
+        shape = binned_shape(series.shape, self.params.k, name="preview: k", of="frame")
+        self.reductions = {"image": (shape, self.params.dtype)}
         self._latest: dict[str, Any] = {}
 
     def process(self, frame: Frame) -> Frame:

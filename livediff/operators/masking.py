@@ -1,11 +1,12 @@
-"""Pixel masks: argument checks, user mask files, saturation levels and hot pixels found live.
+"""Pixel masks: user mask files, saturation levels, the mask a correction passes on, hot pixels found live.
 
 A mask is boolean with ``True`` = valid pixel (DESIGN.md).  The pixel mask of a frame is
 the union of what makes a pixel invalid: the detector's mask from the series header,
 a user mask file and saturated or overflow values (applied by ``flatfield``, see
 :mod:`livediff.operators.corrections`), and hot pixels found live (:class:`HotPixels`,
 placed before ``flatfield`` so it sees raw counts).  Once masked, a pixel stays masked in
-every later operator: the mask moves with the data.
+every later operator: the mask moves with the data.  The mask argument checks are in
+:mod:`.checks` (:func:`check_mask` is re-exported here).
 """
 from __future__ import annotations
 
@@ -18,63 +19,10 @@ import numpy as np
 
 from ..model import Frame, SeriesStart
 from .base import Stateless, param
+from .checks import all_valid, check_choice, check_image, check_mask
 
-
-def check_shape(name: str, array: np.ndarray, shape: tuple[int, ...], *, of: str = "image") -> None:
-    """Raise ValueError unless ``array.shape == shape`` (``"dark shape (3, 3) != image shape (3, 4)"``)."""
-    if array.shape != tuple(shape):
-        raise ValueError(f"{name} shape {array.shape} != {of} shape {tuple(shape)}")
-
-
-def check_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
-    """``mask`` checked to be None or a bool array of ``shape``.
-
-    Raises
-    ------
-    TypeError
-        The mask is not boolean (a 0/1 integer mask has no agreed meaning: convert it
-        with :func:`mask_from_file` or ``mask != 0``).
-    ValueError
-        Its shape differs from ``shape``.
-    """
-    if mask is None:
-        return None
-    if mask.dtype != np.bool_:
-        raise TypeError(f"mask must be bool (True = valid pixel), got {mask.dtype}; "
-                        f"convert it, e.g. mask_from_file(m, nonzero='invalid')")
-    check_shape("mask", mask, shape)
-    return mask
-
-
-def check_image(image: np.ndarray) -> None:
-    """Raise unless ``image`` is a 2-D array of real numbers."""
-    if not isinstance(image, np.ndarray) or image.ndim != 2:
-        raise ValueError(f"image must be a 2-D array (rows, cols), got {getattr(image, 'shape', type(image))}")
-    if image.dtype.kind not in "uif":
-        raise TypeError(f"image must hold integers or floats, got {image.dtype}")
-
-
-def check_reference(name: str, array: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A reference frame (dark, flat, background) checked for shape, as float32 or float64.
-
-    Integer references are converted to float64 (exact); floats pass as they are.
-    """
-    if array is None:
-        return None
-    check_shape(name, array, shape)
-    if array.dtype.kind not in "uif":
-        raise TypeError(f"{name} must hold numbers, got {array.dtype}")
-    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
-
-
-def check_output(name: str, array: np.ndarray | None, shape: tuple[int, ...], dtype: type) -> np.ndarray:
-    """``array`` checked to be a ``dtype`` array of ``shape``, or a new one when None."""
-    if array is None:
-        return np.empty(shape, dtype=dtype)
-    if array.dtype != dtype:
-        raise TypeError(f"{name} must be {np.dtype(dtype)}, got {array.dtype}")
-    check_shape(name, array, shape)
-    return array
+__all__ = ["HotPixels", "bright_pixels", "check_mask", "finite_mask", "float32_series", "mask_from_file",
+           "pass_mask", "saturation_level", "store"]
 
 
 def pass_mask(frame: Frame, series: SeriesStart, static: np.ndarray) -> np.ndarray:
@@ -90,6 +38,46 @@ def float32_series(series: SeriesStart, mask: np.ndarray | None) -> SeriesStart:
     return replace(series, dtype="float32", mask=mask, saturation=None)
 
 
+@numba.njit(nogil=True, cache=True)
+def store(out: np.ndarray, valid: np.ndarray | None, r: int, c: int, y: np.float32, ok: bool, fill: np.float32) -> None:
+    """The last step of every correcting kernel: write one output pixel and its validity.
+
+    Parameters
+    ----------
+    out : float32 output array, written at (r, c).
+    valid : bool array receiving the pixel's validity at (r, c), or None (not recorded).
+    r, c : the pixel.
+    y : its corrected value.
+    ok : whether the inputs make it valid (mask, saturation, nonzero divisor, ...).
+    fill : the value of an invalid pixel.
+
+    Notes
+    -----
+    The pixel is valid when ``ok`` and ``y`` is finite; ``out[r, c]`` is then ``y``, else
+    ``fill``.  Callable from numba code (and from Python, one pixel at a time).
+    """
+    ok &= np.abs(y) < np.inf
+    out[r, c] = y if ok else fill
+    if valid is not None:
+        valid[r, c] = ok
+
+
+def finite_mask(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The valid pixels holding finite values.
+
+    Parameters
+    ----------
+    image : array of any real dtype.
+    mask : bool array of its shape, True = valid; None = all valid.
+
+    Returns
+    -------
+    New bool array ``mask & np.isfinite(image)``.
+    """
+    finite = np.isfinite(image)
+    return finite if mask is None else finite & mask
+
+
 def mask_from_file(array: np.ndarray, *, nonzero: Literal["invalid", "valid"] = "invalid") -> np.ndarray:
     """A mask read from a file, as livediff's bool mask (True = valid).
 
@@ -103,8 +91,7 @@ def mask_from_file(array: np.ndarray, *, nonzero: Literal["invalid", "valid"] = 
     -------
     New bool array, True = valid.  Non-finite values count as nonzero.
     """
-    if nonzero not in ("invalid", "valid"):
-        raise ValueError(f"nonzero must be 'invalid' or 'valid', got {nonzero!r}")
+    check_choice(nonzero, ("invalid", "valid"), "nonzero")
     set_ = array != 0
     return ~set_ if nonzero == "invalid" else set_
 
@@ -191,12 +178,12 @@ def bright_pixels(image: np.ndarray, mask: np.ndarray | None = None, *, n_sigma:
     is raised with it; a lone bright pixel is not.  Only pixels brighter than the bound
     from their smallest neighbour pay for the median.
     """
-    check_image(image)
+    image = check_image(image)
     mask = check_mask(mask, image.shape)
     if not n_sigma > 0:
         raise ValueError(f"n_sigma must be > 0, got {n_sigma}")
     out = np.empty(image.shape, dtype=np.bool_)
-    _bright(image, np.ones(image.shape, np.bool_) if mask is None else mask, float(n_sigma), out)
+    _bright(image, all_valid(image.shape) if mask is None else mask, float(n_sigma), out)
     return out
 
 

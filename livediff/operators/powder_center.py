@@ -17,6 +17,8 @@ from skimage.registration import phase_cross_correlation
 
 from ..model import Frame, SeriesStart
 from .base import Stateless, param
+from .checks import check_image, check_mask
+from .masking import finite_mask
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ def powder_center(image: np.ndarray, mask: np.ndarray | None = None, *,
     ValueError
         If ``image`` is not 2-D, ``mask`` does not match it, fewer than 64 pixels are valid,
         or too few valid pixels have a valid mirror image (a centre off the frame).
+    TypeError
+        If ``image`` is not real-valued or ``mask`` is not bool.
 
     Notes
     -----
@@ -62,12 +66,9 @@ def powder_center(image: np.ndarray, mask: np.ndarray | None = None, *,
     interpolation's own smoothing of the noise depends on the fractional part of 2c and
     pulls c by up to 0.1 px towards quarter pixels.
     """
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"image must be 2-D (rows, cols), got shape {image.shape}")
-    if mask is not None and mask.shape != image.shape:
-        raise ValueError(f"mask shape {mask.shape} != image shape {image.shape}")
-    valid = np.isfinite(image) if mask is None else mask & np.isfinite(image)
+    image = check_image(image)
+    mask = check_mask(mask, image.shape)
+    valid = finite_mask(image, mask)
     if valid.sum() < 64:
         raise ValueError(f"powder_center needs at least 64 valid pixels, got {int(valid.sum())}")
     counts = np.where(valid, image, 0).astype(np.float64)
@@ -165,11 +166,9 @@ class PowderCenter(Stateless):
         self._count = np.zeros(series.shape, dtype=np.int64)
         self._frames = 0
         self._center = (np.full(2, np.nan), 0)  # (centre, number of frames it was computed from)
-        self._all_valid = np.ones(series.shape, dtype=np.bool_)
-        self._all_valid.setflags(write=False)
 
     def process(self, frame: Frame) -> Frame:
-        valid = self._all_valid if frame.mask is None else frame.mask
+        valid = self.valid(frame)
         np.add(self._sum, frame.data, out=self._sum, where=valid)
         self._count += valid
         self._frames += 1

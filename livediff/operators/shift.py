@@ -1,8 +1,7 @@
 """Sub-pixel translation of frames that moves the mask with the data.
 
 :func:`shift_image` applies the shift that :func:`livediff.operators.align_kernels.register`
-measures, as two separable 1-D passes of a bilinear or Keys cubic filter; the input checks
-shared with the registration kernels are here too.
+measures, as two separable 1-D passes of a bilinear or Keys cubic filter.
 """
 from __future__ import annotations
 
@@ -11,45 +10,12 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["check_image", "check_mask", "shift_image"]
+from .checks import all_valid, check_image, check_mask
+
+__all__ = ["shift_image"]
 
 #: fractional shifts closer than this to a whole pixel are treated as whole (px)
 _SNAP = 1e-6
-
-
-def check_mask(mask: np.ndarray | None, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """``mask`` as a bool array of ``shape`` (all True for None).
-
-    Raises
-    ------
-    TypeError
-        If ``mask`` is not boolean.
-    ValueError
-        If its shape is not ``shape``; ``what`` names it in the message.
-    """
-    if mask is None:
-        return np.ones(shape, dtype=np.bool_)
-    mask = np.asarray(mask)
-    if mask.dtype != np.bool_:
-        raise TypeError(f"{what} must be a bool array (True = valid), got dtype {mask.dtype}")
-    if mask.shape != shape:
-        raise ValueError(f"{what} shape {mask.shape} != image shape {shape}")
-    return mask
-
-
-def check_image(image: np.ndarray, what: str) -> np.ndarray:
-    """``image`` as an array, checked to be 2-D and of an integer or float dtype.
-
-    Raises
-    ------
-    TypeError
-        If it is not; ``what`` names it in the message.
-    """
-    image = np.asarray(image)
-    if image.ndim != 2 or image.dtype.kind not in "uif":
-        raise TypeError(f"{what} must be a 2-D array of integers or floats, got {image.dtype} {image.shape}")
-    return image
-
 
 
 @numba.njit(nogil=True, cache=True)
@@ -114,9 +80,10 @@ def shift_image(image: np.ndarray, shift: tuple[float, float], mask: np.ndarray 
     Raises
     ------
     ValueError
-        If ``order`` is not 1 or 3, the shift is not finite, or the mask's shape differs.
+        If the image is not 2-D, ``order`` is not 1 or 3, the shift is not finite, or the
+        mask's shape differs.
     TypeError
-        If the image is not a 2-D numeric array or the mask is not boolean.
+        If the image is not real-valued or the mask is not boolean.
 
     Notes
     -----
@@ -128,9 +95,9 @@ def shift_image(image: np.ndarray, shift: tuple[float, float], mask: np.ndarray 
     integer shift moves pixels exactly.  R. Keys, "Cubic convolution interpolation for
     digital image processing", IEEE Trans. ASSP 29(6), 1153-1160 (1981).
     """
-    image = check_image(image, "image")
+    image = check_image(image)
+    mask = check_mask(mask, image.shape)
     has_mask = mask is not None
-    mask = check_mask(mask, image.shape, "mask")
     if order not in (1, 3):
         raise ValueError(f"order must be 1 (bilinear) or 3 (cubic), got {order}")
     shift_y, shift_x = (float(s) for s in shift)
@@ -140,7 +107,8 @@ def shift_image(image: np.ndarray, shift: tuple[float, float], mask: np.ndarray 
     (off_y, w_y), (off_x, w_x) = _taps(shift_y, order), _taps(shift_x, order)
     along_cols = np.empty(image.shape, dtype=np.float64)
     valid_cols = np.empty(image.shape, dtype=np.bool_)
-    _interpolate(image, mask, has_mask, off_x, w_x, 1, 0.0, along_cols, valid_cols)
+    _interpolate(image, mask if has_mask else all_valid(image.shape), has_mask, off_x, w_x, 1, 0.0, along_cols,
+                 valid_cols)
     out = np.empty(image.shape, dtype=dtype)
     out_valid = np.empty(image.shape, dtype=np.bool_)
     _interpolate(along_cols, valid_cols, True, off_y, w_y, 0, float(fill_value), out, out_valid)

@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from ..model import Frame, SeriesStart
 from .base import Stateless, param
+from .checks import check_mask, check_ndim, check_shape
 from .spots3d import SpotLinker
 from .spots_kernels import MAX_VALUE, background_block, dispersion_block, extended_strong, run_blocks
 from .spots_label import NSTAT, component_stats, label_runs, select, shoeboxes, spot_columns, strong_runs
@@ -156,23 +157,14 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
 def _prepare(image: np.ndarray, mask: np.ndarray | None, gain: float | np.ndarray | None,
              max_value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, Any]:
     """Checked, C-ordered inputs; a missing mask or a scalar gain becomes a single row."""
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"image must be 2-D (rows, cols), got shape {image.shape}")
+    image = check_ndim(image)
     if image.dtype.kind not in "uif" or image.dtype == np.uint64 or image.size == 0:
         raise TypeError(f"image must be a non-empty integer (at most 32-bit unsigned) or float array, "
                         f"got {image.dtype} {image.shape}")
     image = np.ascontiguousarray(image)
     cols = image.shape[1]
-    if mask is None:
-        mask_rows = np.ones((1, cols), dtype=np.bool_)
-    else:
-        mask_rows = np.asarray(mask)
-        if mask_rows.shape != image.shape:
-            raise ValueError(f"mask shape {mask_rows.shape} != image shape {image.shape}")
-        if mask_rows.dtype != np.bool_:
-            raise TypeError(f"mask must be bool (True = valid), got {mask_rows.dtype}")
-        mask_rows = np.ascontiguousarray(mask_rows)
+    mask = check_mask(mask, image.shape)
+    mask_rows = np.ones((1, cols), dtype=np.bool_) if mask is None else np.ascontiguousarray(mask)
     if gain is None or np.ndim(gain) == 0:
         g = 1.0 if gain is None else float(gain)
         if not g > 0 or not math.isfinite(g):
@@ -180,8 +172,7 @@ def _prepare(image: np.ndarray, mask: np.ndarray | None, gain: float | np.ndarra
         gain_rows = np.full((1, cols), g)
     else:
         gain_rows = np.ascontiguousarray(gain, dtype=np.float64)
-        if gain_rows.shape != image.shape:
-            raise ValueError(f"gain map shape {gain_rows.shape} != image shape {image.shape}")
+        check_shape(gain_rows, image.shape, "gain map")
     if not max_value > 0:
         raise ValueError(f"max_value must be > 0, got {max_value!r}")
     limit = np.int64(min(math.ceil(max_value), 2 ** 62)) if image.dtype.kind in "ui" else np.float64(max_value)
@@ -355,8 +346,8 @@ class Spots(Stateless):
         super().start(series)
         p = self.params
         gain = p.gain if p.gain_map is None else np.ascontiguousarray(p.gain_map, dtype=np.float64)
-        if isinstance(gain, np.ndarray) and gain.shape != tuple(series.shape):
-            raise ValueError(f"operators.spots.gain_map: shape {gain.shape} != frame shape {tuple(series.shape)}")
+        if isinstance(gain, np.ndarray):
+            check_shape(gain, series.shape, "operators.spots.gain_map:", of="frame")
         self._threshold = {
             "gain": gain, "kernel_size": p.kernel_size, "sigma_background": p.sigma_background,
             "sigma_strong": p.sigma_strong, "min_local": p.min_local, "global_threshold": p.global_threshold,

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..model import Frame, SeriesStart
 from .base import Stateless, param
+from .checks import all_valid, check_choice, check_frame_shape, check_image, check_mask, check_shape
 from .stats_kernels import ARRAYS, check_weights, derive, fold, valid_sum
 
 #: what :meth:`RunningStats.results` derives (and the operator's reductions)
@@ -67,8 +68,7 @@ class RunningStats:
 
     def __init__(self, shape: tuple[int, int] | None = None, *, ddof: int = 1, dtype: str = "float64",
                  time_constant: float | None = None, pixel_weights: np.ndarray | None = None) -> None:
-        if dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        check_choice(dtype, ("float64", "float32"), "dtype")
         if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
             raise ValueError(f"ddof must be an integer >= 0, got {ddof!r}")
         if time_constant is not None and not (time_constant > 0 and math.isfinite(time_constant)):
@@ -83,15 +83,13 @@ class RunningStats:
         self._weighted = self.time_constant is not None or self._pw is not None
         self._last: int | None = None
         self._s: dict[str, np.ndarray | None] = dict.fromkeys(ARRAYS)
-        self._ones = self._zeros = None
+        self._zeros = None
         self.shape: tuple[int, int] | None = None
         if shape is not None:
             self._allocate(tuple(shape))
 
     def _allocate(self, shape: tuple[int, int]) -> None:
-        if len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"shape must be (rows, cols) with both >= 1, got {shape}")
-        self.shape = shape
+        self.shape = check_frame_shape(shape)
         self._s = {k: None if k in ("w", "w2") and not self._weighted else
                    np.zeros(shape, np.int64 if k == "count" else self.dtype) for k in ARRAYS}
 
@@ -131,26 +129,20 @@ class RunningStats:
         TypeError
             When ``frame`` is not real-valued.
         """
-        frame = np.asarray(frame)
-        if frame.dtype.kind not in "uif":
-            raise TypeError(f"frame must be real-valued (integer or float), got dtype {frame.dtype}")
-        if frame.ndim != 2:
-            raise ValueError(f"frame must be 2-D (rows, cols), got shape {frame.shape}")
+        frame = check_image(frame, "frame")
         if self.shape is None:
             self._allocate(frame.shape)
-        if frame.shape != self.shape:
-            raise ValueError(f"frame shape {frame.shape} != statistics shape {self.shape}")
-        if mask is not None and (mask.shape != frame.shape or mask.dtype != np.bool_):
-            raise ValueError(f"mask must be bool of shape {frame.shape}, got {mask.dtype} {mask.shape}")
+        check_shape(frame, self.shape, "frame", of="statistics")
+        mask = check_mask(mask, frame.shape)
         scalar, pw, pw2 = self._frame_weights(frame, mask, weight)
         decay = 1.0
         if self._weighted:
             decay, age = self._decays(int(index) if index is not None else
                                       0 if self._last is None else self._last + 1)
             scalar *= age
-        if self._ones is None:  # real arrays, not broadcast views: C-contiguous inputs let the kernel vectorise
-            self._ones, self._zeros = np.ones(self.shape, np.bool_), np.zeros(self.shape, np.float32)
-        count = self._ones if mask is None else mask
+        if self._zeros is None:  # real arrays, not broadcast views: C-contiguous inputs let the kernel vectorise
+            self._zeros = np.zeros(self.shape, np.float32)
+        count = all_valid(self.shape) if mask is None else mask
         fold(*self._s.values(), decay, count, frame, self._zeros, self._zeros, pw, pw2, scalar)
 
     def _frame_weights(self, frame: np.ndarray, mask: np.ndarray | None,
@@ -212,8 +204,8 @@ class RunningStats:
         if self.shape is None:
             self._allocate(tuple(o["count"].shape))
         for k in ARRAYS:
-            if o[k] is not None and o[k].shape != self.shape:
-                raise ValueError(f"state {k} shape {o[k].shape} != statistics shape {self.shape}")
+            if o[k] is not None:
+                check_shape(o[k], self.shape, f"state {k}", of="statistics")
         if o["w"] is not None:
             self._promote()
         decay, scale = self._decays(int(o["last"])) if self.time_constant is not None else (1.0, 1.0)
@@ -316,8 +308,8 @@ class Stats(Stateless):
     def start(self, series: SeriesStart) -> None:
         super().start(series)
         p, shape = self.params, tuple(series.shape)
-        if p.weight_file is not None and p.weight_file.shape != shape:
-            raise ValueError(f"weight_file shape {p.weight_file.shape} != frame shape {shape}")
+        if p.weight_file is not None:
+            check_shape(p.weight_file, shape, "weight_file", of="frame")
         if self.stats is not None and self.stats.shape == shape:
             self.stats.reset()  # reuses the buffers: no page faults on hundreds of MB per series
         else:

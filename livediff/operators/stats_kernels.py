@@ -15,6 +15,8 @@ from typing import Any
 import numba
 import numpy as np
 
+from .checks import check_image, check_shape
+
 #: the per-pixel arrays of a state, in the order of :func:`fold`'s arguments
 ARRAYS = ("count", "shift", "mean", "m2", "w", "w2")
 
@@ -180,13 +182,13 @@ def check_weights(weights: Any, shape: tuple[int, ...] | None, what: str) -> np.
     Raises
     ------
     ValueError
-        When ``weights`` is not a 2-D real array of ``shape`` with finite values >= 0.
+        When ``weights`` is not a 2-D array of ``shape`` with finite values >= 0.
+    TypeError
+        When ``weights`` is not real-valued.
     """
-    a = np.asarray(weights)
-    if a.ndim != 2 or a.dtype.kind not in "uif":
-        raise ValueError(f"{what} must be a 2-D real array (rows, cols), got {a.dtype} {a.shape}")
-    if shape is not None and a.shape != shape:
-        raise ValueError(f"{what} shape {a.shape} != frame shape {shape}")
+    a = check_image(weights, what)
+    if shape is not None:
+        check_shape(a, shape, what, of="frame")
     a = a.astype(np.float64)
     if not np.all(np.isfinite(a) & (a >= 0)):
         raise ValueError(f"{what} must be finite and >= 0, got min {np.nanmin(a)}, "

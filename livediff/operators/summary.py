@@ -10,6 +10,7 @@ import numpy as np
 
 from ..model import Frame, SeriesStart
 from .base import Stateless
+from .checks import all_valid, check_image, check_mask
 
 
 @numba.njit(nogil=True, cache=True)
@@ -49,11 +50,18 @@ def summarise(image: np.ndarray, mask: np.ndarray | None = None, *,
     -------
     dict with ``sum`` (float64 accumulator; exact for integer frames below 2**53),
     ``mean``, ``max`` (NaN when no pixel is valid), ``n_valid`` and ``n_saturated``.
+
+    Raises
+    ------
+    ValueError
+        ``image`` is not 2-D or ``mask`` has another shape.
+    TypeError
+        ``image`` is not real-valued or ``mask`` is not bool.
     """
+    image = check_image(image)
+    mask = check_mask(mask, image.shape)
     if mask is None:
-        mask = np.ones(image.shape, dtype=np.bool_)
-    elif mask.shape != image.shape:
-        raise ValueError(f"mask shape {mask.shape} != image shape {image.shape}")
+        mask = all_valid(image.shape)
     if saturation is None:
         saturation = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else np.inf
     total, peak, n_valid, n_saturated = _summarise(image, mask, float(saturation))
@@ -74,10 +82,7 @@ class Summary(Stateless):
     def start(self, series: SeriesStart) -> None:
         super().start(series)
         self.columns = {"sum": "f8", "mean": "f8", "max": "f8", "n_valid": "i8", "n_saturated": "i8"}
-        self._all_valid = np.ones(series.shape, dtype=np.bool_)
-        self._all_valid.setflags(write=False)
 
     def process(self, frame: Frame) -> Frame:
-        mask = self._all_valid if frame.mask is None else frame.mask
-        frame.results[self.name] = summarise(frame.data, mask, saturation=self.series.saturation)
+        frame.results[self.name] = summarise(frame.data, frame.mask, saturation=self.series.saturation)
         return frame
