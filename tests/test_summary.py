@@ -62,3 +62,10 @@ def test_valid_is_the_frame_mask_or_one_shared_read_only_all_true_mask():
     assert op.valid(Frame(1, 2, data)) is everything
     out = op.process(Frame(1, 3, data)).results["summary"]
     assert out["n_valid"] == data.size and out["sum"] == data.sum(dtype=np.float64) and out["max"] == data.max()
+
+
+def test_negative_integer_pixels_give_the_true_maximum():
+    image = np.array([[-7, -3], [-9, -2]], dtype=np.int32)
+    mask = np.array([[True, True], [True, False]])
+    got = summarise(image, mask)
+    assert got["max"] == -3 and got["sum"] == -19 and got["n_valid"] == 3
