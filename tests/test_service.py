@@ -119,3 +119,14 @@ async def test_embedded_default_runs_one_series_and_stops(tmp_path):
         await asyncio.wait_for(service.stopping.wait(), 60)
     (summary,) = service.series_done
     assert summary["processed"] == summary["expected"] == 12 and summary["reason"] == "end"
+
+
+async def test_unreachable_source_endpoint_is_reported_once(tmp_path, caplog):
+    cfg = config(tmp_path, source={"bind": False})  # connect to an endpoint nobody listens on
+    caplog.set_level(logging.WARNING)
+    async with running(cfg):
+        for _ in range(300):
+            if "cannot reach" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+    assert caplog.text.count(f"cannot reach {cfg.source.endpoint}") == 1

@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from ..config import SourceConfig
 from ..errors import DecodeError
@@ -85,10 +86,34 @@ class Receiver:
             log.info("receiving %s (%s) %s %s", self.config.protocol, self.config.pattern,
                      "on" if self.config.bind else "from", self.endpoint)
             self.ready.set()
-            await self._loop(sock)
+            watch = None if self.config.bind else asyncio.create_task(self._watch_connection(sock))
+            try:
+                await self._loop(sock)
+            finally:
+                if watch is not None:
+                    watch.cancel()
+                    await asyncio.gather(watch, return_exceptions=True)
         finally:
             sock.close(linger=0)
             self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _watch_connection(self, sock: zmq.asyncio.Socket) -> None:
+        """Say, once, when the endpoint we connect to cannot be reached, and when it is."""
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
+        warned = False
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())["event"]
+                if event == zmq.EVENT_CONNECT_RETRIED and not warned:
+                    log.warning("cannot reach %s (nothing listening there?): retrying until it answers",
+                                self.endpoint)
+                    warned = True
+                elif event == zmq.EVENT_CONNECTED:
+                    log.info("connected to %s", self.endpoint)
+                    warned = False
+        finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
 
     async def _loop(self, sock: zmq.asyncio.Socket) -> None:
         loop = asyncio.get_running_loop()
