@@ -8,7 +8,6 @@ first frame arrives.
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +16,6 @@ from .config import OperatorConfig
 from .model import Frame, SeriesStart
 from .operators import REGISTRY, Operator, Stateless
 from .operators.base import Shape
-
-log = logging.getLogger(__name__)
 
 #: columns every frames-table row has, before the operators' own
 BASE_COLUMNS = {"frame": "i8", "timestamp": "f8", "received": "f8", "latency_s": "f8"}

@@ -7,7 +7,6 @@ import dataclasses
 import resource
 import time
 
-import numpy as np
 import pytest
 import zmq
 

@@ -11,7 +11,6 @@ rate with none.
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomli_w
 import zmq
 
 from .. import schema
@@ -161,22 +161,9 @@ def _service_config(tmp: Path, config: str | None, protocol: str, overflow: str 
     table["pipeline"] = {**table.get("pipeline", {}),
                          **({"overflow": overflow} if overflow else {}), **({"workers": workers} if workers else {})}
     path = tmp / "e2e.toml"
-    path.write_text(_to_toml(table))
+    path.write_text(tomli_w.dumps(table))
     load(path)  # a config error shows here, in this process, as the usual one line
     return path, source_ep, publish_ep
-
-
-def _to_toml(table: dict[str, Any]) -> str:
-    """Our configs are two levels deep: ``[section]`` and ``[operators.name]`` tables of scalars and lists."""
-    lines: list[str] = []
-    for section, body in table.items():
-        subtables = {k: v for k, v in body.items() if isinstance(v, dict)}
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in body.items() if k not in subtables]
-        for name, sub in subtables.items():
-            lines.append(f"[{section}.{name}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in sub.items()]
-    return "\n".join(lines) + "\n"
 
 
 class _Listener:
