@@ -6,7 +6,8 @@ import pytest
 from scipy import ndimage
 
 from livediff.model import Frame, Geometry, SeriesStart
-from livediff.operators.binning import Bin, BinParams, Preview, bin_frame, bin_geometry, binned_shape, to_display
+from livediff.operators.bin import Bin, BinParams, bin_frame, bin_geometry, binned_shape
+from livediff.operators.preview import Preview, to_display
 
 
 def _numpy_bin(image, k, mask, reduce, min_valid):

@@ -21,18 +21,13 @@ from livediff.errors import ConfigError
 from livediff.model import Frame, Geometry, SeriesStart
 from livediff.operators import REGISTRY
 from livediff.operators.base import SeriesBoard, shared_by_params
-from livediff.operators.binning import Bin, Preview, bin_frame
-from livediff.operators.corrections import (
-    DynamicBackground,
-    FlatField,
-    StaticBackground,
-    correct,
-    divide_flat,
-    dynamic_background,
-    static_background,
-    subtract_dark,
-)
-from livediff.operators.masking import HotPixels
+from livediff.operators.bin import Bin, bin_frame
+from livediff.operators.corrections import correct, divide_flat, dynamic_background, static_background, subtract_dark
+from livediff.operators.dynamic_background import DynamicBackground
+from livediff.operators.flatfield import FlatField
+from livediff.operators.hot_pixels import HotPixels
+from livediff.operators.preview import Preview
+from livediff.operators.static_background import StaticBackground
 from livediff.pipeline import Chain
 from simulators import DiffractionSimulator, stream_series
 

@@ -10,17 +10,12 @@ from livediff.model import Frame, SeriesStart
 from livediff.operators import checks
 from livediff.operators.align import register, shift_image
 from livediff.operators.azimuthal import azimuthal_average, powder_center
-from livediff.operators.binning import bin_frame, to_display
+from livediff.operators.bin import bin_frame
+from livediff.operators.checks import check_mask
 from livediff.operators.corrections import correct, dynamic_background
-from livediff.operators.masking import (
-    HotPixels,
-    bright_pixels,
-    check_mask,
-    finite_mask,
-    mask_from_file,
-    saturation_level,
-    store,
-)
+from livediff.operators.hot_pixels import HotPixels, bright_pixels
+from livediff.operators.masks import finite_mask, mask_from_file, saturation_level, store
+from livediff.operators.preview import to_display
 from livediff.operators.spots import dispersion_mask
 from livediff.operators.summary import summarise
 from simulators import DiffractionSimulator

@@ -13,7 +13,7 @@ from livediff.errors import ConfigError
 from livediff.model import Frame
 from livediff.operators import REGISTRY
 from livediff.operators.spots import ROW_COLUMNS, Spots, SpotsParams, dispersion_mask, find_spots
-from livediff.operators.spots3d import SpotLinker
+from livediff.operators.spots.link import SpotLinker
 from simulators import DiffractionSimulator
 from simulators.rotation import RotationSimulator
 

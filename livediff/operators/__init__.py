@@ -6,13 +6,16 @@ operator class; each class declares its parameters as a frozen dataclass ``Param
 from __future__ import annotations
 
 from .align import Align
-from .azimuthal import Azimuthal, PowderCenter
-from .background import DynamicBackground
+from .azimuthal import Azimuthal
 from .base import NoParams, Operator, Stateless, param
-from .binning import Bin, Preview
-from .corrections import FlatField, StaticBackground
-from .masking import HotPixels
+from .bin import Bin
+from .dynamic_background import DynamicBackground
+from .flatfield import FlatField
+from .hot_pixels import HotPixels
+from .powder_center import PowderCenter
+from .preview import Preview
 from .spots import Spots
+from .static_background import StaticBackground
 from .stats import Stats
 from .summary import Summary
 

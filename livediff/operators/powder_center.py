@@ -18,7 +18,7 @@ from skimage.registration import phase_cross_correlation
 from ..model import Frame, SeriesStart
 from .base import Stateless, param
 from .checks import check_image, check_mask
-from .masking import finite_mask
+from .masks import finite_mask
 
 log = logging.getLogger(__name__)
 

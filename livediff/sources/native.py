@@ -98,7 +98,7 @@ def decode(parts: list[bytes], *, series: SeriesStart | None = None) -> Event:
     """
     try:
         header = msgpack.unpackb(parts[0], raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException, IndexError) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException, IndexError) as exc:  # TypeError: unhashable map key
         raise DecodeError(f"native: header is not msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(header, dict):
         raise DecodeError(f"native: header must be a map, got {type(header).__name__}")

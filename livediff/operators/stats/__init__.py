@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..model import Frame, SeriesStart
-from .base import Stateless, param
-from .checks import all_valid, check_choice, check_frame_shape, check_image, check_mask, check_shape
-from .stats_kernels import ARRAYS, check_weights, derive, fold, valid_sum
+from ...model import Frame, SeriesStart
+from ..base import Stateless, param
+from ..checks import all_valid, check_choice, check_frame_shape, check_image, check_mask, check_shape
+from .kernels import ARRAYS, check_weights, derive, fold, valid_sum
 
 #: what :meth:`RunningStats.results` derives (and the operator's reductions)
 RESULTS = ("mean", "var", "std", "sem", "count")

@@ -31,7 +31,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .spots_label import add_pixel
+from .label import add_pixel
 
 #: values at or above this (and at or below its negative) never count in a window (DIALS)
 MAX_VALUE = 2 ** 24

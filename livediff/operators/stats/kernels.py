@@ -15,7 +15,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .checks import check_image, check_shape
+from ..checks import check_image, check_shape
 
 #: the per-pixel arrays of a state, in the order of :func:`fold`'s arguments
 ARRAYS = ("count", "shift", "mean", "m2", "w", "w2")

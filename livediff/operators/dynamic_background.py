@@ -20,7 +20,7 @@ import scipy.fft
 from ..model import Frame, SeriesStart
 from .base import Stateless, param
 from .checks import check_choice, check_image, check_mask, check_output
-from .masking import finite_mask, float32_series, store
+from .masks import finite_mask, float32_series, store
 
 __all__ = ["DynamicBackground", "DynamicBackgroundParams", "dynamic_background"]
 

@@ -26,12 +26,12 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 
-from ..model import Frame, SeriesStart
-from .base import Stateless, param
-from .checks import check_mask, check_ndim, check_shape
-from .spots3d import SpotLinker
-from .spots_kernels import MAX_VALUE, background_block, dispersion_block, extended_strong, run_blocks
-from .spots_label import NSTAT, component_stats, label_runs, select, shoeboxes, spot_columns, strong_runs
+from ...model import Frame, SeriesStart
+from ..base import Stateless, param
+from ..checks import check_mask, check_ndim, check_shape
+from .label import NSTAT, component_stats, label_runs, select, shoeboxes, spot_columns, strong_runs
+from .link import SpotLinker
+from .threshold import MAX_VALUE, background_block, dispersion_block, extended_strong, run_blocks
 
 __all__ = ["MAX_VALUE", "FrameSpots", "Spots", "SpotsParams", "dispersion_mask", "find_spots", "frame_spots",
            "strong_pixels"]

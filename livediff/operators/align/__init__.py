@@ -1,7 +1,7 @@
 """The ``align`` operator: registers every frame to a reference and shifts it into place.
 
 The kernels (:func:`register`, :func:`shift_image`, :class:`Registration`) live in
-:mod:`livediff.operators.align_kernels` and are re-exported here, so that
+:mod:`livediff.operators.align.register` and are re-exported here, so that
 ``from livediff.operators import align; align.register(image, reference, mask)`` works
 as DESIGN.md lists it.
 
@@ -37,10 +37,10 @@ from typing import Any, Literal
 import numba
 import numpy as np
 
-from ..model import Frame, SeriesStart
-from .align_kernels import Registration, check_roi, register, shift_image
-from .base import SeriesBoard, Stateless, param, shared_by_params
-from .checks import all_valid, check_shape
+from ...model import Frame, SeriesStart
+from ..base import SeriesBoard, Stateless, param, shared_by_params
+from ..checks import all_valid, check_shape
+from .register import Registration, check_roi, register, shift_image
 
 __all__ = ["Align", "AlignParams", "Registration", "register", "shift_image"]
 

@@ -5,7 +5,7 @@ normalised cross-correlation (Padfield 2012), so that masked pixels (beam stop, 
 gaps, dead pixels) take no part in it; :class:`Registration` does it for a stream of
 frames against one reference, computing once what depends only on the reference and the
 masks.  :func:`shift_image`, which applies the shift and moves the mask with the data,
-lives in :mod:`livediff.operators.shift` and is re-exported here.
+lives in :mod:`livediff.operators.align.shift` and is re-exported here.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numba
 import numpy as np
 import scipy.fft as sfft
 
-from .checks import all_valid, check_image, check_mask, check_shape
+from ..checks import all_valid, check_image, check_mask, check_shape
 from .shift import shift_image
 
 __all__ = ["Registration", "check_roi", "register", "shift_image"]

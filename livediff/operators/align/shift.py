@@ -1,6 +1,6 @@
 """Sub-pixel translation of frames that moves the mask with the data.
 
-:func:`shift_image` applies the shift that :func:`livediff.operators.align_kernels.register`
+:func:`shift_image` applies the shift that :func:`livediff.operators.align.register.register`
 measures, as two separable 1-D passes of a bilinear or Keys cubic filter.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 import numba
 import numpy as np
 
-from .checks import all_valid, check_image, check_mask
+from ..checks import all_valid, check_image, check_mask
 
 __all__ = ["shift_image"]
 

@@ -16,7 +16,7 @@ import logging
 import numba
 import numpy as np
 
-from .spots_label import NSTAT, find_root, join, merge_stats, overlaps
+from .label import NSTAT, find_root, join, merge_stats, overlaps
 
 log = logging.getLogger(__name__)
 
