@@ -34,7 +34,8 @@ from livediff.operators.corrections import (
 )
 from livediff.operators.masking import HotPixels
 from livediff.pipeline import Chain
-from simulators import DiffractionSimulator, stream_series
+from livediff.sources.sender import stream_series
+from simulators import DiffractionSimulator
 
 SHAPE = (37, 61)
 
