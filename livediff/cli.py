@@ -138,7 +138,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulators import DiffractionSimulator, stream_series
+    from simulators import DiffractionSimulator
+
+    from .sources.sender import stream_series
 
     sim = DiffractionSimulator(shape=args.shape, dtype=args.dtype, n_frames=args.frames, seed=args.seed,
                                n_spots=args.spots, background=args.background, drift=args.drift,

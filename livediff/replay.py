@@ -19,9 +19,8 @@ from pathlib import Path
 
 import zmq
 
-from simulators.stream import stream_series
-
 from .readers.series import open_series
+from .sources.sender import stream_series
 
 
 def replay(path: str | Path, endpoint: str, *, rate: float = 0.0, protocol: str = "native",

@@ -123,7 +123,9 @@ class Service:
             log.error("shutdown: %d queued frames not processed after 30 s; abandoning them", self.queue.qsize())
 
     async def _simulate(self, stop: threading.Event) -> None:
-        from simulators import DiffractionSimulator, stream_series
+        from simulators import DiffractionSimulator
+
+        from .sources.sender import stream_series
 
         s = self.config.simulator
         sim = DiffractionSimulator(shape=s.shape, dtype=s.dtype, n_frames=s.frames, seed=s.seed,

@@ -1,5 +1,8 @@
-"""Frame simulators with known ground truth, and stream emitters for every protocol."""
-from .diffraction import DiffractionSimulator
-from .stream import ENCODERS, stream_series
+"""Frame simulators with known ground truth: MX spots, powder rings, rotation series.
 
-__all__ = ["DiffractionSimulator", "ENCODERS", "stream_series"]
+They build on :mod:`livediff.model`; the encoders and the sender that stream their frames
+live in :mod:`livediff.sources` (:mod:`livediff.sources.sender`).
+"""
+from .diffraction import DiffractionSimulator
+
+__all__ = ["DiffractionSimulator"]

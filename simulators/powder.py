@@ -10,23 +10,40 @@ header, as EIGER detectors do).
 The ring centre is off the frame centre and not on a pixel centre, so that a centre
 finder or an azimuthal average that assumes either is caught.  Ring radii follow from
 the geometry: 2θ = 2 asin(λ / 2d) (Bragg), r = L tan(2θ) / p, with the relativistic
-electron wavelength λ of the accelerating voltage.  Every frame is a pure function of
-(seed, frame index).  Coordinates use the pixel-centre origin (DESIGN.md).
+electron wavelength λ of the accelerating voltage (:func:`de_broglie_wavelength`, the
+simulator's own, so that its truth checks the operators' rather than repeats them).
+Every frame is a pure function of (seed, frame index).  Coordinates use the pixel-centre
+origin (DESIGN.md).
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import constants
 
 from livediff.model import Geometry, SeriesStart
-from livediff.operators.azimuthal import electron_wavelength
 
 #: d-spacings (Å) of gold, fcc a = 4.078 Å: (111), (200), (220), (311), (222)
 GOLD_D_SPACINGS = (2.3544, 2.0390, 1.4418, 1.2296, 1.1772)
+
+
+def de_broglie_wavelength(voltage_kv: float) -> float:
+    """Wavelength in Å of electrons accelerated through ``voltage_kv`` kV (> 0), relativistic.
+
+    The kinetic energy T = eV and the rest energy E0 = m0 c² give the momentum
+    pc = sqrt(T (T + 2 E0)), and λ = h / p = hc / pc; this is
+    λ = h / sqrt(2 m0 e V (1 + e V / (2 m0 c²))).  CODATA constants from scipy.constants.
+    """
+    if not voltage_kv > 0:
+        raise ValueError(f"voltage_kv must be > 0, got {voltage_kv}")
+    kinetic = voltage_kv * 1e3 * constants.e
+    rest = constants.m_e * constants.c ** 2
+    return constants.h * constants.c / math.sqrt(kinetic * (kinetic + 2.0 * rest)) / constants.angstrom
 
 
 @dataclass
@@ -88,7 +105,7 @@ class PowderSimulator:
         counts = np.broadcast_to(np.asarray(self.ring_counts, dtype=float), (len(self.d_spacings),))
         rows, cols = self.shape
         center = self.center if self.center is not None else (0.46 * rows + 0.37, 0.54 * cols - 0.21)
-        wavelength = electron_wavelength(self.voltage_kv)
+        wavelength = de_broglie_wavelength(self.voltage_kv)
         two_theta = 2.0 * np.arcsin(wavelength / (2.0 * np.asarray(self.d_spacings, dtype=float)))
         distance = self.distance
         if distance is None:

@@ -29,7 +29,8 @@ from livediff.operators.hot_pixels import HotPixels
 from livediff.operators.preview import Preview
 from livediff.operators.static_background import StaticBackground
 from livediff.pipeline import Chain
-from simulators import DiffractionSimulator, stream_series
+from livediff.sources.sender import stream_series
+from simulators import DiffractionSimulator
 
 SHAPE = (37, 61)
 

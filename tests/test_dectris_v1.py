@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from livediff.errors import DecodeError
 from livediff.model import Frame, Geometry, SeriesEnd, SeriesStart
 from livediff.sources import codecs
+from livediff.sources.dectris_encoders import StreamV1Encoder
 from livediff.sources.dectris_v1 import StreamV1Decoder
 from simulators import DiffractionSimulator
-from simulators.dectris import StreamV1Encoder
 
 DATA = Path(__file__).parent / "data"
 

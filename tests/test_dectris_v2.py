@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from livediff.errors import DecodeError
 from livediff.model import Frame, SeriesEnd, SeriesStart
 from livediff.sources import codecs
+from livediff.sources.dectris_encoders import StreamV2Encoder
 from livediff.sources.dectris_v2 import StreamV2Decoder
 from simulators import DiffractionSimulator
-from simulators.dectris import StreamV2Encoder
 
 DATA = Path(__file__).parent / "data"
 

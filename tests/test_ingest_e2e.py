@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import config, running
-from simulators import ENCODERS, DiffractionSimulator, stream_series
+from livediff.sources.sender import ENCODERS, stream_series
+from simulators import DiffractionSimulator
 
 PROTOCOLS = ["native", "dectris-stream1", "dectris-stream2"]
 _TIMING = ("timestamp", "received", "latency_s")   # wall-clock columns, different on every run

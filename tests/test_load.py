@@ -12,7 +12,8 @@ import zmq
 
 from harness import config, running
 from livediff.operators import REGISTRY, Stateless, param
-from simulators import DiffractionSimulator, stream_series
+from livediff.sources.sender import stream_series
+from simulators import DiffractionSimulator
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,8 @@ import pytest
 from harness import config, running
 from livediff.operators.azimuthal import azimuthal_average
 from livediff.operators.spots import find_spots
-from simulators import DiffractionSimulator, stream_series
+from livediff.sources.sender import stream_series
+from simulators import DiffractionSimulator
 
 
 def _chain() -> dict:

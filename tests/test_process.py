@@ -16,7 +16,8 @@ import zmq
 
 from harness import free_endpoint
 from livediff import schema
-from simulators import DiffractionSimulator, stream_series
+from livediff.sources.sender import stream_series
+from simulators import DiffractionSimulator
 
 
 def _write_config(tmp_path: Path, source: str, publisher: str, flush_frames: int = 50) -> Path:

@@ -32,7 +32,8 @@ from livediff.sinks.series_file import SeriesFile
 from livediff.sources import codecs, native
 from livediff.sources.dectris_v1 import StreamV1Decoder
 from livediff.sources.dectris_v2 import StreamV2Decoder
-from simulators import DiffractionSimulator, stream_series
+from livediff.sources.sender import stream_series
+from simulators import DiffractionSimulator
 
 PROTOCOLS = ["native", "dectris-stream1", "dectris-stream2"]
 ENCODINGS = ["raw", "bslz4", "lz4"]

@@ -11,7 +11,8 @@ import zmq
 
 from harness import config, running
 from livediff.sources import native
-from simulators import DiffractionSimulator, stream_series
+from livediff.sources.sender import stream_series
+from simulators import DiffractionSimulator
 
 
 def _sim(**kw) -> DiffractionSimulator:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from livediff.operators.azimuthal import electron_wavelength
 from simulators import DiffractionSimulator
+from simulators.powder import de_broglie_wavelength
 
 
 def test_frames_are_reproducible_and_typed():
@@ -58,3 +60,16 @@ def test_invalid_parameters_are_refused():
         DiffractionSimulator(dtype="int8")
     with pytest.raises(IndexError, match="frame 10 is outside the series of 10"):
         DiffractionSimulator(n_frames=10).frame(10)
+
+
+@pytest.mark.parametrize(("voltage_kv", "published"), [(60.0, 0.04866), (100.0, 0.03701), (200.0, 0.02508),
+                                                      (300.0, 0.01969)])
+def test_powder_wavelength_agrees_with_the_operators_and_published_values(voltage_kv, published):
+    """The simulator's wavelength is its own; it cross-checks the azimuthal operator's."""
+    assert de_broglie_wavelength(voltage_kv) == pytest.approx(published, abs=5e-6)
+    assert de_broglie_wavelength(voltage_kv) == pytest.approx(electron_wavelength(voltage_kv), rel=1e-12)
+
+
+def test_powder_wavelength_rejects_a_voltage_that_is_not_positive():
+    with pytest.raises(ValueError, match="voltage_kv must be > 0, got 0"):
+        de_broglie_wavelength(0.0)

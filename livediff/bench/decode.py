@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..sources import codecs
+from ..sources.dectris_encoders import StreamV1Encoder, StreamV2Encoder
 from ..sources.dectris_v1 import StreamV1Decoder
 from ..sources.dectris_v2 import StreamV2Decoder
 from . import core
@@ -100,8 +101,6 @@ def cases(quick: bool) -> list[core.Case]:
 
 def _stream1(frame: np.ndarray) -> Callable[[], np.ndarray]:
     """Decode one Stream v1 bs32-lz4< image message, as the receiver does, after its header."""
-    from simulators.dectris import StreamV1Encoder
-
     encoder, decoder = StreamV1Encoder(encoding="bslz4", header_detail="basic"), StreamV1Decoder()
     start = _series_start(frame)
     (series,) = decoder(encoder.start(start))
@@ -111,8 +110,6 @@ def _stream1(frame: np.ndarray) -> Callable[[], np.ndarray]:
 
 def _stream2(frame: np.ndarray) -> Callable[[], np.ndarray]:
     """Decode one Stream v2 image message (CBOR parse, tag 40/69/56500, bslz4), after its start."""
-    from simulators.dectris import StreamV2Encoder
-
     encoder, decoder = StreamV2Encoder(encoding="bslz4"), StreamV2Decoder()
     decoder(encoder.start(_series_start(frame)))
     parts = encoder.image(1, 0, frame)

@@ -28,6 +28,7 @@ from .. import schema
 from ..config import load
 from ..endpoints import free_tcp_endpoint
 from ..model import SeriesStart
+from ..sources.sender import stream_series
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,7 +50,7 @@ _POOL = 8  # distinct frames, sent in turn
 class LoadSource:
     """A detector series of ``n_frames`` cycling through a few pre-compressed simulated frames.
 
-    Satisfies ``simulators.stream.SeriesSource`` and forwards its bslz4 chunks, so the
+    Satisfies ``livediff.sources.sender.SeriesSource`` and forwards its bslz4 chunks, so the
     sender spends its time sending, not simulating; it notes when each frame left.
     """
 
@@ -85,8 +86,6 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
              config: str | None = None, protocol: str = "native", encoding: str = "bslz4",
              overflow: str | None = None, workers: int | None = None) -> dict[str, Any]:
     """Stream ``rate`` frames/s for ``seconds`` to a fresh service process; measure it."""
-    from simulators import stream_series
-
     rows, cols, dtype = DETECTORS[detector]
     source = LoadSource((rows, cols), dtype, max(1, int(round(rate * seconds))))
     with tempfile.TemporaryDirectory(prefix="livediff-e2e-") as tmp:

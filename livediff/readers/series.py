@@ -107,7 +107,7 @@ def open_series(path: str | Path, *, series: int | None = None) -> RecordedSerie
 class RecordedSeries:
     """A recorded series: its header at once, its frames one chunk at a time.
 
-    The interface :func:`simulators.stream.stream_series` sends from.
+    The interface :func:`livediff.sources.sender.stream_series` sends from.
 
     Attributes
     ----------

@@ -1,1 +1,2 @@
-"""ZeroMQ receivers and protocol decoders: wire bytes -> SeriesStart, Frame, SeriesEnd."""
+"""ZeroMQ receivers and protocol decoders (wire bytes -> SeriesStart, Frame, SeriesEnd), and their inverse:
+the encoders and the sender that streams a series as a detector would."""

@@ -1,4 +1,4 @@
-"""livediff's native stream protocol: encoder (for simulators and replay) and decoder.
+"""livediff's native stream protocol: encoder (for :mod:`livediff.sources.sender`) and decoder.
 
 Each message is a ZeroMQ multipart message.  Part 1 is a msgpack map with ``"v"`` (=
 :data:`VERSION`), ``"type"`` (``"start"`` | ``"image"`` | ``"end"``) and ``"series"``;

@@ -1,13 +1,14 @@
 """DECTRIS Stream v1 and v2 encoders: what an EIGER2 / PILATUS4 detector would send.
 
-The inverse of :mod:`livediff.sources.dectris_v1` and :mod:`livediff.sources.dectris_v2`,
-written from the same descriptions (SIMPLON API 1.8 stream interface; DECTRIS'
-``stream_v2/README.md`` and ``cbor/dectris-compression-tag.md``), converting livediff's
-conventions to DECTRIS' ones: shapes as [x, y], ``pixel_mask`` nonzero = bad, beam
-centre from the corner of the first pixel (+0.5 px), distance in m, wavelength in Å.
+The inverse of the decoders beside them, :mod:`livediff.sources.dectris_v1` and
+:mod:`livediff.sources.dectris_v2`, written from the same descriptions (SIMPLON API 1.8
+stream interface; DECTRIS' ``stream_v2/README.md`` and ``cbor/dectris-compression-tag.md``),
+converting livediff's conventions to DECTRIS' ones: shapes as [x, y], ``pixel_mask``
+nonzero = bad, beam centre from the corner of the first pixel (+0.5 px), distance in m,
+wavelength in Å.
 
 Each encoder serves one stream (it remembers when the series was armed, for the frame
-times) and has the interface :func:`simulators.stream.stream_series` uses:
+times) and has the interface :func:`livediff.sources.sender.stream_series` uses:
 ``start(series_start)``, ``image(series, index, data, timestamp=None, blob=None)``,
 ``end(series)``, each returning the parts of one ZeroMQ message; ``blob`` is the frame
 already encoded (a stored chunk being replayed), sent without recompressing.
@@ -26,8 +27,8 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from livediff.model import SeriesStart
-from livediff.sources import codecs
+from ..model import SeriesStart
+from . import codecs
 
 #: numpy dtype name -> RFC 8746 typed-array tag (little-endian).
 TYPED_ARRAY_TAGS = {"uint8": 64, "uint16": 69, "uint32": 70, "int32": 78, "float32": 85}

@@ -1,14 +1,15 @@
-"""Stream a simulated series over ZeroMQ PUSH, as a detector would.
+"""Send a series over ZeroMQ PUSH, as a detector would: the sender of livediff's streams.
 
-Used by ``livediff simulate`` (its own process) and by ``livediff serve``'s embedded
-default (a thread of the service).  The sender blocks when the receiver's high-water
-marks are full, exactly like a detector's PUSH socket: nothing is lost on the way.
-
-Every protocol livediff reads can be sent (:data:`ENCODERS`): the native one, DECTRIS
-Stream v1 and Stream v2, each with raw, bitshuffle-LZ4 or LZ4 payloads, from the same
-simulated frames, so each ingest path can be tested end to end against one ground truth.
-The same sender replays recorded series (:mod:`livediff.replay`): a source that stores
-bitshuffle-LZ4 chunks has them forwarded as they are when the stream sends bslz4.
+:func:`stream_series` sends any :class:`SeriesSource` (a simulated or a recorded series)
+in every protocol livediff reads (:data:`ENCODERS`): the native one
+(:mod:`livediff.sources.native`), DECTRIS Stream v1 and Stream v2
+(:mod:`livediff.sources.dectris_encoders`), each with raw, bitshuffle-LZ4 or LZ4
+payloads, so each ingest path can be tested end to end against one ground truth.  It is
+used by :mod:`livediff.replay` (a source that stores bitshuffle-LZ4 chunks has them
+forwarded as they are when the stream sends bslz4), by ``livediff serve``'s embedded
+simulator (a thread of the service), by ``livediff simulate`` (its own process) and by
+``livediff bench --e2e``.  The sender blocks when the receiver's high-water marks are
+full, exactly like a detector's PUSH socket: nothing is lost on the way.
 """
 from __future__ import annotations
 
@@ -21,16 +22,15 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from livediff.model import SeriesStart
-from livediff.sources import codecs, native
-
-from .dectris import StreamV1Encoder, StreamV2Encoder
+from ..model import SeriesStart
+from . import codecs, native
+from .dectris_encoders import StreamV1Encoder, StreamV2Encoder
 
 log = logging.getLogger(__name__)
 
 
 class NativeEncoder:
-    """livediff's native protocol with the encoder interface of :mod:`simulators.dectris`."""
+    """livediff's native protocol with the encoder interface of :mod:`.dectris_encoders`."""
 
     def __init__(self, *, encoding: str = "raw") -> None:
         if encoding not in codecs.ENCODINGS:
