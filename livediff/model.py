@@ -2,26 +2,57 @@
 
 Sources decode wire messages into these objects, the pipeline passes them through
 the operators and the sinks write what they carry.  Nothing here imports the rest
-of livediff.
+of livediff.  :class:`Geometry` holds the geometry maths every operator shares (radius,
+2θ, q, d, and the "config overrides header" rule).
 
 Conventions (see DESIGN.md): arrays are (row, col) in C order; a mask is boolean
 with ``True`` = valid pixel; coordinates put the centre of pixel (r, c) at (r, c).
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
+from scipy import constants
 
 #: Pixel types a detector frame may arrive in.
 FRAME_DTYPES = ("uint8", "uint16", "uint32", "int32", "float32")
 
 
+def electron_wavelength(voltage_kv: float) -> float:
+    """Relativistic wavelength of electrons accelerated through ``voltage_kv`` kilovolts, in Å.
+
+    Parameters
+    ----------
+    voltage_kv : accelerating voltage in kV, > 0.
+
+    Returns
+    -------
+    float : the wavelength in ångström (0.02508 Å at 200 kV).
+
+    Raises
+    ------
+    ValueError
+        If the voltage is not a positive number.
+
+    Notes
+    -----
+    λ = h / sqrt(2 m0 e V (1 + e V / (2 m0 c²))), with CODATA constants (scipy.constants).
+    """
+    if not voltage_kv > 0:
+        raise ValueError(f"accelerating voltage must be > 0 kV, got {voltage_kv}")
+    ev = constants.e * voltage_kv * 1e3
+    m0 = constants.m_e
+    return constants.h / math.sqrt(2.0 * m0 * ev * (1.0 + ev / (2.0 * m0 * constants.c ** 2))) * 1e10
+
+
 @dataclass(frozen=True)
 class Geometry:
-    """Detector geometry, as far as the series header knows it.
+    """Detector geometry, as far as the series header knows it, and its maths.
 
     Attributes
     ----------
@@ -29,6 +60,20 @@ class Geometry:
     pixel_size : (y, x) in metres, or None.
     distance : sample-to-detector distance in metres, or None.
     wavelength : incident wavelength in ångström, or None.
+
+    Notes
+    -----
+    Units: positions in pixels with the centre of pixel (r, c) at (r, c); metric lengths
+    in metres; wavelength and d in Å; q = 2π/d = 4π sin(θ)/λ in 1/Å; the scattering angle
+    2θ is returned in degrees (:meth:`two_theta`) and used in radians internally.
+
+    The detector is flat and normal to the beam, which meets it at ``beam_center``:
+    2θ = atan(r / L) with r the metric distance from the beam centre and L ``distance``.
+    Detector tilt is not modelled; it would enter in :meth:`_two_theta_rad` (positions ->
+    2θ), the one place positions become angles.  The radius forms (``*_at_radius``) hold
+    only for an untilted detector with square pixels.
+
+    Each method names the fields it needs; a ValueError lists those that are None.
     """
 
     beam_center: tuple[float, float] | None = None
@@ -36,6 +81,181 @@ class Geometry:
     distance: float | None = None
     wavelength: float | None = None
 
+    #: The fields that turn a radius in pixels into 2θ, q and d.
+    SCALE_FIELDS: ClassVar[tuple[str, ...]] = ("pixel_size", "distance", "wavelength")
+
+    # ------------------------------------------------------------------ completeness
+    def missing(self, *fields: str) -> tuple[str, ...]:
+        """The names among ``fields`` (default: all four) whose value is None, in that order.
+
+        Raises
+        ------
+        ValueError
+            For a name that is not a geometry field.
+        """
+        names = fields or ("beam_center", *self.SCALE_FIELDS)
+        unknown = [n for n in names if n not in ("beam_center", *self.SCALE_FIELDS)]
+        if unknown:
+            raise ValueError(f"not geometry fields: {', '.join(unknown)} (expected beam_center, "
+                             f"{', '.join(self.SCALE_FIELDS)})")
+        return tuple(n for n in names if getattr(self, n) is None)
+
+    def _require(self, what: str, *fields: str) -> None:
+        absent = self.missing(*fields)
+        if absent:
+            raise ValueError(f"geometry: {what} needs {', '.join(fields)}; missing: {', '.join(absent)} "
+                             f"(give them in the config or the series header)")
+
+    def with_overrides(self, *, beam_center: tuple[float, float] | None = None,
+                       pixel_size: float | tuple[float, float] | None = None,
+                       distance: float | None = None, wavelength: float | None = None) -> Geometry:
+        """This geometry with each non-None argument replacing its field: config overrides header.
+
+        Parameters
+        ----------
+        beam_center : (row, col) px, pixel-centre origin.
+        pixel_size : (y, x) m, or one number for square pixels.
+        distance : sample-detector distance, m.
+        wavelength : wavelength, Å.
+
+        Returns
+        -------
+        Geometry : a new geometry; ``self`` is unchanged.
+
+        Raises
+        ------
+        ValueError
+            If ``beam_center`` or ``pixel_size`` (as a pair) does not have two values.
+        """
+        if pixel_size is not None and np.ndim(pixel_size) == 0:
+            pixel_size = (pixel_size, pixel_size)
+        given = {"beam_center": beam_center, "pixel_size": pixel_size}
+        for key, value in given.items():
+            if value is not None and len(value) != 2:
+                raise ValueError(f"{key} must be two numbers (row/y, col/x), got {tuple(value)}")
+        given = {k: tuple(float(v) for v in value) for k, value in given.items() if value is not None}
+        given |= {k: float(v) for k, v in (("distance", distance), ("wavelength", wavelength)) if v is not None}
+        return replace(self, **given)
+
+    def square_pixel_size(self) -> float:
+        """The pixel size in metres when pixels are square (y and x within 1e-6 relative).
+
+        Raises
+        ------
+        ValueError
+            If ``pixel_size`` is None or its y and x differ.
+        """
+        self._require("a square pixel size", "pixel_size")
+        y, x = self.pixel_size
+        if not math.isclose(y, x, rel_tol=1e-6):
+            raise ValueError(f"geometry: pixels are not square, (y, x) = {self.pixel_size} m; a radius in pixels "
+                             f"needs square pixels (use positions (rows, cols), or override pixel_size)")
+        return float(y)
+
+    # ------------------------------------------------------------------ positions (rows, cols)
+    def radius(self, rows: ArrayLike, cols: ArrayLike) -> np.ndarray:
+        """Distance from the beam centre in pixels of positions ``(rows, cols)``.
+
+        Parameters
+        ----------
+        rows, cols : positions in pixels, pixel-centre origin; broadcast together (e.g.
+            ``np.ogrid[:n_rows, :n_cols]`` for a whole frame, or spot centroids).
+
+        Returns
+        -------
+        float64 array : sqrt((row - row_c)² + (col - col_c)²); 0 at the beam centre.
+        Needs ``beam_center``.
+        """
+        self._require("radius", "beam_center")
+        r0, c0 = self.beam_center
+        return np.hypot(np.asarray(rows, dtype=np.float64) - r0, np.asarray(cols, dtype=np.float64) - c0)
+
+    def radius_m(self, rows: ArrayLike, cols: ArrayLike) -> np.ndarray:
+        """Distance from the beam centre in metres on the detector, with (y, x) pixel sizes.
+
+        See :meth:`radius` for the parameters.  Returns sqrt(((row - row_c) p_y)² +
+        ((col - col_c) p_x)²), float64.  Needs ``beam_center``, ``pixel_size``.
+        """
+        self._require("radius_m", "beam_center", "pixel_size")
+        return self._radius_m(rows, cols)
+
+    def _radius_m(self, rows: ArrayLike, cols: ArrayLike) -> np.ndarray:
+        (r0, c0), (py, px) = self.beam_center, self.pixel_size
+        return np.hypot((np.asarray(rows, dtype=np.float64) - r0) * py, (np.asarray(cols, dtype=np.float64) - c0) * px)
+
+    def _two_theta_rad(self, rows: ArrayLike, cols: ArrayLike) -> np.ndarray:
+        """2θ in radians at positions: flat detector normal to the beam (tilt would go here)."""
+        return np.arctan(self._radius_m(rows, cols) / self.distance)
+
+    def two_theta(self, rows: ArrayLike, cols: ArrayLike) -> np.ndarray:
+        """Scattering angle 2θ in degrees at positions ``(rows, cols)``: atan(r / L).
+
+        See :meth:`radius` for the parameters.  Needs ``beam_center``, ``pixel_size``,
+        ``distance``.
+        """
+        self._require("two_theta", "beam_center", "pixel_size", "distance")
+        return np.degrees(self._two_theta_rad(rows, cols))
+
+    def q(self, rows: ArrayLike, cols: ArrayLike) -> np.ndarray:
+        """Scattering vector q = 4π sin(θ) / λ in 1/Å at positions ``(rows, cols)``.
+
+        See :meth:`radius` for the parameters.  Needs all four fields.
+        """
+        self._require("q", "beam_center", *self.SCALE_FIELDS)
+        return self._q(self._two_theta_rad(rows, cols))
+
+    def d(self, rows: ArrayLike, cols: ArrayLike) -> np.ndarray:
+        """Resolution d = λ / (2 sin θ) in Å at positions ``(rows, cols)``; inf at the beam centre.
+
+        See :meth:`radius` for the parameters.  Needs all four fields.  q d = 2π.
+        """
+        self._require("d", "beam_center", *self.SCALE_FIELDS)
+        return self._d(self._two_theta_rad(rows, cols))
+
+    # ------------------------------------------------------------------ radii (square pixels)
+    def _two_theta_at_radius_rad(self, radius_px: ArrayLike) -> np.ndarray:
+        return np.arctan(np.asarray(radius_px, dtype=np.float64) * self.square_pixel_size() / self.distance)
+
+    def two_theta_at_radius(self, radius_px: ArrayLike) -> np.ndarray:
+        """Scattering angle 2θ in degrees at ``radius_px`` pixels from the beam centre.
+
+        Parameters
+        ----------
+        radius_px : distances from the beam centre in pixels (e.g. bin-centre radii).
+
+        Raises
+        ------
+        ValueError
+            If ``pixel_size`` or ``distance`` is None, or the pixels are not square.
+        """
+        self._require("two_theta_at_radius", "pixel_size", "distance")
+        return np.degrees(self._two_theta_at_radius_rad(radius_px))
+
+    def q_at_radius(self, radius_px: ArrayLike) -> np.ndarray:
+        """q = 4π sin(θ) / λ in 1/Å at ``radius_px`` pixels from the beam centre.
+
+        See :meth:`two_theta_at_radius`; needs ``pixel_size`` (square), ``distance`` and
+        ``wavelength``.
+        """
+        self._require("q_at_radius", *self.SCALE_FIELDS)
+        return self._q(self._two_theta_at_radius_rad(radius_px))
+
+    def d_at_radius(self, radius_px: ArrayLike) -> np.ndarray:
+        """d = λ / (2 sin θ) in Å at ``radius_px`` pixels from the beam centre; inf at radius 0.
+
+        See :meth:`q_at_radius`.
+        """
+        self._require("d_at_radius", *self.SCALE_FIELDS)
+        return self._d(self._two_theta_at_radius_rad(radius_px))
+
+    def _q(self, two_theta_rad: np.ndarray) -> np.ndarray:
+        return 4.0 * np.pi * np.sin(two_theta_rad / 2.0) / self.wavelength
+
+    def _d(self, two_theta_rad: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return self.wavelength / (2.0 * np.sin(two_theta_rad / 2.0))
+
+    # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         return {
             "beam_center": list(self.beam_center) if self.beam_center else None,

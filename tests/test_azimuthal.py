@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from livediff.model import Frame, Geometry, SeriesStart
 from livediff.operators.azimuthal import (Azimuthal, AzimuthalParams, PowderCenter, PowderCenterParams, RadialMap,
-                                          azimuthal_average, electron_wavelength, powder_center, scattering_vector)
+                                          azimuthal_average, electron_wavelength, powder_center)
 from simulators.powder import PowderSimulator
 
 
@@ -174,8 +174,7 @@ def test_electron_wavelength_is_relativistic():
 
 def test_q_of_the_simulated_ring_radii_is_two_pi_over_d():
     sim = PowderSimulator(shape=(128, 160))
-    g = sim.geometry
-    q = scattering_vector(sim.ring_radii, pixel_size=g.pixel_size[0], distance=g.distance, wavelength=g.wavelength)
+    q = sim.geometry.q_at_radius(sim.ring_radii)
     np.testing.assert_allclose(q, 2 * np.pi / np.array(sim.d_spacings), rtol=1e-12)
 
 

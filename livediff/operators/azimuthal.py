@@ -19,60 +19,14 @@ from typing import Any
 
 import numba
 import numpy as np
-from scipy import constants
 
-from ..model import Frame, SeriesStart
+from ..model import Frame, Geometry, SeriesStart, electron_wavelength
 from .base import Stateless, param
 from .checks import check_frame_shape, check_image, check_mask, check_shape
 from .powder_center import PowderCenter, PowderCenterParams, powder_center
 
 __all__ = ["Azimuthal", "PowderCenter", "PowderCenterParams", "RadialMap", "azimuthal_average",
-           "electron_wavelength", "powder_center", "scattering_vector"]
-
-
-def electron_wavelength(voltage_kv: float) -> float:
-    """Relativistic wavelength of electrons accelerated through ``voltage_kv`` kilovolts, in Å.
-
-    Parameters
-    ----------
-    voltage_kv : accelerating voltage in kV, > 0.
-
-    Returns
-    -------
-    float : the wavelength in ångström (0.02508 Å at 200 kV).
-
-    Raises
-    ------
-    ValueError
-        If the voltage is not a positive number.
-
-    Notes
-    -----
-    λ = h / sqrt(2 m0 e V (1 + e V / (2 m0 c²))), with CODATA constants (scipy.constants).
-    """
-    if not voltage_kv > 0:
-        raise ValueError(f"accelerating voltage must be > 0 kV, got {voltage_kv}")
-    ev = constants.e * voltage_kv * 1e3
-    m0 = constants.m_e
-    return constants.h / math.sqrt(2.0 * m0 * ev * (1.0 + ev / (2.0 * m0 * constants.c ** 2))) * 1e10
-
-
-def scattering_vector(radius: np.ndarray, *, pixel_size: float, distance: float, wavelength: float) -> np.ndarray:
-    """Scattering vector q (1/Å) at ``radius`` px from the beam centre on a flat detector.
-
-    Parameters
-    ----------
-    radius : distances from the beam centre in pixels.
-    pixel_size : pixel size in metres (square pixels).
-    distance : sample-detector distance in metres, normal incidence.
-    wavelength : wavelength in Å.
-
-    Returns
-    -------
-    ndarray of float64 : q = 4π sin(θ) / λ with 2θ = atan(r p / L).
-    """
-    two_theta = np.arctan(np.asarray(radius, dtype=np.float64) * pixel_size / distance)
-    return 4.0 * np.pi * np.sin(two_theta / 2.0) / wavelength
+           "electron_wavelength", "powder_center"]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -208,10 +162,6 @@ class RadialMap:
         """
         return _mean(*self.sums(image, mask))
 
-    def q(self, *, pixel_size: float, distance: float, wavelength: float) -> np.ndarray:
-        """Scattering vector (1/Å) of the bin centres; see :func:`scattering_vector`."""
-        return scattering_vector(self.radius, pixel_size=pixel_size, distance=distance, wavelength=wavelength)
-
 
 def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
@@ -283,15 +233,17 @@ class AzimuthalParams:
 class Azimuthal(Stateless):
     """Angular average of every frame around a fixed centre, and the running mean profile.
 
-    The centre is ``center`` from the config, else the series header's beam centre.  The
-    pixel -> bin map is built in ``start``; each frame then costs one pass.
+    Geometry follows :meth:`livediff.model.Geometry.with_overrides`: each of ``center``,
+    ``pixel_size``, ``distance`` and ``wavelength`` (or ``voltage_kv``) set in the config
+    replaces the series header's value.  The pixel -> bin map is built in ``start``; each
+    frame then costs one pass.
 
     Outputs: ``arrays`` ``profile`` (float32, ``(bins,)`` or ``(sectors, bins)``; NaN where a
     bin has no valid pixel) per frame; ``reductions`` ``mean`` (float64: sum over frames of
     the bin sums / sum of the bin counts, i.e. the profile of the summed frames), ``count``
     (valid pixel-frames per bin), ``radius`` (bin centres, px) and, when pixel size,
-    distance and wavelength are known from the config or the header, ``q`` (1/Å).  The state
-    (bin sums and counts) merges by addition.
+    distance and wavelength are known, ``q`` (1/Å, :meth:`Geometry.q_at_radius` of the bin
+    centres).  The state (bin sums and counts) merges by addition.
     """
 
     name = "azimuthal"
@@ -299,25 +251,21 @@ class Azimuthal(Stateless):
 
     def start(self, series: SeriesStart) -> None:
         super().start(series)
-        p, geometry = self.params, series.geometry
-        center = p.center if p.center is not None else geometry.beam_center
-        if center is None:
+        p = self.params
+        wavelength = electron_wavelength(p.voltage_kv) if p.voltage_kv is not None else p.wavelength
+        geometry = series.geometry.with_overrides(beam_center=p.center, pixel_size=p.pixel_size,
+                                                  distance=p.distance, wavelength=wavelength)
+        if geometry.beam_center is None:
             raise ValueError("azimuthal: no centre: set operators.azimuthal.center = [row, col] or send the "
                              "beam centre in the series header (powder_center finds it in a recorded series)")
-        self.map = RadialMap(series.shape, center, series.mask, bin_width=p.bin_width, radial_range=p.radial_range,
-                             sectors=p.sectors, azimuth_range=p.azimuth_range)
-        pixel = p.pixel_size
-        if pixel is None and geometry.pixel_size is not None:
-            if not math.isclose(*geometry.pixel_size, rel_tol=1e-6):
-                raise ValueError(f"azimuthal: pixels of the header are not square, (y, x) = {geometry.pixel_size} m; "
-                                 f"set operators.azimuthal.pixel_size")
-            pixel = geometry.pixel_size[0]
-        distance = p.distance if p.distance is not None else geometry.distance
-        wavelength = electron_wavelength(p.voltage_kv) if p.voltage_kv is not None else (
-            p.wavelength if p.wavelength is not None else geometry.wavelength)
+        self.map = RadialMap(series.shape, geometry.beam_center, series.mask, bin_width=p.bin_width,
+                             radial_range=p.radial_range, sectors=p.sectors, azimuth_range=p.azimuth_range)
         self.axes = {"radius": self.map.radius.copy()}
-        if None not in (pixel, distance, wavelength):
-            self.axes["q"] = self.map.q(pixel_size=pixel, distance=distance, wavelength=wavelength)
+        if not geometry.missing(*Geometry.SCALE_FIELDS):
+            try:
+                self.axes["q"] = geometry.q_at_radius(self.map.radius)
+            except ValueError as err:  # pixels of the header not square
+                raise ValueError(f"azimuthal: {err}; set operators.azimuthal.pixel_size") from err
         shape = self.map.out_shape
         self.arrays = {"profile": (shape, "f4")}
         self.reductions = {"mean": (shape, "f8"), "count": (shape, "i8"),
