@@ -1,4 +1,4 @@
-"""TOML configuration -> frozen, validated dataclasses.
+"""TOML configuration -> frozen, validated dataclasses: the top of the stack.
 
 The whole file is parsed and checked at start-up: unknown keys (with the nearest valid
 name suggested), wrong types and out-of-range values are all reported at once, each
@@ -6,17 +6,26 @@ error naming the file, the dotted key, what was expected and what was found::
 
     configs/mx.toml: operators.summary.sigma: unknown key (did you mean 'sigma_strong'?)
 
-Operators get typed values, never raw dicts.  With no file, :func:`load` returns the
-embedded default: the simulator feeds the service in-process.
+Each section is a settings dataclass defined beside the code that uses it (the receiver's
+:class:`~livediff.sources.receiver.SourceSettings`, the executors'
+:class:`~livediff.executors.PipelineSettings`, the sinks' ``OutputSettings`` and
+``PublisherSettings``); nothing below this module imports it.  The operator chain is
+``[operators.LABEL]`` tables in order, each with an optional ``kind`` (default: the label),
+so one kind may appear several times under different labels.  The operator registry and
+the array-file reader are handed to :func:`parse` by the caller (the built-in ones by
+default, imported only then).  With no file, :func:`load` returns the embedded default:
+the simulator feeds the service in-process.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import hashlib
+import re
 import sys
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,25 +36,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import ConfigError
-from .operators import REGISTRY
-from .operators.base import param
-from .readers.arrays import load_array
+from .executors import PipelineSettings
+from .params import param
+from .pipeline import OperatorSpec
+from .sinks.hdf5 import OutputSettings
+from .sinks.publisher import PublisherSettings
+from .sources.receiver import SourceSettings
 
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """Where frames come from.  No ``endpoint`` = the embedded simulator."""
-
-    protocol: Literal["native", "dectris-stream1", "dectris-stream2"] = param(
-        "native", doc="wire protocol: livediff's own, DECTRIS SIMPLON Stream v1 (JSON multipart, detector "
-                      "port 9999) or Stream v2 (CBOR, port 31001)")
-    channel: str | None = param(None, doc="Stream v2 channel (threshold) to process, e.g. 'threshold_2'; "
-                                          "unset = the first the detector announces")
-    endpoint: str | None = None
-    pattern: Literal["pull", "sub"] = "pull"
-    bind: bool = False
-    end_timeout: float = param(30.0, gt=0, doc="seconds without a frame before an open series is ended")
-    rcvhwm: int = param(64, ge=1, doc="ZeroMQ receive high-water mark (messages)")
+#: an operator label: it names HDF5 groups and topics
+_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
@@ -64,57 +63,15 @@ class SimulatorConfig:
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    """How frames are buffered and processed."""
-
-    workers: int = param(1, ge=1, le=64, doc="worker threads, each with its own chain")
-    queue_size: int = param(64, ge=1, doc="frames buffered between receiver and pipeline")
-    overflow: Literal["block", "drop"] = "block"
-    snapshot_period: float = param(2.0, ge=0, doc="seconds between published/saved snapshots of running "
-                                                  "results; 0 = only at series end")
-
-
-@dataclass(frozen=True)
-class PublisherConfig:
-    """The msgpack PUB socket clients subscribe to."""
-
-    endpoint: str = "tcp://127.0.0.1:5557"
-    sndhwm: int = param(1000, ge=1)
-    status_period: float = param(1.0, gt=0, doc="seconds between status heartbeats")
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    """The HDF5 file written per series."""
-
-    directory: str = "livediff-output"
-    template: str = "series_{series:06d}.h5"
-    flush_frames: int = param(50, ge=1, doc="flush at least every N frames")
-    flush_seconds: float = param(1.0, gt=0, doc="flush at least every T seconds")
-    queue_size: int = param(1024, ge=1, doc="frames buffered for the writer thread")
-    max_pending_mb: float = param(512.0, gt=0, doc="frame data buffered for the writer before frames go unsaved")
-    save_raw: bool = param(False, doc="record frames as received in /entry/data/data (bitshuffle-LZ4)")
-    save_corrected: bool = param(False, doc="record the chain's output frames in /entry/livediff/corrected")
-
-
-@dataclass(frozen=True)
-class OperatorConfig:
-    """One link of the chain: the registry name and its validated parameters."""
-
-    name: str
-    params: Any
-
-
-@dataclass(frozen=True)
 class Config:
     """The whole, validated configuration."""
 
-    source: SourceConfig = field(default_factory=SourceConfig)
+    source: SourceSettings = field(default_factory=SourceSettings)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    publisher: PublisherConfig = field(default_factory=PublisherConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    operators: tuple[OperatorConfig, ...] = (OperatorConfig("summary", REGISTRY["summary"].Params()),)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    publisher: PublisherSettings = field(default_factory=PublisherSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    operators: tuple[OperatorSpec, ...] = ()
     text: str = ""
     path: str = "<default>"
 
@@ -126,9 +83,15 @@ class Config:
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("operators", "text", "path")}
 
+#: the chain when the config names none
+DEFAULT_CHAIN = ("summary",)
 
-def load(path: str | Path | None = None, *, overrides: dict[str, Any] | None = None) -> Config:
+
+def load(path: str | Path | None = None, *, registry: Mapping[str, type] | None = None,
+         read_array: Callable[[str], Any] | None = None) -> Config:
     """Read and validate a TOML config file; ``None`` gives the embedded default.
+
+    ``registry`` and ``read_array`` are passed to :func:`parse`.
 
     Raises
     ------
@@ -136,7 +99,7 @@ def load(path: str | Path | None = None, *, overrides: dict[str, Any] | None = N
         Listing every problem as ``FILE: dotted.key: message``.
     """
     if path is None:
-        return parse({}, text="", origin="<default>")
+        return parse({}, text="", origin="<default>", registry=registry, read_array=read_array)
     path = Path(path)
     try:
         text = path.read_text()
@@ -146,11 +109,23 @@ def load(path: str | Path | None = None, *, overrides: dict[str, Any] | None = N
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    return parse(table, text=text, origin=str(path))
+    return parse(table, text=text, origin=str(path), registry=registry, read_array=read_array)
 
 
-def parse(table: dict[str, Any], *, text: str = "", origin: str = "<string>") -> Config:
-    """Validate an already-parsed TOML table (see :func:`load`)."""
+def parse(table: dict[str, Any], *, text: str = "", origin: str = "<string>",
+          registry: Mapping[str, type] | None = None, read_array: Callable[[str], Any] | None = None) -> Config:
+    """Validate an already-parsed TOML table (see :func:`load`).
+
+    Parameters
+    ----------
+    registry : operator kind -> class (default: livediff's operators).
+    read_array : reads the array file a ``file`` parameter names (default:
+        :func:`livediff.readers.arrays.load_array`).
+    """
+    if registry is None:
+        from .operators import REGISTRY as registry
+    if read_array is None:
+        from .readers.arrays import load_array as read_array
     errors: list[str] = []
     sections: dict[str, Any] = {}
     hints = typing.get_type_hints(Config)
@@ -162,32 +137,48 @@ def parse(table: dict[str, Any], *, text: str = "", origin: str = "<string>") ->
         if not isinstance(sub, dict):
             errors.append(f"{name}: expected a table, got {_show(sub)}")
             continue
-        sections[name] = _build(hints[name], sub, name, errors)
+        sections[name] = _build(hints[name], sub, name, errors, read_array)
     ops = table.get("operators", None)
     if ops is None:
-        operators = Config.operators
-    elif not isinstance(ops, dict):
-        errors.append(f"operators: expected tables [operators.NAME], got {_show(ops)}")
-        operators = ()
+        ops = {kind: {} for kind in DEFAULT_CHAIN}
+    if not isinstance(ops, dict):
+        errors.append(f"operators: expected tables [operators.LABEL], got {_show(ops)}")
+        operators: tuple[OperatorSpec, ...] = ()
     else:
-        operators = tuple(_build_operator(name, body, errors) for name, body in ops.items())
+        operators = tuple(_build_operator(label, body, registry, read_array, errors)
+                          for label, body in ops.items())
     if errors:
         raise ConfigError("\n".join(f"{origin}: {e}" for e in errors))
     return Config(**sections, operators=operators, text=text, path=origin)
 
 
-def _build_operator(name: str, body: Any, errors: list[str]) -> OperatorConfig:
-    key = f"operators.{name}"
-    if name not in REGISTRY:
-        errors.append(f"{key}: unknown operator{_suggest(name, REGISTRY)}; known: {', '.join(sorted(REGISTRY))}")
-        return OperatorConfig(name, None)
+def _build_operator(label: str, body: Any, registry: Mapping[str, type], read_array: Callable[[str], Any],
+                    errors: list[str]) -> OperatorSpec | None:
+    key = f"operators.{label}"
     if not isinstance(body, dict):
         errors.append(f"{key}: expected a table, got {_show(body)}")
-        return OperatorConfig(name, None)
-    return OperatorConfig(name, _build(REGISTRY[name].Params, body, key, errors))
+        return None
+    if not _LABEL.match(label):
+        errors.append(f"{key}: a label starts with a letter and holds only letters, digits, '_' and '-'")
+        return None
+    body = dict(body)
+    explicit = "kind" in body
+    kind = body.pop("kind", label)
+    if not isinstance(kind, str) or kind not in registry:
+        hint = _suggest(kind, registry) if isinstance(kind, str) else ""
+        known = ", ".join(sorted(registry))
+        if explicit:
+            errors.append(f"{key}.kind: unknown operator {_show(kind)}{hint}; known: {known}")
+        else:
+            errors.append(f"{key}: unknown operator{hint}; known: {known} (a table labelled otherwise "
+                          f"names its operator with kind = \"...\")")
+        return None
+    cls = registry[kind]
+    return OperatorSpec(label, cls, _build(cls.Params, body, key, errors, read_array))
 
 
-def _build(cls: type, table: dict[str, Any], prefix: str, errors: list[str]) -> Any:
+def _build(cls: type, table: dict[str, Any], prefix: str, errors: list[str],
+           read_array: Callable[[str], Any]) -> Any:
     """Instantiate dataclass ``cls`` from ``table``, appending problems to ``errors``."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -201,7 +192,7 @@ def _build(cls: type, table: dict[str, Any], prefix: str, errors: list[str]) -> 
         if problem is None:
             problem = _check_bounds(converted, fields[key].metadata.get("bounds", {}))
         if problem is None and fields[key].metadata.get("file") and converted is not None:
-            problem, converted = _read_array(converted)
+            problem, converted = _read_array(converted, read_array)
         if problem is not None:
             errors.append(f"{where}: {problem}")
         else:
@@ -260,9 +251,9 @@ def _check_type(value: Any, hint: Any) -> tuple[str | None, Any]:
     raise TypeError(f"config type {hint!r} is not supported")  # a programming error, not user input
 
 
-def _read_array(spec: str) -> tuple[str | None, Any]:
+def _read_array(spec: str, read_array: Callable[[str], Any]) -> tuple[str | None, Any]:
     try:
-        return None, load_array(spec)
+        return None, read_array(spec)
     except (OSError, ValueError) as exc:
         return f"cannot read {spec!r}: {exc}", None
 

@@ -346,6 +346,10 @@ class Frame:
         uncompressed payloads.
     encoding : how ``raw`` is encoded: ``"bslz4"`` (bitshuffle-LZ4, HDF5 filter layout),
         ``"lz4"``, or ``"raw"``.
+    seq : the frame's place in the series in arrival order (0 for the first frame to
+        reach the chain), set by the executor; -1 before.
+    shared : what the frame contributes to operators' series-wide state, by operator
+        label (see ``livediff.operators.base``); emptied once folded.
     """
 
     series: int
@@ -357,6 +361,8 @@ class Frame:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     raw: bytes | memoryview | None = None
     encoding: str = "raw"
+    seq: int = -1
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""The service: source -> pipeline -> sinks on one asyncio event loop.
+"""The service: source -> run loop -> sinks on one asyncio event loop; it wires the layers.
 
-Tasks: the receiver (owns the source socket), the processor (runs the chain through the
-executor, in order, and hands results to the sinks), the heartbeat (status messages and
-the terminal progress line) and, with no source endpoint configured, the embedded
-simulator on a thread of its own.  CPU work never runs on the loop.
+Tasks: the receiver (owns the source socket), the run loop (runs the chain through the
+executor the config chooses, in order, and hands results to the sinks: the HDF5 writer,
+then the publisher), the heartbeat (status messages and the terminal progress line) and,
+with no source endpoint configured, the embedded simulator on a thread of its own.  CPU
+work never runs on the loop.
 
 Shutdown (SIGINT/SIGTERM, or the last series of ``max_series`` done) is ordered: stop
 receiving, end the open series as ``"shutdown"``, drain the queue (bounded), finish
@@ -24,10 +25,10 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from . import executors
 from .config import Config
-from .executors import ThreadExecutor
+from .executors.runloop import STOP, RunLoop
 from .model import Frame
-from .processor import STOP, Processor
 from .queues import EventQueue
 from .sinks.hdf5 import HDF5Writer
 from .sinks.publisher import Publisher
@@ -73,14 +74,15 @@ class Service:
         self.receiver = Receiver(context, source, self.queue)
         self.publisher = Publisher(zmq.Context.shadow(context.underlying), cfg.publisher)
         self.writer = HDF5Writer(cfg.output)
-        self.executor = ThreadExecutor(cfg.operators, cfg.pipeline.workers)
-        self.processor = Processor(cfg, self.queue, self.executor, self.writer, self.publisher,
-                                   self._series_ended)
+        self.executor = executors.create(cfg.pipeline, cfg.operators)
+        self.run_loop = RunLoop(self.queue, self.executor, [self.writer, self.publisher],
+                               snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.text,
+                               config_hash=cfg.digest, on_series_end=self._series_ended)
         sim_stop = threading.Event()
         tasks: list[asyncio.Task] = []
         try:
             receiving = asyncio.create_task(self.receiver.run(), name="receiver")
-            processing = asyncio.create_task(self.processor.run(), name="processor")
+            processing = asyncio.create_task(self.run_loop.run(), name="run-loop")
             tasks = [receiving, processing, asyncio.create_task(self._heartbeat(), name="heartbeat")]
             await _first(self.receiver.ready.wait(), receiving)
             self.ready.set()
@@ -111,9 +113,9 @@ class Service:
         self.stopping.set()
 
     async def _drain(self, processing: asyncio.Task) -> None:
-        """End the open series, let the processor finish what is queued, then stop it."""
+        """End the open series, let the run loop finish what is queued, then stop it."""
         if processing.done():
-            processing.result()  # re-raise a processor crash: it is a bug, not bad input
+            processing.result()  # re-raise a run-loop crash: it is a bug, not bad input
             return
         await self.receiver.close_open_series("shutdown")
         await self.queue.put(STOP)
@@ -144,7 +146,7 @@ class Service:
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         """The heartbeat's content: throughput, counts, queue depth, uptime."""
-        proc = self.processor
+        proc = self.run_loop
         cur = proc.current
         return {
             "uptime_s": time.monotonic() - self._started,

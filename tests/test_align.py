@@ -1,10 +1,6 @@
 """Masked registration and shifting (the ``align`` family) against independent references."""
 from __future__ import annotations
 
-import logging
-import queue
-import threading
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,9 +8,11 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
+from livediff.executors.offline import process_frames
 from livediff.model import Frame, SeriesStart
-from livediff.operators import align
 from livediff.operators.align import Align, AlignParams, Registration, register, shift_image
+from livediff.operators.base import BaseOperator
+from livediff.pipeline import OperatorSpec
 from simulators import DiffractionSimulator
 
 
@@ -227,20 +225,25 @@ def series_frames(n=12, drift=2.0, seed=12):
     return sim, start, [readonly(sim.frame(i)) for i in range(n)]
 
 
-def run(op, start, frames, order=None):
-    op.start(start)
-    out = {i: op.process(Frame(1, i, frames[i], mask=start.mask)) for i in (order or range(len(frames)))}
-    op.finish()
-    return [out[i] for i in range(len(frames))]
+def run(params, start, frames, workers=1, specs_before=()):
+    """The align operator (after ``specs_before``) over ``frames`` on ``workers`` threads."""
+    specs = [*specs_before, OperatorSpec("align", Align, params)]
+    out, _ = process_frames(specs, start, [Frame(1, i, f, mask=start.mask) for i, f in enumerate(frames)],
+                            workers=workers)
+    return out
 
 
 def test_operator_first_frame_reference_shifts_frames_and_moves_masks():
     sim, start, frames = series_frames()
     op = Align(AlignParams(max_shift=20.0))
-    out = run(op, start, frames)
+    op.start(start)
     assert op.columns == {"shift_y": "f8", "shift_x": "f8", "quality": "f8", "aligned": "i1"}
     assert op.output_series(start).dtype == "float32"
-    for i, frame in enumerate(out):
+    out = run(AlignParams(max_shift=20.0), start, frames)
+    first = out[0]  # the reference itself: aligned by definition
+    assert first.results["align"] == {"shift_y": 0.0, "shift_x": 0.0, "quality": 1.0, "aligned": 1}
+    np.testing.assert_array_equal(first.data, frames[0].astype(np.float32))
+    for i, frame in enumerate(out[1:], 1):
         res = frame.results["align"]
         expected = register(frames[i], frames[0], start.mask, max_shift=20.0)
         assert (res["shift_y"], res["shift_x"], res["quality"]) == pytest.approx(expected, abs=1e-9)
@@ -255,7 +258,7 @@ def test_operator_first_frame_reference_shifts_frames_and_moves_masks():
 def test_operator_flags_frames_below_min_quality_and_leaves_them_unshifted():
     _, start, frames = series_frames(n=3)
     noise = readonly(np.random.default_rng(13).poisson(10, (64, 96)).astype(np.uint16))
-    out = run(Align(AlignParams(min_quality=0.5)), start, [frames[0], noise, frames[2]])
+    out = run(AlignParams(min_quality=0.5), start, [frames[0], noise, frames[2]])
     res = out[1].results["align"]
     assert res["aligned"] == 0 and res["quality"] < 0.5
     np.testing.assert_array_equal(out[1].data, noise.astype(np.float32))
@@ -267,7 +270,7 @@ def test_operator_file_reference_and_its_shape_check():
     sim, start, frames = series_frames(n=4)
     reference = sim.expected(0).astype(np.float32)
     reference[~start.mask] = np.nan  # masked pixels of a file may hold anything
-    out = run(Align(AlignParams(reference="file", reference_file=reference)), start, frames)
+    out = run(AlignParams(reference="file", reference_file=reference), start, frames)
     for i, frame in enumerate(out):
         np.testing.assert_allclose(frame.results["align"]["shift_y"], -sim.drift_at(i)[0], atol=0.1)
     with pytest.raises(ValueError, match=r"reference_file shape \(3, 3\) != frame shape \(64, 96\)"):
@@ -280,8 +283,8 @@ def test_operator_file_reference_and_its_shape_check():
 
 def test_mean_reference_is_the_mean_of_aligned_frames_at_least_one_block_older():
     _, start, frames = series_frames(n=10)
-    out = run(Align(AlignParams(reference="mean", update_every=3)), start, frames)
-    for i in (7, 8):  # block 2: the mean of the aligned frames 0..2
+    out = run(AlignParams(reference="mean", update_every=3), start, frames)
+    for i in (7, 8):  # block 2: the mean of the aligned frames 0..2 (frame 0 is the reference itself)
         total = sum(np.where(f.mask, f.data, 0.0) for f in out[:3])
         count = sum(f.mask.astype(int) for f in out[:3])
         valid = count >= 2
@@ -294,43 +297,30 @@ def test_mean_reference_is_the_mean_of_aligned_frames_at_least_one_block_older()
 
 
 @pytest.mark.parametrize("reference", ["first", "mean"])
-def test_several_workers_give_the_results_of_one(reference):
+def test_several_workers_give_the_results_of_one_bit_for_bit(reference):
     _, start, frames = series_frames(n=16, seed=14)
-    single = run(Align(AlignParams(reference=reference, update_every=2)), start, frames)
-    params = AlignParams(reference=reference, update_every=2)  # one object: the workers of one chain
-    workers = [Align(params) for _ in range(3)]
-    for w in workers:
-        w.start(start)
-    todo, results = queue.Queue(), {}
-    for i in range(len(frames)):
-        todo.put(i)
-
-    def work(op):
-        while True:
-            try:
-                i = todo.get_nowait()
-            except queue.Empty:
-                return
-            results[i] = op.process(Frame(1, i, frames[i], mask=start.mask)).results["align"]
-
-    threads = [threading.Thread(target=work, args=(w,)) for w in workers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    workers[0].finish()
-    for i, frame in enumerate(single):
-        assert results[i] == pytest.approx(frame.results["align"], abs=1e-9)
+    runs = [run(AlignParams(reference=reference, update_every=2), start, frames, workers=w) for w in (1, 2, 4)]
+    for out in runs[1:]:
+        for a, b in zip(out, runs[0]):
+            assert a.results["align"] == b.results["align"]
+            np.testing.assert_array_equal(a.data, b.data)
+            np.testing.assert_array_equal(a.mask, b.mask)
 
 
-def test_lost_reference_frame_times_out_and_the_series_goes_on(caplog):
+class _FailsOnFirst(BaseOperator):
+    kind = "fails_on_first"
+
+    def process(self, frame):
+        if frame.seq == 0:
+            raise RuntimeError("broken frame")
+        return frame
+
+
+def test_when_the_first_frame_fails_upstream_no_frame_is_shifted():
     _, start, frames = series_frames(n=4)
-    op = Align(AlignParams(wait_s=0.05))
-    op.start(start)
-    with caplog.at_level(logging.WARNING, logger=align.__name__):
-        res = [op.process(Frame(1, i, frames[i], mask=start.mask)).results["align"] for i in (1, 2, 3)]
-    assert "did not arrive" in caplog.text
-    assert res[0]["shift_y"] == pytest.approx(0, abs=1e-6)  # frame 1 became the reference
-    assert res[0]["quality"] == pytest.approx(1.0)
-    expected = register(frames[3], frames[1], start.mask)
-    assert (res[2]["shift_y"], res[2]["shift_x"]) == pytest.approx(expected[:2], abs=1e-9)
+    out = run(AlignParams(), start, frames, workers=2, specs_before=[OperatorSpec("x", _FailsOnFirst, None)])
+    assert isinstance(out[0], RuntimeError)
+    for frame, raw in zip(out[1:], frames[1:]):
+        res = frame.results["align"]
+        assert res["aligned"] == 0 and np.isnan(res["quality"])
+        np.testing.assert_array_equal(frame.data, raw.astype(np.float32))

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_default_is_the_embedded_simulator():
     cfg = load()
-    assert cfg.source.endpoint is None and [op.name for op in cfg.operators] == ["summary"]
+    assert cfg.source.endpoint is None and [op.label for op in cfg.operators] == ["summary"]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
@@ -54,7 +54,7 @@ def test_all_errors_are_reported_at_once_with_file_key_and_value():
         "configs/x.toml: simulator.frames: expected an integer, got 2.5",
         "configs/x.toml: pipeline.workers: expected an integer, got true",
         "configs/x.toml: operators.sumary: unknown operator (did you mean 'summary'?); known: "
-        + ", ".join(sorted(REGISTRY)),
+        + ", ".join(sorted(REGISTRY)) + ' (a table labelled otherwise names its operator with kind = "...")',
     ]
 
 

@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
-import threading
-import weakref
-from concurrent.futures import ThreadPoolExecutor
+import re
 
 import h5py
 import numpy as np
@@ -20,7 +16,6 @@ from livediff.config import parse
 from livediff.errors import ConfigError
 from livediff.model import Frame, Geometry, SeriesStart
 from livediff.operators import REGISTRY
-from livediff.operators.base import SeriesBoard, shared_by_params
 from livediff.operators.bin import Bin, bin_frame
 from livediff.operators.corrections import correct, divide_flat, dynamic_background, static_background, subtract_dark
 from livediff.operators.dynamic_background import DynamicBackground
@@ -28,7 +23,8 @@ from livediff.operators.flatfield import FlatField
 from livediff.operators.hot_pixels import HotPixels
 from livediff.operators.preview import Preview
 from livediff.operators.static_background import StaticBackground
-from livediff.pipeline import Chain
+from livediff.executors.offline import process_frames
+from livediff.pipeline import Chain, OperatorSpec
 from livediff.sources.sender import stream_series
 from simulators import DiffractionSimulator
 
@@ -285,13 +281,16 @@ def test_flatfield_references_must_match_the_frame_shape():
         op.start(_series())
 
 
-def test_dark_accumulated_live_from_the_first_frames():
+def _flatfield(**params) -> list[OperatorSpec]:
+    return [OperatorSpec("flatfield", FlatField, FlatField.Params(**params))]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_dark_accumulated_live_from_the_first_frames(workers):
     rng = np.random.default_rng(9)
-    frames = [_raw(rng, "uint32") for _ in range(7)]
-    op = FlatField(FlatField.Params(dark_frames=3))
-    op.start(_series(dtype="uint32"))
-    assert op.columns == {"is_dark": "u1"} and "dark" in op.reductions
-    out = [op.process(Frame(3, i, f)) for i, f in enumerate(frames)]
+    frames = [_raw(rng, "uint32") for _ in range(11)]
+    out, results = process_frames(_flatfield(dark_frames=3), _series(dtype="uint32"),
+                                  [Frame(3, i, f) for i, f in enumerate(frames)], workers=workers)
     dark = np.mean(np.stack(frames[:3]).astype(np.float64), axis=0)
     for i, frame in enumerate(out):
         assert frame.results["flatfield"]["is_dark"] == (i < 3)
@@ -300,41 +299,34 @@ def test_dark_accumulated_live_from_the_first_frames():
             np.testing.assert_array_equal(frame.data, frames[i].astype(np.float32))
         else:
             np.testing.assert_array_equal(frame.data, correct(frames[i], dark=dark.astype(np.float32)))
-    np.testing.assert_allclose(op.finish()["dark"], dark, rtol=1e-7)
+    np.testing.assert_allclose(results["flatfield"]["dark"], dark, rtol=1e-7)
 
 
-def test_live_dark_is_the_same_for_several_workers():
+def test_live_dark_follows_the_arrival_order_not_the_workers():
+    """Darks arriving late (after frames to correct) count from where they arrive, for any number of workers."""
     rng = np.random.default_rng(13)
-    frames = [_raw(rng, "uint16") for _ in range(12)]
-    one = FlatField(FlatField.Params(dark_frames=4))
-    one.start(_series())
-    expect = [one.process(Frame(3, i, f)).data for i, f in enumerate(frames)]
-    params = FlatField.Params(dark_frames=4)  # the workers' chains share one Params object
-    workers = [FlatField(params) for _ in range(3)]
-    for op in workers:
-        op.start(_series())
-    with ThreadPoolExecutor(3) as pool:  # in order, as the service dispatches; frame 4 may overtake darks
-        late = pool.submit(workers[2].process, Frame(3, 9, frames[9]))  # before any dark: waits for them
-        futures = [pool.submit(workers[i % 2].process, Frame(3, i, f)) for i, f in enumerate(frames) if i != 9]
-        got = [f.result(timeout=30).data for f in futures]
-        got.insert(9, late.result(timeout=30).data)
-    for a, b in zip(got, expect):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(workers[1].snapshot()["dark"], one.snapshot()["dark"])
-    other = FlatField(FlatField.Params(dark_frames=4))  # another configuration: its own dark
-    other.start(_series())
-    assert other.snapshot() == {}
+    frames = {i: _raw(rng, "uint16") for i in range(12)}
+    order = [0, 1, 4, 5, 2, 6, 7, 3, 8, 9, 10, 11]  # darks 2 and 3 arrive after frames 4 and 6
+    runs = [process_frames(_flatfield(dark_frames=4), _series(), [Frame(3, i, frames[i]) for i in order],
+                           workers=w) for w in (1, 2, 4)]
+    for out, _ in runs[1:]:
+        for a, b in zip(out, runs[0][0]):
+            np.testing.assert_array_equal(a.data, b.data)
+            np.testing.assert_array_equal(a.mask, b.mask)
+    out = {frame.index: frame for frame in runs[0][0]}
+    mean = lambda *i: np.mean([frames[k].astype(np.float64) for k in i], axis=0).astype(np.float32)  # noqa: E731
+    for index, darks in ((4, (0, 1)), (5, (0, 1)), (6, (0, 1, 2)), (8, (0, 1, 2, 3)), (11, (0, 1, 2, 3))):
+        np.testing.assert_array_equal(out[index].data, correct(frames[index], dark=mean(*darks)), err_msg=index)
+    np.testing.assert_array_equal(runs[0][1]["flatfield"]["dark"], mean(0, 1, 2, 3))
 
 
-def test_dark_frames_lost_or_missing(caplog):
-    op = FlatField(FlatField.Params(dark_frames=4, dark_wait_s=0.05))
-    op.start(_series())
-    with pytest.raises(ValueError, match=r"no dark frame \(index < 4\) arrived"), caplog.at_level(logging.WARNING):
-        op.process(Frame(3, 4, np.ones(SHAPE, np.uint16)))
-    assert "dark from 0 of 4 dark frames" in caplog.text
-    op.process(Frame(3, 1, np.full(SHAPE, 10, np.uint16)))
-    frame = op.process(Frame(3, 5, np.full(SHAPE, 15, np.uint16)))
-    assert np.all(frame.data == 5)
+def test_a_frame_with_no_dark_before_it_fails_and_the_series_goes_on():
+    frames = [Frame(3, 4, np.ones(SHAPE, np.uint16)), Frame(3, 1, np.full(SHAPE, 10, np.uint16)),
+              Frame(3, 5, np.full(SHAPE, 15, np.uint16))]
+    out, _ = process_frames(_flatfield(dark_frames=4), _series(), frames, workers=2)
+    assert isinstance(out[0], ValueError) and re.search(r"no dark frame \(index < 4\) arrived before frame 4",
+                                                        str(out[0]))
+    assert np.all(out[2].data == 5)
 
 
 def test_dark_file_and_dark_frames_exclude_each_other():
@@ -376,7 +368,7 @@ def test_dynamic_background_operator_defaults_to_a_width_over_8_sigma():
 
 def test_config_reads_the_files_and_a_chain_corrects_then_bins(tmp_path, monkeypatch):
     for cls in (FlatField, Bin):
-        monkeypatch.setitem(REGISTRY, cls.name, cls)
+        monkeypatch.setitem(REGISTRY, cls.kind, cls)
     rng = np.random.default_rng(12)
     dark, flat, _ = _references(rng)
     np.save(tmp_path / "dark.npy", dark)
@@ -402,7 +394,7 @@ def test_config_reads_the_files_and_a_chain_corrects_then_bins(tmp_path, monkeyp
 
 async def test_service_with_two_workers_masks_corrects_bins_and_saves(tmp_path, monkeypatch):
     for cls in (HotPixels, FlatField, Bin, Preview):
-        monkeypatch.setitem(REGISTRY, cls.name, cls)
+        monkeypatch.setitem(REGISTRY, cls.kind, cls)
     sim = DiffractionSimulator(shape=(64, 96), n_frames=24, n_spots=5, background=20.0, seed=4)
     cfg = config(tmp_path, pipeline={"workers": 2}, operators={
         "hot_pixels": {"window": 8, "fraction": 0.75}, "flatfield": {"dark_frames": 3},
@@ -423,51 +415,3 @@ async def test_service_with_two_workers_masks_corrects_bins_and_saves(tmp_path, 
     truth[tuple(np.array(sim.truth()["hot_pixels"]).T)] = True
     np.testing.assert_array_equal(hot.astype(bool), truth)
     assert rows["n_hot"][-1] == truth.sum() and preview.shape == (16, 24) and preview.max() == 255
-
-
-class _Counting(SeriesBoard):
-    """A board that records its resets."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.resets: list[tuple] = []
-
-    def reset(self, *args) -> None:
-        self.resets.append(args)
-
-
-def test_shared_by_params_gives_one_object_per_params_object_and_factory():
-    params, equal = FlatField.Params(dark_frames=2), FlatField.Params(dark_frames=2)
-    board = shared_by_params(params, _Counting)
-    with ThreadPoolExecutor(4) as pool:
-        assert all(b is board for b in pool.map(shared_by_params, [params] * 16, [_Counting] * 16))
-    assert shared_by_params(equal, _Counting) is not board  # equal but another config: its own
-    assert shared_by_params(params, list) == [] and shared_by_params(params, list) is not board
-    gone = weakref.ref(board)
-    del board, params
-    gc.collect()
-    assert gone() is None  # forgotten with its Params object
-
-
-def test_series_board_resets_once_per_series_whatever_the_number_of_instances():
-    board = _Counting()
-    start = threading.Barrier(4)
-
-    def open_series() -> None:
-        start.wait(timeout=10)
-        board.open(7, "a", 1)
-
-    threads = [threading.Thread(target=open_series) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert board.resets == [("a", 1)]
-    board.open(8, "b")  # another series without close: reset
-    board.close()
-    board.open(8, "c")  # the same number after close: a new series
-    board.open(8, "d")
-    assert board.resets == [("a", 1), ("b",), ("c",)]
-    with pytest.raises(NotImplementedError, match="SeriesBoard must define reset"):
-        SeriesBoard().open(1)
-

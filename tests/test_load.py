@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from harness import config, running
-from livediff.operators import REGISTRY, Stateless, param
+from livediff.operators import REGISTRY, BaseOperator, param
 from livediff.sources.sender import stream_series
 from simulators import DiffractionSimulator
 
@@ -21,10 +21,10 @@ class SleepyParams:
     seconds: float = param(0.004, ge=0)
 
 
-class Sleepy(Stateless):
+class Sleepy(BaseOperator):
     """Stands in for an expensive operator: the pipeline is slower than the sender."""
 
-    name = "sleepy"
+    kind = "sleepy"
     Params = SleepyParams
 
     def process(self, frame):

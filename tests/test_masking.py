@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from livediff.executors.offline import process_frames
 from livediff.model import Frame, SeriesStart
 from livediff.operators import checks
 from livediff.operators.align import register, shift_image
@@ -18,6 +19,7 @@ from livediff.operators.masks import finite_mask, mask_from_file, saturation_lev
 from livediff.operators.preview import to_display
 from livediff.operators.spots import dispersion_mask
 from livediff.operators.summary import summarise
+from livediff.pipeline import OperatorSpec
 from simulators import DiffractionSimulator
 
 
@@ -62,46 +64,36 @@ def test_one_by_n_frames_and_lone_pixels_are_never_bright():
     np.testing.assert_array_equal(bright_pixels(np.array([[1, 1000, 1]], np.uint16)), [[False, True, False]])
 
 
-def test_hot_pixel_operator_finds_the_simulators_hot_pixels():
+def _hot_pixels(series, frames, workers=1, **params):
+    spec = OperatorSpec("hot_pixels", HotPixels, HotPixels.Params(**params))
+    return process_frames([spec], series, frames, workers=workers)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_hot_pixel_operator_finds_the_simulators_hot_pixels(workers):
     sim = DiffractionSimulator(shape=(64, 96), n_frames=40, n_spots=15, background=20.0, n_hot=6, seed=3)
     series = sim.series_start()
-    op = HotPixels(HotPixels.Params(window=10, fraction=0.8))
-    op.start(series)
     truth = np.zeros(series.shape, bool)
     truth[tuple(np.array(sim.truth()["hot_pixels"]).T)] = True
-    for i in range(sim.n_frames):
-        mask_in = series.mask
-        frame = op.process(Frame(1, i, sim.frame(i), mask=mask_in))
-        if i < 9:
-            assert frame.mask is mask_in and frame.results["hot_pixels"]["n_hot"] == 0
-    assert mask_in.sum() == series.mask.sum()  # never written
-    found = op.snapshot()["hot"].astype(bool)
-    np.testing.assert_array_equal(found, truth)
-    np.testing.assert_array_equal(frame.mask, series.mask & ~truth)
-    assert frame.results["hot_pixels"]["n_hot"] == truth.sum()
+    out, results = _hot_pixels(series, [Frame(1, i, sim.frame(i), mask=series.mask) for i in range(sim.n_frames)],
+                               workers, window=10, fraction=0.8)
+    for i, frame in enumerate(out):
+        if i < 10:  # the first block is found at its end, applied from the next frame on
+            assert frame.mask is series.mask and frame.results["hot_pixels"]["n_hot"] == 0
+        else:
+            np.testing.assert_array_equal(frame.mask, series.mask & ~truth)
+            assert frame.results["hot_pixels"]["n_hot"] == truth.sum()
+    np.testing.assert_array_equal(results["hot_pixels"]["hot"].astype(bool), truth)
 
 
 def test_hot_pixels_need_the_fraction_within_one_block():
     image = np.full((5, 5), 10, np.uint16)
     hot = image.copy()
     hot[2, 2] = 1000
-    op = HotPixels(HotPixels.Params(window=4, fraction=0.75, n_sigma=5.0))
-    op.start(SeriesStart(1, (5, 5), "uint16"))
-    for i, f in enumerate([hot, hot, image, image, hot, hot, hot, image]):  # 2/4 then 3/4
-        frame = op.process(Frame(1, i, f))
-        assert frame.results["hot_pixels"]["n_hot"] == (1 if i == 7 else 0)
-    assert frame.mask is not None and not frame.mask[2, 2] and frame.mask.sum() == 24
-
-
-def test_hot_maps_of_several_workers_merge_by_or():
-    a, b = HotPixels(HotPixels.Params(window=1, fraction=1.0)), HotPixels(HotPixels.Params(window=1, fraction=1.0))
-    for op, spot in ((a, (1, 1)), (b, (3, 3))):
-        op.start(SeriesStart(1, (5, 5), "uint16"))
-        image = np.full((5, 5), 10, np.uint16)
-        image[spot] = 1000
-        op.process(Frame(1, 0, image))
-    a.merge(b.state())
-    assert set(zip(*np.nonzero(a.snapshot()["hot"]))) == {(1, 1), (3, 3)}
+    frames = [Frame(1, i, f) for i, f in enumerate([hot, hot, image, image, hot, hot, hot, image, image])]
+    out, _ = _hot_pixels(SeriesStart(1, (5, 5), "uint16"), frames, 2, window=4, fraction=0.75, n_sigma=5.0)
+    assert [f.results["hot_pixels"]["n_hot"] for f in out] == [0] * 8 + [1]  # 2/4, then 3/4 in the second block
+    assert not out[-1].mask[2, 2] and out[-1].mask.sum() == 24
 
 
 def test_mask_file_conventions_and_saturation_levels():

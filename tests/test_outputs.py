@@ -1,6 +1,8 @@
 """Operators' declared outputs reach the file and the wire: rows, per-frame arrays, reductions, raw frames."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncio
 import threading
 
@@ -97,7 +99,7 @@ def test_unwritable_output_directory_is_a_clear_error(tmp_path):
 
 def test_an_existing_file_is_never_overwritten(tmp_path):
     from livediff.model import SeriesStart
-    from livediff.pipeline import Layout
+    from livediff.outputs import Layout, SeriesContext
     from livediff.sinks.hdf5 import HDF5Writer
 
     cfg = config(tmp_path)
@@ -107,9 +109,9 @@ def test_an_existing_file_is_never_overwritten(tmp_path):
     (out / "series_000007.h5").write_bytes(b"yesterday's data")
     writer = HDF5Writer(cfg.output)
     try:
-        first = writer.start_series(start, Layout(), "")
+        first = Path(writer.start_series(SeriesContext(start, Layout(), "", ""))["file"])
         writer.end_series({"reason": "end"})
-        second = writer.start_series(start, Layout(), "")
+        second = Path(writer.start_series(SeriesContext(start, Layout(), "", ""))["file"])
         writer.end_series({"reason": "end"})
     finally:
         writer.close()

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from harness import config, free_endpoint, running
 from livediff.cli import main
 from livediff.model import Geometry, SeriesStart
-from livediff.pipeline import Layout
+from livediff.outputs import Layout
 from livediff.readers.series import open_series
 from livediff.replay import replay
 from livediff.sinks.series_file import SeriesFile
@@ -118,7 +118,7 @@ def _start(rng: np.random.Generator, shape=(37, 61), dtype="uint16", **kw) -> Se
 def _series_file(path: Path, start: SeriesStart, frames: dict[int, np.ndarray | tuple[str, bytes]]) -> None:
     f = SeriesFile(path, start, Layout(), "text", save_raw=True, save_corrected=False)
     for i, frame in frames.items():
-        f.add_frame({"row": {"frame": i}, "rows": {}, "arrays": {}, "raw": frame})
+        f.add_frame({"frame": i}, raw=frame)
     f.close({"reason": "end"})
 
 
@@ -162,12 +162,12 @@ _KILLED_WRITER = """
 import os, signal, sys
 import numpy as np
 from livediff.model import SeriesStart
-from livediff.pipeline import Layout
+from livediff.outputs import Layout
 from livediff.sinks.series_file import SeriesFile
 start = SeriesStart(series=2, shape=(37, 61), dtype="uint16", n_frames=50)
 f = SeriesFile(sys.argv[1], start, Layout(), "text", save_raw=True, save_corrected=False)
 for i in range(6):
-    f.add_frame({"row": {"frame": i}, "rows": {}, "arrays": {}, "raw": np.full((37, 61), 100 + i, "u2")})
+    f.add_frame({"frame": i}, raw=np.full((37, 61), 100 + i, "u2"))
 f.flush()
 os.kill(os.getpid(), signal.SIGKILL)
 """

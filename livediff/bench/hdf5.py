@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from ..model import SeriesStart
-from ..pipeline import Layout
+from ..outputs import Layout
 from ..sinks.series_file import BSLZ4, SeriesFile
 from ..sources import codecs
 from . import core
@@ -53,9 +53,8 @@ class _Ours:
 
     def __call__(self) -> None:
         i = next(self.counter)
-        self.file.add_frame({"row": {"frame": i, "timestamp": 0.0, "received": 0.0, "latency_s": 0.0},
-                             "arrays": {}, "rows": {},
-                             "raw": ("bslz4", self.blobs[i % _POOL]) if self.raw else None})
+        self.file.add_frame({"frame": i, "timestamp": 0.0, "received": 0.0, "latency_s": 0.0},
+                            raw=("bslz4", self.blobs[i % _POOL]) if self.raw else None)
         if self.file.pending >= 50:
             self.file.flush()
 

@@ -1,11 +1,14 @@
 """Run chains on a pool of worker threads, one chain (and partial state) per worker.
 
 Operators' kernels release the GIL (numba ``nogil=True``), so threads run them in
-parallel.  The caller keeps at most :attr:`workers` frames in flight and restores their
-order; operators with a ``collect`` step then see every frame, in order, on one more
-thread (the collector).  At a snapshot or the series end the workers' partial states
+parallel.  The run loop keeps at most :attr:`ThreadExecutor.workers` frames in flight
+and collects them in arrival order; the folding chain (operators with a ``collect`` step
+or series-wide state) then sees every frame, in that order, on one more thread.  A frame
+whose operators need series-wide state waits, on the event loop, until the frames its
+epoch names have been folded, and its worker adopts that version first: no thread ever
+waits for another's frame.  At a snapshot or the series end the workers' partial states
 are merged with the operators' own ``merge`` (Chan's formulas), so N workers give the
-answer of one; collecting operators report from their collector instance.
+answer of one; in-order operators report from the folding chain.
 """
 from __future__ import annotations
 
@@ -14,64 +17,112 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..config import OperatorConfig
 from ..model import Frame, SeriesStart
-from ..pipeline import Chain, Layout
+from ..outputs import Layout
+from ..pipeline import Chain, OperatorSpec
+from .base import Job, Versions
 
 
 class ThreadExecutor:
-    """A pool of ``workers`` threads, each with its own :class:`Chain`, plus a collector.
+    """A pool of ``workers`` threads, each with its own :class:`Chain`, plus a folding thread.
 
     Parameters
     ----------
-    operators : the configured chain.
+    specs : the configured chain.
     workers : number of worker threads.
     """
 
-    def __init__(self, operators: Sequence[OperatorConfig], workers: int = 1) -> None:
+    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1) -> None:
         self.workers = workers
-        self._chains = [Chain(operators) for _ in range(workers)]
-        self._collector = Chain(operators, only_collecting=True)
-        self._collecting = {op.name for op in self._collector.operators}
-        self._merged = Chain(operators) if workers > 1 else self._chains[0]
+        self._chains = [Chain(specs) for _ in range(workers)]
+        self._folder = Chain(specs, folding=True)
+        self._merged = Chain(specs) if workers > 1 else self._chains[0]
         self._idle = list(self._chains)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="livediff-worker")
-        self._collect_pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-collector")
+        self._fold_pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-fold")
         self._series: SeriesStart | None = None
+        self._stateful: list[str] = []
 
     @property
     def layout(self) -> Layout:
         return self._chains[0].layout
 
-    async def start(self, series: SeriesStart) -> None:
+    async def start(self, series: SeriesStart) -> Layout:
         """Start every chain on the new series (allocation happens off the loop)."""
         self._series = series
-        await asyncio.gather(*(self._run(self._pool, c.start, series) for c in self._chains),
-                             self._run(self._collect_pool, self._collector.start, series))
+        await asyncio.gather(*(self._run(self._pool, c.start, series) for c in self._chains))
+        await self._run(self._fold_pool, self._folder.start, series, self._chains[0].inputs)
+        self._stateful = [op.name for op in self._folder.operators if op.series_state]
+        self._versions = {name: Versions() for name in self._stateful}
+        self._adopted = {id(chain): dict.fromkeys(self._stateful, -1) for chain in self._chains}
+        self._next_seq = 0
+        self._folded = 0
+        self._folded_changed = asyncio.Condition()
+        return self.layout
 
-    async def process(self, frame: Frame) -> Frame:
-        """Run ``frame`` through an idle chain; the caller keeps <= ``workers`` in flight."""
+    def process(self, frame: Frame) -> Job:
+        """Queue ``frame`` for an idle worker; call in arrival order, <= ``workers`` in flight."""
+        frame.seq, self._next_seq = self._next_seq, self._next_seq + 1
+        epochs = {name: self._folder.by_name[name].epoch(frame.seq, frame.index) for name in self._stateful}
+        received = frame.data
+        return Job(frame, received, asyncio.ensure_future(self._process(frame, epochs)))
+
+    async def _process(self, frame: Frame, epochs: dict[str, int]) -> Frame:
+        need = max(epochs.values(), default=0)
+        if self._folded < need:
+            async with self._folded_changed:
+                await self._folded_changed.wait_for(lambda: self._folded >= need)
+        versions = {name: self._versions[name].at(epoch) for name, epoch in epochs.items()}
         if not self._idle:
             raise RuntimeError(f"more than {self.workers} frames in flight")
         chain = self._idle.pop()
         try:
-            return await self._run(self._pool, chain.process, frame)
+            return await self._run(self._pool, self._process_on, chain, frame, versions)
         finally:
             self._idle.append(chain)
 
-    async def collect(self, frame: Frame) -> Frame:
-        """The in-order step; call it for each processed frame in arrival order."""
-        if not self._collecting:
-            return frame
-        return await self._run(self._collect_pool, self._collector.collect, frame)
+    def _process_on(self, chain: Chain, frame: Frame, versions: dict[str, tuple[int, Any]]) -> Frame:
+        """On a worker thread: adopt the frame's versions of series-wide state, then run the chain."""
+        adopted = self._adopted[id(chain)]
+        for name, (key, state) in versions.items():
+            if adopted[name] != key:
+                chain.by_name[name].use(state)
+                adopted[name] = key
+        return chain.process(frame)
+
+    async def collect(self, job: Job) -> Frame:
+        """The in-order step; call it for each job in arrival order.  Raises the frame's operator error."""
+        error = job.future.exception()
+        frame = job.frame if error is not None else job.future.result()
+        published = await self._run(self._fold_pool, self._fold, frame, error is None)
+        for name, state in published:
+            self._versions[name].publish(frame.seq + 1, state)
+        async with self._folded_changed:
+            self._folded = frame.seq + 1
+            self._folded_changed.notify_all()
+        if error is not None:
+            raise error
+        return frame
+
+    def _fold(self, frame: Frame, ok: bool) -> list[tuple[str, Any]]:
+        """On the folding thread: the ``collect`` steps, then each contribution to series-wide state."""
+        if ok:
+            frame = self._folder.collect(frame)
+        published = []
+        for name in self._stateful:
+            op = self._folder.by_name[name]
+            if op.fold(frame.seq, frame.shared.pop(name, None) if ok else None):
+                published.append((name, op.shared()))
+        frame.shared.clear()
+        return published
 
     async def snapshot(self) -> dict[str, dict[str, Any]]:
         """Merged snapshot of all workers (call with no frame in flight)."""
-        return await self._run(self._collect_pool, self._report, "snapshot")
+        return await self._run(self._fold_pool, self._report, "snapshot")
 
     async def finish(self) -> dict[str, dict[str, Any]]:
         """Merged final results of the series (call with no frame in flight)."""
-        return await self._run(self._collect_pool, self._report, "finish")
+        return await self._run(self._fold_pool, self._report, "finish")
 
     def _report(self, method: str) -> dict[str, dict[str, Any]]:
         merged = self._merged
@@ -79,8 +130,8 @@ class ThreadExecutor:
             merged.start(self._series)
             for chain in self._chains:
                 merged.merge(chain.state())
-        out = {k: v for k, v in getattr(merged, method)().items() if k not in self._collecting}
-        out.update(getattr(self._collector, method)())
+        out = {k: v for k, v in getattr(merged, method)().items() if k not in self._folder.by_name}
+        out.update(getattr(self._folder, method)())
         return out
 
     @staticmethod
@@ -89,4 +140,4 @@ class ThreadExecutor:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._collect_pool.shutdown(wait=True, cancel_futures=True)
+        self._fold_pool.shutdown(wait=True, cancel_futures=True)

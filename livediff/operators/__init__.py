@@ -1,27 +1,25 @@
-"""Operators: pure kernels plus thin stateful classes, one module per family.
+"""Operators: pure kernels plus thin stateful classes, one module (or subpackage) per
+family, named as the config names the operator.
 
-:data:`REGISTRY` maps the name used in a config's ``[operators.NAME]`` table to the
-operator class; each class declares its parameters as a frozen dataclass ``Params``.
+:data:`REGISTRY` maps an operator kind (a config table's ``kind``, or its label when it
+has none) to the operator class; each class declares its parameters as a frozen
+dataclass ``Params``.  The registry lives in :mod:`.registry` and is loaded on first use,
+so importing one family (or :mod:`.base`) does not import the others.  Operators import
+only :mod:`livediff.model`, :mod:`livediff.params` and the numeric libraries: a kernel
+can be called from a notebook with nothing else loaded.
 """
 from __future__ import annotations
 
-from .align import Align
-from .azimuthal import Azimuthal
-from .base import NoParams, Operator, Stateless, param
-from .bin import Bin
-from .dynamic_background import DynamicBackground
-from .flatfield import FlatField
-from .hot_pixels import HotPixels
-from .powder_center import PowderCenter
-from .preview import Preview
-from .spots import Spots
-from .static_background import StaticBackground
-from .stats import Stats
-from .summary import Summary
+from typing import Any
 
-REGISTRY: dict[str, type] = {cls.name: cls for cls in (
-    Summary, HotPixels, FlatField, StaticBackground, DynamicBackground, Bin, Preview,
-    Align, Stats, Spots, Azimuthal, PowderCenter,
-)}
+from .base import BaseOperator, NoParams, Operator, param
 
-__all__ = ["REGISTRY", "NoParams", "Operator", "Stateless", "param"]
+__all__ = ["REGISTRY", "BaseOperator", "NoParams", "Operator", "param"]
+
+
+def __getattr__(name: str) -> Any:
+    # the registry imports every operator (and numba): only when someone asks for it
+    if name == "REGISTRY":
+        from .registry import REGISTRY
+        return REGISTRY
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

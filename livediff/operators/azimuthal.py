@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from ..model import Frame, Geometry, SeriesStart, electron_wavelength
-from .base import Stateless, param
+from .base import BaseOperator, param
 from .checks import check_frame_shape, check_image, check_mask, check_shape
 from .powder_center import PowderCenter, PowderCenterParams, powder_center
 
@@ -230,7 +230,7 @@ class AzimuthalParams:
                 raise ValueError(f"{key} must be > 0, got {value}")
 
 
-class Azimuthal(Stateless):
+class Azimuthal(BaseOperator):
     """Angular average of every frame around a fixed centre, and the running mean profile.
 
     Geometry follows :meth:`livediff.model.Geometry.with_overrides`: each of ``center``,
@@ -246,7 +246,7 @@ class Azimuthal(Stateless):
     centres).  The state (bin sums and counts) merges by addition.
     """
 
-    name = "azimuthal"
+    kind = "azimuthal"
     Params = AzimuthalParams
 
     def start(self, series: SeriesStart) -> None:

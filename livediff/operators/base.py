@@ -30,48 +30,63 @@ first frame, as SWMR requires):
 ``frame.results[name]`` holds the scalars and arrays under their names and, for
 ``rows``, one 1-D array per column under the key ``"rows"``.
 
+``frame.results[name]`` holds the scalars and arrays under their names and, for
+``rows``, one 1-D array per column under the key ``"rows"``.
+
+Names: ``kind`` is what the config's ``kind`` key (or, without one, the table's label)
+names, e.g. ``"stats"``; ``name`` is the instance's label in the chain, so one kind may
+appear several times (``[operators.stats_raw]`` and ``[operators.stats_aligned]`` with
+``kind = "stats"``).  Results, HDF5 groups and snapshots are keyed by ``name``.
+
+Series-wide state
+-----------------
+Some operators need state that depends on earlier frames of the series, yet must not
+depend on which worker processed which frame: an alignment reference, a dark taken at the
+start of the series, the hot pixels found so far.  Such an operator sets ``series_state =
+True`` and implements four hooks; the executor does the rest:
+
+- ``epoch(seq, index)`` (dispatching side, in arrival order): how many of the series'
+  first frames, counted in arrival order (``seq``), the state for frame ``seq`` (frame
+  number ``index``) must include; 0 = none.  Non-decreasing in ``seq``.
+- ``process`` (worker) puts what the frame contributes under ``frame.shared[name]``.
+- ``fold(seq, contribution)`` (one instance, in arrival order, for every frame, with
+  ``None`` for a frame that contributed nothing or failed): folds it in; returns True when
+  the state changed, and ``shared()`` then returns the new version (read-only arrays).
+- ``use(state)`` (worker): adopt the version the executor hands over before a frame;
+  ``None`` means no frame has contributed yet.
+
+The executor holds a frame back until the frames its epoch names are folded, then gives
+its workers the last version published at or before that epoch.  The result depends on
+the arrival order only, never on the number of workers or on timing; versions are plain
+data, so a process or Dask executor can ship them.  ``snapshot``/``finish`` of such an
+operator are taken from the folding instance.
+
 Operators declare their parameters as a frozen dataclass ``Params`` whose fields use
 :func:`param`, so the config loader can check every key, type and range up front.
-
-Each worker thread has its own chain, built from one config: state that must not depend
-on which worker saw which frame (a dark accumulated live, an alignment reference) is a
-:class:`SeriesBoard` that the instances share through :func:`shared_by_params`.
 """
 from __future__ import annotations
 
-import threading
-import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..model import Frame, SeriesStart
+from ..params import param
 from .checks import all_valid
 
+__all__ = ["BaseOperator", "NoParams", "Operator", "Shape", "param"]
+
 Shape = tuple[int, ...]
-T = TypeVar("T")
-
-
-def param(default: Any, *, gt: float | None = None, ge: float | None = None,
-          lt: float | None = None, le: float | None = None, file: bool = False, doc: str = "") -> Any:
-    """A dataclass field with bounds the config loader checks (``gt`` = strictly greater, ...).
-
-    ``file=True`` marks a field (typed ``str | None`` in the dataclass) naming an array
-    file (``.npy``, ``.tif``/``.tiff``, ``.h5``/``.hdf5``/``.nxs``, with ``FILE::/dataset``
-    for a given HDF5 dataset): the config loader reads it at start-up, reporting an
-    unreadable file as a config error, and the operator receives the numpy array.
-    """
-    bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
-    return field(default=default, metadata={"bounds": bounds, "file": file, "doc": doc})
 
 
 @runtime_checkable
 class Operator(Protocol):
     """What the pipeline calls; see the module docstring."""
 
+    kind: str
     name: str
+    series_state: bool
     columns: dict[str, str]
     arrays: dict[str, tuple[Shape, str]]
     rows: dict[str, str]
@@ -85,6 +100,10 @@ class Operator(Protocol):
     def merge(self, other: dict[str, Any]) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
     def finish(self) -> dict[str, Any]: ...
+    def epoch(self, seq: int, index: int) -> int: ...
+    def fold(self, seq: int, contribution: Any) -> bool: ...
+    def shared(self) -> Any: ...
+    def use(self, state: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -92,18 +111,26 @@ class NoParams:
     """For operators without parameters."""
 
 
-class Stateless:
-    """Base for operators: no outputs declared, no state to merge, nothing to collect.
+class BaseOperator:
+    """Defaults for every hook of the contract: no outputs, no state to merge, nothing to
+    collect, no series-wide state.
 
-    Subclasses override what they need; an operator with mergeable state overrides
-    ``state``/``merge``/``snapshot``/``finish``.
+    Subclasses set ``kind`` and ``Params`` and override what they need; an operator with
+    mergeable state overrides ``state``/``merge``/``snapshot``/``finish``.
+
+    Parameters
+    ----------
+    params : the validated ``Params`` (default: all defaults).
+    name : the label in the chain (default: ``kind``).
     """
 
-    name: ClassVar[str]
+    kind: ClassVar[str]
     Params: ClassVar[type] = NoParams
 
-    def __init__(self, params: Any = None) -> None:
+    def __init__(self, params: Any = None, *, name: str | None = None) -> None:
         self.params = params if params is not None else self.Params()
+        self.name = name or self.kind
+        self.series_state = False
         self.columns: dict[str, str] = {}
         self.arrays: dict[str, tuple[Shape, str]] = {}
         self.rows: dict[str, str] = {}
@@ -140,66 +167,14 @@ class Stateless:
     def finish(self) -> dict[str, Any]:
         return self.snapshot()
 
+    def epoch(self, seq: int, index: int) -> int:
+        return 0
 
-_SHARED: dict[tuple[int, Callable[[], Any]], Any] = {}
-_SHARED_LOCK = threading.Lock()
+    def fold(self, seq: int, contribution: Any) -> bool:
+        return False
 
+    def shared(self) -> Any:
+        return None
 
-def shared_by_params(params: Any, factory: Callable[[], T]) -> T:
-    """The one object ``factory()`` made for ``params``, shared by the instances built from it.
-
-    The pipeline builds every worker's chain from one parsed config, so the operator
-    instances built from one ``Params`` object (the worker chains of one pipeline) get the
-    same object, and another pipeline, with Params objects of its own, gets another.
-
-    Parameters
-    ----------
-    params : an operator's ``Params`` object, compared by identity (two equal configs
-        parsed twice do not share).
-    factory : called without arguments, under a lock, on the first request for
-        ``params``; one object per (``params``, ``factory``).
-
-    Returns
-    -------
-    The shared object, forgotten when ``params`` is garbage-collected.
-    """
-    key = (id(params), factory)
-    with _SHARED_LOCK:
-        shared = _SHARED.get(key)
-        if shared is None:
-            shared = _SHARED[key] = factory()
-            weakref.finalize(params, _SHARED.pop, key, None)
-        return shared
-
-
-class SeriesBoard:
-    """State that the instances of one configuration share within a series (see :func:`shared_by_params`).
-
-    Every instance calls :meth:`open` in ``start`` and :meth:`close` in ``finish``: the
-    first to open a series resets the state (:meth:`reset`), the others find it ready;
-    after ``close`` the next ``open`` resets, whatever its series number.  Subclasses
-    guard their state with the condition ``self._cond`` (notified by every reset).
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._open = False
-        self._series: int | None = None
-
-    def open(self, series: int, *args: Any) -> None:
-        """Start series ``series``; ``args`` go to :meth:`reset` if this call starts it."""
-        with self._cond:
-            if self._open and series == self._series:
-                return
-            self._open, self._series = True, series
-            self.reset(*args)
-            self._cond.notify_all()
-
-    def reset(self, *args: Any) -> None:
-        """Start afresh (called with the lock held); subclasses define it."""
-        raise NotImplementedError(f"{type(self).__name__} must define reset()")
-
-    def close(self) -> None:
-        """End the series (the next :meth:`open` resets, whatever its number)."""
-        with self._cond:
-            self._open = False
+    def use(self, state: Any) -> None:
+        return None

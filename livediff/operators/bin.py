@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from ..model import Frame, Geometry, SeriesStart
-from .base import Stateless, param
+from .base import BaseOperator, param
 from .checks import check_choice, check_image, check_mask
 
 
@@ -141,14 +141,14 @@ class BinParams:
     fill_value: float = param(0.0, doc="value of invalid binned pixels")
 
 
-class Bin(Stateless):
+class Bin(BaseOperator):
     """Replaces each frame by its k x k binned version (:func:`bin_frame`) and its binned mask.
 
     The frames after it are (rows // k, cols // k) float32 with the binned series mask and
     geometry (:func:`bin_geometry`); saturation no longer applies to binned values.
     """
 
-    name = "bin"
+    kind = "bin"
     Params = BinParams
 
     def start(self, series: SeriesStart) -> None:

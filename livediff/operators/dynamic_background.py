@@ -18,7 +18,7 @@ import numpy as np
 import scipy.fft
 
 from ..model import Frame, SeriesStart
-from .base import Stateless, param
+from .base import BaseOperator, param
 from .checks import check_choice, check_image, check_mask, check_output
 from .masks import finite_mask, float32_series, store
 
@@ -212,10 +212,10 @@ class DynamicBackgroundParams:
     fill_value: float = param(0.0, doc="value of invalid pixels")
 
 
-class DynamicBackground(Stateless):
+class DynamicBackground(BaseOperator):
     """Removes each frame's own Gaussian low-pass (:func:`dynamic_background`); float32 out."""
 
-    name = "dynamic_background"
+    kind = "dynamic_background"
     Params = DynamicBackgroundParams
 
     def start(self, series: SeriesStart) -> None:

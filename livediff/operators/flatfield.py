@@ -9,7 +9,6 @@ config names the operator; :mod:`livediff.operators.corrections` gathers their k
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -18,13 +17,11 @@ import numba
 import numpy as np
 
 from ..model import Frame, SeriesStart
-from .base import SeriesBoard, Stateless, param, shared_by_params
+from .base import BaseOperator, param
 from .checks import check_image, check_mask, check_output, check_reference, check_shape
 from .masks import float32_series, mask_from_file, pass_mask, saturation_level, store
 
 __all__ = ["FlatField", "FlatFieldParams", "correct", "divide_flat", "subtract_dark"]
-
-log = logging.getLogger(__name__)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -122,53 +119,12 @@ def divide_flat(image: np.ndarray, flat: np.ndarray, mask: np.ndarray | None = N
     return correct(image, flat=flat, mask=mask, saturation=math.inf, mask_out=valid), valid
 
 
-class _LiveDark(SeriesBoard):
-    """The dark of one configuration accumulated live, shared by its instances (the workers' chains).
-
-    The frames with index < n of a series are darks; their sum (float64: exact for
-    integer frames) does not depend on which worker added which, so every worker
-    corrects with the same dark.  ``open(series, n, shape)`` starts a series.
-    """
-
-    def reset(self, n: int, shape: tuple[int, int]) -> None:
-        self.n = n
-        self.total, self.count = np.zeros(shape), 0
-        self._mean: np.ndarray | None = None
-        self._gave_up = False
-
-    def add(self, data: np.ndarray) -> None:
-        with self._cond:
-            self.total += data
-            self.count += 1
-            self._mean = None
-            self._cond.notify_all()
-
-    def mean(self, wait_s: float) -> np.ndarray:
-        """The dark as float32, once all n darks are in (or ``wait_s`` passed: lost frames)."""
-        with self._cond:
-            if self._mean is None:
-                if not self._cond.wait_for(lambda: self.count >= self.n or self._gave_up, timeout=wait_s):
-                    self._gave_up = True
-                    log.warning("flatfield: dark from %d of %d dark frames (the others did not arrive within "
-                                "%.1f s)", self.count, self.n, wait_s)
-                if self.count == 0:
-                    raise ValueError(f"flatfield: no dark frame (index < {self.n}) arrived before the first "
-                                     f"frame to correct")
-                self._mean = (self.total / self.count).astype(np.float32)
-            return self._mean
-
-    def snapshot(self) -> dict[str, np.ndarray]:
-        with self._cond:
-            return {"dark": (self.total / self.count).astype(np.float32)} if self.count else {}
-
-
 @dataclass(frozen=True)
 class FlatFieldParams:
     """Parameters of :class:`FlatField`; file parameters arrive as arrays."""
 
     dark: str | None = param(None, file=True, doc="dark / pedestal frame, subtracted")
     dark_frames: int = param(0, ge=0, doc="or: the first N frames of each series are darks (their mean)")
-    dark_wait_s: float = param(5.0, gt=0, doc="seconds a frame waits for missing dark frames (lost upstream)")
     flat: str | None = param(None, file=True, doc="gain / flat field, divided by; zero or non-finite -> masked")
     mask: str | None = param(None, file=True, doc="user mask file")
     mask_nonzero: Literal["invalid", "valid"] = "invalid"
@@ -180,7 +136,7 @@ class FlatFieldParams:
             raise ValueError(f"give a dark file or dark_frames, not both (dark_frames = {self.dark_frames})")
 
 
-class FlatField(Stateless):
+class FlatField(BaseOperator):
     """Dark, flat field and pixel mask in one pass (:func:`correct`); float32 frames out.
 
     The frame's mask becomes the header (or upstream) mask AND the user mask file AND a
@@ -190,14 +146,18 @@ class FlatField(Stateless):
     ``dark_frames = N``: the frames with index < N of each series are darks; their mean is
     the dark for the rest.  They leave uncorrected (float32) with an all-invalid mask, so
     no later operator uses them, and ``is_dark`` = 1 in their row; the ``dark`` reduction
-    holds the mean.  The worker threads' instances (built from one ``Params`` object)
-    share the dark, and a frame after the darks waits for those still being processed
-    elsewhere: the result does not depend on the number of workers.  If darks are lost
-    upstream, it waits ``dark_wait_s`` once, then goes on with those that arrived.
+    holds the mean.  The dark is series-wide state (``livediff.operators.base``): a frame
+    after the darks is corrected with the mean of every dark that arrived before it, summed
+    in arrival order (float64), whatever the number of workers.  A frame to correct with no
+    dark before it fails (counted, logged).
     """
 
-    name = "flatfield"
+    kind = "flatfield"
     Params = FlatFieldParams
+
+    def __init__(self, params: FlatFieldParams | None = None, *, name: str | None = None) -> None:
+        super().__init__(params, name=name)
+        self.series_state = self.params.dark_frames > 0
 
     def start(self, series: SeriesStart) -> None:
         super().start(series)
@@ -216,9 +176,10 @@ class FlatField(Stateless):
         self._valid = valid
         self._dark = None if p.dark is None else np.ascontiguousarray(p.dark, dtype=np.float32)
         self._saturation = saturation_level(series.dtype, series.saturation if p.saturation is None else p.saturation)
-        self._live = shared_by_params(p, _LiveDark) if p.dark_frames else None
-        if self._live is not None:
-            self._live.open(series.series, p.dark_frames, shape)
+        if self.series_state:
+            self._darks_through = 0  # dispatching side: frames up to and including the last dark so far
+            self._total: np.ndarray | None = None  # folding side: sum and count of the darks
+            self._count = 0
             self.columns = {"is_dark": "u1"}
             self.reductions = {"dark": (shape, "f4")}
             self._none_valid = np.zeros(shape, dtype=np.bool_)
@@ -229,25 +190,44 @@ class FlatField(Stateless):
 
     def process(self, frame: Frame) -> Frame:
         dark = self._dark
-        if self._live is not None:
+        if self.series_state:
             is_dark = frame.index < self.params.dark_frames
             frame.results[self.name] = {"is_dark": int(is_dark)}
             if is_dark:
-                self._live.add(frame.data)
+                frame.shared[self.name] = frame.data
                 frame.data, frame.mask = frame.data.astype(np.float32), self._none_valid
                 return frame
-            dark = self._live.mean(self.params.dark_wait_s)
+            if dark is None:
+                raise ValueError(f"flatfield: no dark frame (index < {self.params.dark_frames}) arrived before "
+                                 f"frame {frame.index}")
         valid = np.empty(frame.data.shape, dtype=np.bool_)
         frame.data = correct(frame.data, dark=dark, flat=self._flat, mask=pass_mask(frame, self.series, self._valid),
                              saturation=self._saturation, fill_value=self.params.fill_value, mask_out=valid)
         frame.mask = valid
         return frame
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        return {} if self._live is None else self._live.snapshot()
+    # ------------------------------------------------------------------ live dark (series-wide state)
+    def epoch(self, seq: int, index: int) -> int:
+        if index < self.params.dark_frames:
+            self._darks_through = seq + 1
+            return 0
+        return self._darks_through
 
-    def finish(self) -> dict[str, np.ndarray]:
-        out = self.snapshot()
-        if self._live is not None:
-            self._live.close()
-        return out
+    def fold(self, seq: int, contribution: np.ndarray | None) -> bool:
+        if contribution is None:
+            return False
+        if self._total is None:
+            self._total = np.zeros(contribution.shape)
+        self._total += contribution
+        self._count += 1
+        return True
+
+    def shared(self) -> np.ndarray | None:
+        return None if self._total is None else (self._total / self._count).astype(np.float32)
+
+    def use(self, state: np.ndarray | None) -> None:
+        self._dark = state
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        dark = self.shared() if self.series_state else None
+        return {} if dark is None else {"dark": dark}

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from ..model import Frame, SeriesStart
-from .base import Stateless, param
+from .base import BaseOperator, param
 from .checks import all_valid, check_image, check_mask
 
 __all__ = ["HotPixels", "HotPixelParams", "bright_pixels"]
@@ -105,55 +105,67 @@ class HotPixelParams:
     fraction: float = param(0.9, gt=0, le=1, doc="hot when bright in at least this fraction of a block")
 
 
-class HotPixels(Stateless):
+class HotPixels(BaseOperator):
     """Masks pixels found bright in most frames (see :func:`bright_pixels`), from then on.
 
-    Each block of ``window`` consecutive frames this instance processes, it counts how
-    often every pixel is bright; at the end of the block, pixels bright in at least
-    ``ceil(fraction * window)`` of them become hot and stay masked until the series ends
-    (``frame.mask`` is replaced by a new array; the column ``n_hot`` counts them).
-
-    Several workers: every worker counts the frames it sees, so with W workers a pixel is
-    flagged after about ``W * window`` frames, at slightly different frames on each worker;
-    ``state``/``merge`` combine the hot maps (logical or) for the ``hot`` reduction.
-    Place it before ``flatfield``: the test assumes counts.
+    Frames are counted in blocks of ``window`` in arrival order; at the end of a block,
+    pixels bright in at least ``ceil(fraction * window)`` of its frames become hot and stay
+    masked until the series ends (``frame.mask`` is replaced by a new array; the column
+    ``n_hot`` counts them), from the first frame of the next block on.  The hot map is
+    series-wide state (``livediff.operators.base``): every worker applies the same map to
+    the same frames, whatever the number of workers.  Place it before ``flatfield``: the
+    test assumes counts.
     """
 
-    name = "hot_pixels"
+    kind = "hot_pixels"
     Params = HotPixelParams
+
+    def __init__(self, params: HotPixelParams | None = None, *, name: str | None = None) -> None:
+        super().__init__(params, name=name)
+        self.series_state = True
 
     def start(self, series: SeriesStart) -> None:
         super().start(series)
         self.columns = {"n_hot": "i8"}
         self.reductions = {"hot": (tuple(series.shape), "u1")}
-        self._counts = np.zeros(series.shape, dtype=np.uint16)
-        self._seen = 0
         self._need = math.ceil(self.params.fraction * self.params.window - 1e-9)
-        self._set_hot(np.zeros(series.shape, dtype=np.bool_))
-
-    def _set_hot(self, hot: np.ndarray) -> None:
-        self._hot = hot
-        self._n_hot = int(hot.sum())
-        self._not_hot = ~hot
-        self._not_hot.setflags(write=False)
+        self._counts: np.ndarray | None = None  # folding side: bright counts in the current block
+        self.use(np.zeros(series.shape, dtype=np.bool_))
 
     def process(self, frame: Frame) -> Frame:
-        self._counts += bright_pixels(frame.data, frame.mask, n_sigma=self.params.n_sigma)
-        self._seen += 1
-        if self._seen == self.params.window:
-            self._set_hot(self._hot | (self._counts >= self._need))
-            self._counts[...] = 0
-            self._seen = 0
+        frame.shared[self.name] = bright_pixels(frame.data, frame.mask, n_sigma=self.params.n_sigma)
         if self._n_hot:
             frame.mask = self._not_hot if frame.mask is None else frame.mask & self._not_hot
         frame.results[self.name] = {"n_hot": self._n_hot}
         return frame
 
-    def state(self) -> dict[str, np.ndarray]:
-        return {"hot": self._hot.copy()}
+    # ------------------------------------------------------------------ hot map (series-wide state)
+    def epoch(self, seq: int, index: int) -> int:
+        return seq - seq % self.params.window
 
-    def merge(self, other: dict[str, np.ndarray]) -> None:
-        self._set_hot(self._hot | other["hot"])
+    def fold(self, seq: int, contribution: np.ndarray | None) -> bool:
+        if self._counts is None:
+            self._counts = np.zeros(self._hot.shape, dtype=np.uint16)
+        if contribution is not None:
+            self._counts += contribution
+        if (seq + 1) % self.params.window:
+            return False
+        hot = self._hot | (self._counts >= self._need)
+        self._counts[...] = 0
+        if np.array_equal(hot, self._hot):
+            return False
+        self.use(hot)
+        return True
+
+    def shared(self) -> np.ndarray:
+        return self._hot
+
+    def use(self, state: np.ndarray | None) -> None:
+        self._hot = state
+        self._hot.setflags(write=False)
+        self._n_hot = int(state.sum())
+        self._not_hot = ~state
+        self._not_hot.setflags(write=False)
 
     def snapshot(self) -> dict[str, np.ndarray]:
         return {"hot": self._hot.astype(np.uint8)}

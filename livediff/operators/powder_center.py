@@ -16,7 +16,7 @@ from scipy import ndimage, optimize
 from skimage.registration import phase_cross_correlation
 
 from ..model import Frame, SeriesStart
-from .base import Stateless, param
+from .base import BaseOperator, param
 from .checks import check_image, check_mask
 from .masks import finite_mask
 
@@ -146,7 +146,7 @@ class PowderCenterParams:
                                              "are in; 0 = at the series end only")
 
 
-class PowderCenter(Stateless):
+class PowderCenter(BaseOperator):
     """:func:`powder_center` of the running mean of the frames (over each pixel's valid frames).
 
     The state is the per-pixel sum and count of valid frames (merged by addition).  The
@@ -156,7 +156,7 @@ class PowderCenter(Stateless):
     computed or when the mean has too few valid pixels (logged).
     """
 
-    name = "powder_center"
+    kind = "powder_center"
     Params = PowderCenterParams
 
     def start(self, series: SeriesStart) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..model import Frame, SeriesStart
-from .base import Stateless, param
+from .base import BaseOperator, param
 from .bin import bin_frame, binned_shape
 from .checks import check_choice, check_image, check_mask
 from .masks import finite_mask
@@ -68,7 +68,7 @@ class PreviewParams:
             raise ValueError(f"percentiles must be (low, high) with low < high, got {list(self.percentiles)}")
 
 
-class Preview(Stateless):
+class Preview(BaseOperator):
     """Display snapshot of the latest frame: binned by k (mean of a block's valid pixels), stretched.
 
     Keeps a reference to the frame with the highest index it processed (no copy: kernels
@@ -76,7 +76,7 @@ class Preview(Stateless):
     returns ``{"image": ...}`` (the ``image`` topic), empty before the first frame.
     """
 
-    name = "preview"
+    kind = "preview"
     Params = PreviewParams
 
     def start(self, series: SeriesStart) -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 
 from ..model import Frame, SeriesStart
-from .base import Stateless, param
+from .base import BaseOperator, param
 from .checks import check_choice, check_image, check_shape
 from .flatfield import correct
 from .masks import float32_series, pass_mask
@@ -57,14 +57,14 @@ class StaticBackgroundParams:
             raise ValueError("background: a static background file is required")
 
 
-class StaticBackground(Stateless):
+class StaticBackground(BaseOperator):
     """Divides (or subtracts) a static background frame: :func:`static_background`.
 
     Pixels with a zero or non-finite background are masked in divide mode; frames leave
     as float32.  Saturation is ``flatfield``'s business: place this one after it.
     """
 
-    name = "static_background"
+    kind = "static_background"
     Params = StaticBackgroundParams
 
     def start(self, series: SeriesStart) -> None:

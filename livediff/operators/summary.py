@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from ..model import Frame, SeriesStart
-from .base import Stateless
+from .base import BaseOperator
 from .checks import all_valid, check_image, check_mask
 
 
@@ -108,10 +108,10 @@ def summarise(image: np.ndarray, mask: np.ndarray | None = None, *,
     }
 
 
-class Summary(Stateless):
+class Summary(BaseOperator):
     """Adds ``results["summary"]`` = :func:`summarise` of each frame (over its valid pixels)."""
 
-    name = "summary"
+    kind = "summary"
 
     def start(self, series: SeriesStart) -> None:
         super().start(series)

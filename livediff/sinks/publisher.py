@@ -1,27 +1,42 @@
 """The PUB socket live clients subscribe to; messages are built by :mod:`livediff.schema`.
 
-PUB never blocks: a subscriber that cannot keep up loses messages at its high-water
-mark, and the pipeline never waits for it.  Messages the socket refuses are counted.
+:class:`Publisher` is a sink (:class:`~livediff.sinks.base.Sink`) for the series
+messages, per-frame statistics, operator rows and snapshots, and publishes the service's
+heartbeat too.  PUB never blocks: a subscriber that cannot keep up loses messages at its
+high-water mark, and the pipeline never waits for it.  Messages the socket refuses are
+counted.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from .. import schema
-from ..config import PublisherConfig
+from ..outputs import FrameOutput, Reductions, SeriesContext
+from ..params import param
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublisherSettings:
+    """The msgpack PUB socket clients subscribe to (``[publisher]``)."""
+
+    endpoint: str = "tcp://127.0.0.1:5557"
+    sndhwm: int = param(1000, ge=1)
+    status_period: float = param(1.0, gt=0, doc="seconds between status heartbeats")
 
 
 class Publisher:
     """Owns the PUB socket; :meth:`publish` encodes and sends without blocking."""
 
-    def __init__(self, context: zmq.Context, config: PublisherConfig) -> None:
+    def __init__(self, context: zmq.Context, config: PublisherSettings) -> None:
         self.sent = 0
         self.refused = 0
+        self._kinds: dict[str, str] = {}
         self._sock = context.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, config.sndhwm)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -39,6 +54,43 @@ class Publisher:
             self.sent += 1
         except zmq.Again:
             self.refused += 1
+
+    # ------------------------------------------------------------------ the sink
+    def start_series(self, series: SeriesContext) -> dict[str, Any]:
+        self._kinds = series.layout.kinds
+        for label in series.layout.rows:
+            if self._kind_of_rows(label) is None:
+                log.warning("operator %r emits rows but no topic carries its kind: written to HDF5 only", label)
+        self.publish("series", "start", schema.series_start(series.start, config_hash=series.config_hash,
+                                                            file=series.facts.get("file")))
+        return {}
+
+    def add_frame(self, out: FrameOutput) -> None:
+        self.publish("stats", "frame", {"series": out.series, **out.row, **out.arrays})
+        self.add_rows(out.series, out.index, out.rows)
+
+    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]]) -> None:
+        for label, columns in rows.items():
+            kind = self._kind_of_rows(label)
+            if kind is not None:
+                n = len(next(iter(columns.values()))) if columns else 0
+                self.publish(label, kind, {"series": series, "frame": index, "n": n, **columns})
+
+    def write_reductions(self, reductions: Reductions) -> None:
+        for label, values in reductions.values.items():
+            self.publish("image", "snapshot", {"series": reductions.series, "operator": label,
+                                               "frame": reductions.frame, "processed": reductions.processed,
+                                               "final": reductions.final, **values})
+
+    def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
+        self.publish("series", "end", summary)
+        return {}
+
+    def _kind_of_rows(self, label: str) -> str | None:
+        """The message type of an operator's rows, published on the topic named by its label:
+        its kind, when the schema has a topic for that kind (``spots``), else None."""
+        kind = self._kinds.get(label, label)
+        return kind if kind in schema.TOPICS else None
 
     def close(self) -> None:
         self._sock.close(linger=0)

@@ -16,7 +16,7 @@
     /entry/livediff/summary            one row, written at series end (complete = 1)
 
 SWMR needs every dataset to exist before ``swmr_mode`` is switched on, so everything is
-created here from the chain's :class:`~livediff.pipeline.Layout`.  Used by the writer
+created here from the chain's :class:`~livediff.outputs.Layout`.  Used by the writer
 thread only.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import hdf5plugin
 import numpy as np
 
 from ..model import SeriesStart
-from ..pipeline import Layout
+from ..outputs import Layout
 
 SUMMARY_FIELDS = ("expected", "received", "processed", "failed", "dropped", "bad", "duplicates", "stray",
                   "lost", "not_saved")
@@ -90,19 +90,23 @@ class SeriesFile:
     def pending(self) -> int:
         return len(self.frames.pending)
 
-    def add_frame(self, item: dict[str, Any]) -> None:
-        """Buffer one processed frame's row, arrays and rows; write its frames at once."""
-        index = item["row"]["frame"]
-        self.frames.pending.append(item["row"])
-        self.add_rows(index, item["rows"])
-        for op, arrays in item["arrays"].items():
-            for name, value in arrays.items():
+    def add_frame(self, row: dict[str, Any], *, arrays: dict[str, dict[str, Any]] | None = None,
+                  rows: dict[str, dict[str, np.ndarray]] | None = None, raw: Any = None,
+                  corrected: np.ndarray | None = None) -> None:
+        """Buffer one processed frame's frames-table ``row`` (its ``"frame"`` is the frame number),
+        per-frame ``arrays`` and ``rows`` ({operator: {name: value}}); write ``raw`` (pixels, or an
+        ``(encoding, blob)`` bslz4 pair stored by a direct chunk write) and ``corrected`` at once."""
+        index = row["frame"]
+        self.frames.pending.append(row)
+        self.add_rows(index, rows or {})
+        for op, values in (arrays or {}).items():
+            for name, value in values.items():
                 self.arrays[op, name].pending.append(value)
             self.array_frames[op].pending.append(index)
-        if self.raw is not None and item.get("raw") is not None:
-            _write_frame(self.raw, index, item["raw"])
-        if self.corrected is not None and item.get("corrected") is not None:
-            _write_frame(self.corrected, index, item["corrected"])
+        if self.raw is not None and raw is not None:
+            _write_frame(self.raw, index, raw)
+        if self.corrected is not None and corrected is not None:
+            _write_frame(self.corrected, index, corrected)
 
     def add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]]) -> None:
         """Buffer operators' rows ({operator: {column: array}}) emitted with frame ``index``."""

@@ -30,7 +30,8 @@ bare LZ4 block
     Stream v1 ``lz4<``: one LZ4 block, nothing else (:func:`decode_lz4_block`).
 
 The encoders (simulator, replay, tests) compress with the ``lz4`` package; the bit
-transposition is a small numba kernel, byte-identical to bitshuffle's (tested).
+transposition is a small numba kernel (:mod:`.bitshuffle`, loaded on the first encode, so a
+receiver never loads numba), byte-identical to bitshuffle's (tested).
 
 References
 ----------
@@ -45,7 +46,6 @@ from typing import Any
 
 import dectris.compression
 import lz4.block
-import numba
 import numpy as np
 
 from ..errors import DecodeError
@@ -243,7 +243,9 @@ def encode_bslz4(data: np.ndarray, *, block_size: int | None = None) -> bytes:
         raise ValueError(f"block_size must be a positive multiple of {_BLOCKED_MULT}, got {block_size}")
     n = data.size
     shuffled = np.empty_like(flat)
-    _bitshuffle(flat, shuffled, block_size, itemsize)
+    from .bitshuffle import bitshuffle  # numba, compiled only when something is encoded
+
+    bitshuffle(flat, shuffled, block_size, itemsize)
     parts = [_HEADER.pack(flat.size, block_size * itemsize)]
     end = (n - n % _BLOCKED_MULT) * itemsize
     for start in range(0, end, block_size * itemsize):
@@ -332,43 +334,3 @@ def _little_endian(data: np.ndarray) -> np.ndarray:
 def _as_array(buf: Any, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
     wire = np.frombuffer(buf, dtype=dtype.newbyteorder("<")).reshape(shape)
     return wire.astype(dtype.newbyteorder("="), copy=False)
-
-
-@numba.njit(nogil=True, cache=True)
-def _transpose8(x: np.uint64) -> np.uint64:
-    """Transpose the 8 x 8 bit matrix whose row r is byte r of ``x`` (Hacker's Delight 7-3)."""
-    t = (x ^ (x >> np.uint64(7))) & np.uint64(0x00AA00AA00AA00AA)
-    x = x ^ t ^ (t << np.uint64(7))
-    t = (x ^ (x >> np.uint64(14))) & np.uint64(0x0000CCCC0000CCCC)
-    x = x ^ t ^ (t << np.uint64(14))
-    t = (x ^ (x >> np.uint64(28))) & np.uint64(0x00000000F0F0F0F0)
-    return x ^ t ^ (t << np.uint64(28))
-
-
-@numba.njit(nogil=True, cache=True)
-def _bitshuffle(src: np.ndarray, dst: np.ndarray, block: int, itemsize: int) -> None:
-    """Bit-transpose ``src`` into ``dst`` block by block, exactly as bitshuffle does.
-
-    Both are uint8 buffers of n elements of ``itemsize`` bytes; ``block`` is in elements
-    (a multiple of 8).  Full blocks, then the last partial block cut to a multiple of 8
-    elements, are transposed; the final ``n % 8`` elements are copied.  In a block of m
-    elements, bit k of element i goes to bit ``i % 8`` of byte ``k m / 8 + i // 8``.
-    """
-    n = src.size // itemsize
-    start = 0
-    while start + 8 <= n:
-        m = min(block, n - start)
-        m -= m % 8
-        rows = m // 8  # bytes per bit plane
-        base = start * itemsize
-        for g in range(rows):
-            for j in range(itemsize):
-                x = np.uint64(0)
-                for b in range(8):
-                    x |= np.uint64(src[base + (g * 8 + b) * itemsize + j]) << np.uint64(8 * b)
-                x = _transpose8(x)
-                for b in range(8):
-                    dst[base + (j * 8 + b) * rows + g] = np.uint8((x >> np.uint64(8 * b)) & np.uint64(0xFF))
-        start += m
-    for k in range(start * itemsize, n * itemsize):
-        dst[k] = src[k]

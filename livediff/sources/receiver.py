@@ -12,20 +12,37 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from ..config import SourceConfig
 from ..errors import DecodeError
 from ..model import SeriesEnd
+from ..params import param
 from ..queues import EventQueue
 from . import dectris_v1, dectris_v2, native
 from .tracker import Event, SeriesTracker
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Where frames come from (``[source]``).  No ``endpoint`` = the embedded simulator."""
+
+    protocol: Literal["native", "dectris-stream1", "dectris-stream2"] = param(
+        "native", doc="wire protocol: livediff's own, DECTRIS SIMPLON Stream v1 (JSON multipart, detector "
+                      "port 9999) or Stream v2 (CBOR, port 31001)")
+    channel: str | None = param(None, doc="Stream v2 channel (threshold) to process, e.g. 'threshold_2'; "
+                                          "unset = the first the detector announces")
+    endpoint: str | None = None
+    pattern: Literal["pull", "sub"] = "pull"
+    bind: bool = False
+    end_timeout: float = param(30.0, gt=0, doc="seconds without a frame before an open series is ended")
+    rcvhwm: int = param(64, ge=1, doc="ZeroMQ receive high-water mark (messages)")
 
 #: What a decoder returns for one message: an event, or the events it completes in order
 #: (possibly none; a DecodeError in the list is a frame that failed after a series start).
@@ -34,7 +51,7 @@ Decoded = Event | list[Event | DecodeError]
 #: protocol -> factory of the decoder one receiver uses: ``decode(parts, series=open_series)``
 #: returning :data:`Decoded` or raising DecodeError.  The DECTRIS decoders keep state
 #: across messages (a header may come in pieces), hence one per receiver.
-DECODERS: dict[str, Callable[[SourceConfig], Callable[..., Decoded]]] = {
+DECODERS: dict[str, Callable[[SourceSettings], Callable[..., Decoded]]] = {
     "native": lambda config: native.decode,
     "dectris-stream1": lambda config: dectris_v1.StreamV1Decoder(),
     "dectris-stream2": lambda config: dectris_v2.StreamV2Decoder(channel=config.channel),
@@ -50,12 +67,12 @@ class Receiver:
     Parameters
     ----------
     context : the service's ZeroMQ asyncio context.
-    config : the ``[source]`` section.
+    config : the ``[source]`` settings.
     queue : where decoded events go (its overflow policy applies to frames).
     endpoint : overrides ``config.endpoint`` (the embedded simulator binds one).
     """
 
-    def __init__(self, context: zmq.asyncio.Context, config: SourceConfig, queue: EventQueue,
+    def __init__(self, context: zmq.asyncio.Context, config: SourceSettings, queue: EventQueue,
                  *, endpoint: str | None = None) -> None:
         self.config = config
         self.endpoint = endpoint or config.endpoint

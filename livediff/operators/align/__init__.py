@@ -5,46 +5,40 @@ The kernels (:func:`register`, :func:`shift_image`, :class:`Registration`) live 
 ``from livediff.operators import align; align.register(image, reference, mask)`` works
 as DESIGN.md lists it.
 
-Reference and several workers
------------------------------
-Each worker thread has its own operator instance and sees only some of the frames, yet
-the result must not depend on which worker got which frame.  The reference for frame
-``i`` is therefore a function of frame indices only, and the instances built from one
-configuration (the same ``Params`` object: the workers of one chain) share it.  Results
-are then the same for any number of workers (for ``"mean"``, up to the float64 rounding
-of summing a block's frames in another order):
+Reference
+---------
+The reference is series-wide state (``livediff.operators.base``): it is built from frames
+in arrival order on one instance and handed to every worker, so results do not depend on
+the number of workers or on timing.  Frames are counted in arrival order (the first frame
+to reach the chain has ``seq`` 0):
 
-``"first"``  frame 0 of the series; a worker that gets a later frame first waits for it.
-``"mean"``   frame 0 for frames ``0 .. 2k-1`` (``k = update_every``), then, for frame
-             ``i``, the mean of the aligned frames with index ``< k * (i // k - 1)``:
-             the reference is refreshed every ``k`` frames from frames at least ``k``
-             older, so a worker rarely waits for the frames it needs.  A pixel of the mean
-             is valid when at least half of those frames covered it.
-``"file"``   an image read from a file at start-up (``reference_file``); never waits.
+``"first"``  the first frame.  It is its own reference: shift (0, 0), quality 1.
+``"mean"``   the first frame for frames ``1 .. 2k-1`` (``k = update_every``), then, for
+             frame ``seq``, the mean of the aligned frames among the first
+             ``k * (seq // k - 1)``: the reference is refreshed every ``k`` frames from
+             frames at least ``k`` older, so a worker rarely has to wait for the frames it
+             needs.  A pixel of the mean is valid when at least half of those frames
+             covered it.  Frames whose quality is below ``min_quality`` do not count.
+``"file"``   an image read from a file at start-up (``reference_file``).
 
-If a frame a worker waits for does not come within ``wait_s`` seconds (lost or dropped
-upstream), the series continues with what has arrived ("first": the waiting frame
-becomes the reference), no longer waits, and logs a warning: from then on the
-reference depends on timing.
+A frame with no reference yet (the first frame failed before reaching ``align``) is
+not shifted and gets quality NaN.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 import numba
 import numpy as np
 
 from ...model import Frame, SeriesStart
-from ..base import SeriesBoard, Stateless, param, shared_by_params
+from ..base import BaseOperator, param
 from ..checks import all_valid, check_shape
 from .register import Registration, check_roi, register, shift_image
 
 __all__ = ["Align", "AlignParams", "Registration", "register", "shift_image"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,6 @@ class AlignParams:
     order: Literal[1, 3] = param(3, doc="interpolation: 1 = bilinear, 3 = cubic convolution")
     fill_value: float = param(0.0, doc="value of pixels the shift uncovers (they are masked)")
     fft_workers: int = param(1, ge=1, doc="threads per FFT")
-    wait_s: float = param(5.0, gt=0, doc="seconds a worker waits for reference frames before going on")
 
     def __post_init__(self) -> None:
         if (self.reference == "file") != (self.reference_file is not None):
@@ -83,93 +76,7 @@ def _accumulate(total, count, data, mask):
                 count[r, c] += 1
 
 
-class _SharedReference(SeriesBoard):
-    """The frame-derived reference of one configuration, shared by its instances.
-
-    ``open(series, every)`` starts a series: ``every`` = ``update_every`` for the "mean"
-    reference, None for "first".
-    """
-
-    def reset(self, every: int | None) -> None:
-        self._every = every
-        self._versions: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._blocks: dict[int, list[Any]] = {}  # block -> [sum, count, aligned frames, frames done]
-        self._folded = 0                          # blocks 0 .. folded - 1 are in the running sum
-        self._total: list[Any] | None = None      # [sum, count, aligned frames]
-        self._degraded = False
-
-    def post_first(self, data: np.ndarray, mask: np.ndarray) -> None:
-        """Frame 0 has arrived: it is the reference until the mean takes over."""
-        with self._cond:
-            if 0 not in self._versions:
-                self._versions[0] = (np.array(data, dtype=np.float32), mask)
-                self._cond.notify_all()
-
-    def get(self, index: int, data: np.ndarray, mask: np.ndarray,
-            wait_s: float) -> tuple[int, np.ndarray, np.ndarray]:
-        """(version, reference, reference mask) for frame ``index`` (which has ``data``, ``mask``)."""
-        need = 0 if self._every is None else max(index // self._every - 1, 0)
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._degraded or need in self._versions, timeout=wait_s):
-                self._degraded = True
-                log.warning("align: frames needed for the reference of frame %d did not arrive within %.1f s "
-                            "(lost upstream?); going on with what arrived, results now depend on timing",
-                            index, wait_s)
-            if self._degraded:
-                if 0 not in self._versions:
-                    self._versions[0] = (np.array(data, dtype=np.float32), mask)
-                self._fold(force_below=need)
-            version = need if need in self._versions else max(v for v in self._versions if v <= need)
-            return (version, *self._versions[version])
-
-    def done(self, index: int, data: np.ndarray | None, mask: np.ndarray | None) -> None:
-        """Frame ``index`` is processed; ``data``/``mask`` is the aligned frame, None if not aligned."""
-        if self._every is None:
-            return
-        with self._cond:
-            block = index // self._every
-            if block < self._folded:
-                return  # folded early after a timeout
-            entry = self._blocks.get(block)
-            if entry is None:
-                entry = self._blocks[block] = [None, None, 0, 0]
-            if data is not None:
-                if entry[0] is None:
-                    entry[0], entry[1] = np.zeros(data.shape), np.zeros(data.shape, dtype=np.int32)
-                _accumulate(entry[0], entry[1], data, mask)
-                entry[2] += 1
-            entry[3] += 1
-            self._fold(force_below=self._folded)
-
-    def _fold(self, force_below: int) -> None:
-        """Fold complete blocks (and all blocks below ``force_below``) into the running mean, in order."""
-        while True:
-            entry = self._blocks.get(self._folded)
-            complete = entry is not None and entry[3] == self._every
-            if not (complete or self._folded < force_below):
-                return
-            self._blocks.pop(self._folded, None)
-            if entry is not None and entry[0] is not None:
-                if self._total is None:
-                    self._total = entry[:3]
-                else:
-                    self._total[0] += entry[0]
-                    self._total[1] += entry[1]
-                    self._total[2] += entry[2]
-            self._folded += 1
-            if self._total is not None:
-                total, count, frames = self._total
-                valid = count >= max(1, math.ceil(frames / 2))
-                mean = np.divide(total, count, out=np.zeros(total.shape), where=valid).astype(np.float32)
-                self._versions[self._folded] = (mean, valid)
-            elif 0 in self._versions:
-                self._versions[self._folded] = self._versions[0]
-            for old in [v for v in self._versions if 0 < v < self._folded - 1]:
-                del self._versions[old]  # frames not done yet have index >= folded * every
-            self._cond.notify_all()
-
-
-class Align(Stateless):
+class Align(BaseOperator):
     """Registers each frame to the reference and shifts it; frames too unlike it pass unshifted.
 
     Adds ``results["align"]`` = ``shift_y``, ``shift_x`` (px, the shift applied, DESIGN.md's
@@ -179,8 +86,12 @@ class Align(Stateless):
     pixels the shift covers (:func:`shift_image`).
     """
 
-    name = "align"
+    kind = "align"
     Params = AlignParams
+
+    def __init__(self, params: AlignParams | None = None, *, name: str | None = None) -> None:
+        super().__init__(params, name=name)
+        self.series_state = self.params.reference != "file"
 
     def start(self, series: SeriesStart) -> None:
         super().start(series)
@@ -190,16 +101,19 @@ class Align(Stateless):
         self._options = {"max_shift": p.max_shift, "roi": p.roi, "overlap_ratio": p.overlap_ratio,
                          "workers": p.fft_workers}
         self._registration: Registration | None = None
-        self._key: tuple[Any, ...] = ()
+        self._registration_mask: np.ndarray | None = None
+        self._reference: tuple[np.ndarray, np.ndarray] | None = None
         if p.reference == "file":
             reference = np.asarray(p.reference_file)
             check_shape(reference, series.shape, "align: reference_file", of="frame")
             mask = all_valid(series.shape) if series.mask is None else series.mask
-            self._file = (reference, mask & np.isfinite(reference))
-            self._board = None
-        else:
-            self._board = shared_by_params(p, _SharedReference)
-            self._board.open(series.series, p.update_every if p.reference == "mean" else None)
+            self._reference = (reference, mask & np.isfinite(reference))
+        # the folding instance's running sums ("mean": aligned frames; "first": the first frame)
+        self._first: tuple[np.ndarray, np.ndarray] | None = None
+        self._total: np.ndarray | None = None
+        self._count: np.ndarray | None = None
+        self._frames = 0
+        self._published: tuple[np.ndarray, np.ndarray] | None = None
 
     def output_series(self, series: SeriesStart) -> SeriesStart:
         return replace(series, dtype="float32")
@@ -207,37 +121,72 @@ class Align(Stateless):
     def process(self, frame: Frame) -> Frame:
         p = self.params
         mask = self.valid(frame)
-        aligned = None
-        try:
-            shift_y, shift_x, quality = self._registration_for(frame, mask)(frame.data)
-            if quality >= p.min_quality:
-                aligned = shift_image(frame.data, (shift_y, shift_x), mask, p.fill_value, order=p.order)
-                frame.data, frame.mask = aligned
+        if self._reference is None:
+            if frame.seq == 0:  # the first frame is the reference: aligned to itself by definition
+                frame.data = frame.data.astype(np.float32)
+                self._result(frame, 0.0, 0.0, 1.0, aligned=True)
+                frame.shared[self.name] = (frame.data, mask)
             else:
                 frame.data = frame.data.astype(np.float32)
-            frame.results[self.name] = {"shift_y": shift_y, "shift_x": shift_x, "quality": quality,
-                                        "aligned": int(aligned is not None)}
-        finally:
-            if self._board is not None:
-                self._board.done(frame.index, *(aligned if aligned is not None else (None, None)))
+                self._result(frame, math.nan, math.nan, math.nan, aligned=False)
+            return frame
+        shift_y, shift_x, quality = self._registration_for(mask)(frame.data)
+        aligned = quality >= p.min_quality
+        if aligned:
+            frame.data, frame.mask = shift_image(frame.data, (shift_y, shift_x), mask, p.fill_value, order=p.order)
+            if p.reference == "mean":
+                frame.shared[self.name] = (frame.data, frame.mask)
+        else:
+            frame.data = frame.data.astype(np.float32)
+        self._result(frame, shift_y, shift_x, quality, aligned=aligned)
         return frame
 
-    def _registration_for(self, frame: Frame, mask: np.ndarray) -> Registration:
-        """The cached registration for this frame's reference and mask (rebuilt when either changes)."""
-        if self._board is None:
-            version, (reference, reference_mask) = 0, self._file
-        else:
-            if frame.index == 0:
-                self._board.post_first(frame.data, mask)
-            version, reference, reference_mask = self._board.get(frame.index, frame.data, mask, self.params.wait_s)
-        key = (version, id(reference))
-        if self._registration is None or key != self._key or not (
+    def _result(self, frame: Frame, shift_y: float, shift_x: float, quality: float, *, aligned: bool) -> None:
+        frame.results[self.name] = {"shift_y": shift_y, "shift_x": shift_x, "quality": quality,
+                                    "aligned": int(aligned)}
+
+    def _registration_for(self, mask: np.ndarray) -> Registration:
+        """The cached registration for the current reference and this mask (rebuilt when either changes)."""
+        if self._registration is None or not (
                 mask is self._registration_mask or np.array_equal(mask, self._registration_mask)):
+            reference, reference_mask = self._reference
             self._registration = Registration(reference, mask, reference_mask=reference_mask, **self._options)
-            self._registration_mask, self._key = mask, key
+            self._registration_mask = mask
         return self._registration
 
-    def finish(self) -> dict[str, Any]:
-        if self._board is not None:
-            self._board.close()
-        return {}
+    # ------------------------------------------------------------------ series-wide reference
+    def epoch(self, seq: int, index: int) -> int:
+        if seq == 0:
+            return 0
+        k = self.params.update_every
+        if self.params.reference == "first" or seq < 2 * k:
+            return 1
+        return k * (seq // k - 1)
+
+    def fold(self, seq: int, contribution: tuple[np.ndarray, np.ndarray] | None) -> bool:
+        if self.params.reference == "first":
+            if contribution is None or self._first is not None:
+                return False
+            self._first = self._published = contribution
+            return True
+        if contribution is not None:
+            data, mask = contribution
+            if self._total is None:
+                self._total = np.zeros(data.shape)
+                self._count = np.zeros(data.shape, dtype=np.int32)
+            _accumulate(self._total, self._count, data, mask)
+            self._frames += 1
+        folded = seq + 1
+        if self._frames == 0 or not (folded == 1 or folded % self.params.update_every == 0):
+            return False
+        valid = self._count >= max(1, math.ceil(self._frames / 2))
+        mean = np.divide(self._total, self._count, out=np.zeros(self._total.shape), where=valid)
+        self._published = (mean.astype(np.float32), valid)
+        return True
+
+    def shared(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._published
+
+    def use(self, state: tuple[np.ndarray, np.ndarray] | None) -> None:
+        self._reference = state
+        self._registration = None

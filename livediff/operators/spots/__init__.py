@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...model import Frame, SeriesStart
-from ..base import Stateless, param
+from ..base import BaseOperator, param
 from ..checks import check_mask, check_ndim, check_shape
 from .label import NSTAT, component_stats, label_runs, select, shoeboxes, spot_columns, strong_runs
 from .link import SpotLinker
@@ -330,7 +330,7 @@ class SpotsParams:
             raise ValueError("give gain or gain_map, not both")
 
 
-class Spots(Stateless):
+class Spots(BaseOperator):
     """Spots per frame (rows on the ``spots`` topic and in ``/entry/livediff/spots``).
 
     Columns of the frames table: ``n_spots`` (this frame's 2-D spots after the filters),
@@ -339,7 +339,7 @@ class Spots(Stateless):
     docstring for which spots a frame carries in each mode.
     """
 
-    name = "spots"
+    kind = "spots"
     Params = SpotsParams
 
     def start(self, series: SeriesStart) -> None:

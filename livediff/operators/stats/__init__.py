@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ...model import Frame, SeriesStart
-from ..base import Stateless, param
+from ..base import BaseOperator, param
 from ..checks import all_valid, check_choice, check_frame_shape, check_image, check_mask, check_shape
 from .kernels import ARRAYS, check_weights, derive, fold, valid_sum
 
@@ -289,7 +289,7 @@ class StatsParams:
             check_weights(self.weight_file, None, "weight_file")
 
 
-class Stats(Stateless):
+class Stats(BaseOperator):
     """Running per-pixel statistics of the series (:class:`RunningStats`) as an operator.
 
     Declares the ``reductions`` ``mean``, ``var``, ``std``, ``sem`` (``output`` dtype) and
@@ -298,11 +298,11 @@ class Stats(Stateless):
     a moving window within it.
     """
 
-    name = "stats"
+    kind = "stats"
     Params = StatsParams
 
-    def __init__(self, params: StatsParams | None = None) -> None:
-        super().__init__(params)
+    def __init__(self, params: StatsParams | None = None, *, name: str | None = None) -> None:
+        super().__init__(params, name=name)
         self.stats: RunningStats | None = None
 
     def start(self, series: SeriesStart) -> None:

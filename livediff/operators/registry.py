@@ -1,0 +1,20 @@
+"""Operator kind -> class, for the config loader (``[operators.LABEL]`` with ``kind``)."""
+from __future__ import annotations
+
+from .align import Align
+from .azimuthal import Azimuthal
+from .bin import Bin
+from .dynamic_background import DynamicBackground
+from .flatfield import FlatField
+from .hot_pixels import HotPixels
+from .powder_center import PowderCenter
+from .preview import Preview
+from .spots import Spots
+from .static_background import StaticBackground
+from .stats import Stats
+from .summary import Summary
+
+REGISTRY: dict[str, type] = {cls.kind: cls for cls in (
+    Summary, HotPixels, FlatField, StaticBackground, DynamicBackground, Bin, Preview,
+    Align, Stats, Spots, Azimuthal, PowderCenter,
+)}

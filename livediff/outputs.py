@@ -1,0 +1,155 @@
+"""What the run loop hands to the sinks: the outputs a chain declares, and typed results.
+
+:class:`Layout` gathers what the operators declared at series start, so a sink can create
+every dataset before the first frame arrives (SWMR needs that).  Per frame the sinks get a
+:class:`FrameOutput`; at snapshots and at series end a :class:`Reductions`.  Sinks import
+this module and :mod:`livediff.model`, never the operators, and decide for themselves
+what to keep (the HDF5 sink, for example, whether to record the frames as received).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .model import Frame, SeriesStart
+
+Shape = tuple[int, ...]
+
+#: columns every frames-table row has, before the operators' own
+BASE_COLUMNS = {"frame": "i8", "timestamp": "f8", "received": "f8", "latency_s": "f8"}
+
+#: names under /entry/livediff that operators cannot take
+RESERVED = frozenset({"frames", "config", "summary", "reductions", "corrected"})
+
+
+class Declaring(Protocol):
+    """The part of an operator a :class:`Layout` reads (see ``livediff.operators.base``)."""
+
+    kind: str
+    name: str
+    columns: dict[str, str]
+    arrays: dict[str, tuple[Shape, str]]
+    rows: dict[str, str]
+    reductions: dict[str, tuple[Shape, str]]
+
+
+@dataclass
+class Layout:
+    """Every output the chain declared for a series.
+
+    ``columns`` is flat, one entry per frames-table column; ``owners`` says which operator
+    (label) and which of its result keys fills it.  An operator under its own kind's name
+    gives its columns their plain names (``shift_y``); one under another label prefixes them
+    (``aligned_stats.n_valid``), so one kind may appear several times.  ``arrays``, ``rows``
+    and ``reductions`` are keyed by operator label.
+    """
+
+    columns: dict[str, str] = field(default_factory=lambda: dict(BASE_COLUMNS))
+    owners: dict[str, tuple[str, str]] = field(default_factory=dict)
+    arrays: dict[str, dict[str, tuple[Shape, str]]] = field(default_factory=dict)
+    rows: dict[str, dict[str, str]] = field(default_factory=dict)
+    reductions: dict[str, dict[str, tuple[Shape, str]]] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # label -> operator kind
+    output: SeriesStart | None = None  # what the last operator's frames look like
+
+    def add(self, op: Declaring) -> None:
+        """Add ``op``'s declarations, refusing clashes with names already taken."""
+        self.kinds[op.name] = op.kind
+        for key, dtype in op.columns.items():
+            column = key if op.name == op.kind else f"{op.name}.{key}"
+            if column in self.columns:
+                raise ValueError(f"operator {op.name!r}: column {column!r} is already produced by another")
+            self.columns[column] = dtype
+            self.owners[column] = (op.name, key)
+        if (op.arrays or op.rows) and op.name in RESERVED:
+            raise ValueError(f"operator {op.name!r} cannot write /entry/livediff/{op.name}: the name is "
+                             f"taken by livediff ({', '.join(sorted(RESERVED))})")
+        if op.arrays and op.rows:
+            raise ValueError(f"operator {op.name!r} declares both per-frame arrays and rows; "
+                             f"/entry/livediff/{op.name} can hold only one")
+        for kind in ("arrays", "rows", "reductions"):
+            if getattr(op, kind):
+                getattr(self, kind)[op.name] = dict(getattr(op, kind))
+
+    def output_of(self, frame: Frame, received: np.ndarray, done: float | None = None) -> FrameOutput:
+        """The typed output of a processed ``frame``.
+
+        Parameters
+        ----------
+        frame : the frame as the chain left it (operators replace ``data`` and ``mask``,
+            never the compressed payload ``raw``).
+        received : the pixels the source delivered, before any operator replaced them.
+        done : when processing finished (``time.time()``); default now.
+        """
+        done = time.time() if done is None else done
+        row: dict[str, Any] = {"frame": frame.index, "timestamp": frame.timestamp, "received": frame.received,
+                               "latency_s": done - frame.received}
+        for column, (label, key) in self.owners.items():
+            result = frame.results.get(label)
+            if result is not None and key in result:
+                row[column] = result[key]
+        arrays = {label: {name: frame.results[label][name] for name in declared}
+                  for label, declared in self.arrays.items() if label in frame.results}
+        rows = {label: frame.results[label]["rows"] for label in self.rows
+                if "rows" in frame.results.get(label, {})}
+        return FrameOutput(series=frame.series, index=frame.index, row=row, arrays=arrays, rows=rows,
+                           received=received, blob=frame.raw, encoding=frame.encoding, output=frame.data)
+
+
+@dataclass
+class FrameOutput:
+    """One processed frame, as the sinks receive it.
+
+    Attributes
+    ----------
+    series, index : the series and the frame number.
+    row : the frames-table row: :data:`BASE_COLUMNS` and every operator column.
+    arrays : per-frame arrays, ``{operator label: {name: array}}``.
+    rows : tables with any number of rows (spots), ``{operator label: {column: 1-D array}}``.
+    received : the pixels as the source decoded them (their dtype).
+    blob, encoding : the payload as received when it came compressed (``encoding``
+        ``"bslz4"`` or ``"lz4"``), else None and ``"raw"``.
+    output : the chain's output frame (float32 after a correcting operator).
+    """
+
+    series: int
+    index: int
+    row: dict[str, Any]
+    arrays: dict[str, dict[str, np.ndarray]]
+    rows: dict[str, dict[str, np.ndarray]]
+    received: np.ndarray
+    blob: bytes | memoryview | None = None
+    encoding: str = "raw"
+    output: np.ndarray | None = None
+
+
+@dataclass
+class Reductions:
+    """Running (or, with ``final``, end-of-series) results of the operators that declared reductions.
+
+    ``values`` is ``{operator label: {name: array}}``; ``frame`` is the last frame processed.
+    """
+
+    series: int
+    frame: int
+    processed: int
+    final: bool
+    values: dict[str, dict[str, Any]]
+
+
+@dataclass
+class SeriesContext:
+    """What the sinks get at series start.
+
+    ``facts`` gathers what the sinks that started before report (the HDF5 sink: ``file``),
+    so the publisher can announce where the series is written.
+    """
+
+    start: SeriesStart
+    layout: Layout
+    config_text: str
+    config_hash: str
+    facts: dict[str, Any] = field(default_factory=dict)

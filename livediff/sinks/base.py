@@ -1,0 +1,41 @@
+"""The sink protocol: where the run loop hands every output of a series.
+
+The run loop holds a list of sinks (the HDF5 writer, the publisher, and later the web
+view and the hand-off exporters) and calls each in order.  A sink writes what it is given
+and decides for itself what to keep; it never reaches back into the pipeline.  Facts a
+sink reports at series start or end (the HDF5 writer: ``file``, ``not_saved``) are added
+to what the sinks after it receive.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..outputs import FrameOutput, Reductions, SeriesContext
+
+
+class Sink(Protocol):
+    """What the run loop calls, in this order within a series."""
+
+    def start_series(self, series: SeriesContext) -> dict[str, Any]:
+        """A series starts: create what the layout declares; return facts for the later sinks."""
+        ...
+
+    def add_frame(self, out: FrameOutput) -> None:
+        """One processed frame, in arrival order; must not block the event loop."""
+        ...
+
+    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]]) -> None:
+        """Operator rows completed without a frame of their own (3D spots at series end)."""
+        ...
+
+    def write_reductions(self, reductions: Reductions) -> None:
+        """Running results now (``reductions.final``: the series' last word)."""
+        ...
+
+    def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The series ended with ``summary`` (counts, reason, facts so far); return facts to add."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release everything (the service is stopping)."""
+        ...
