@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import __version__, schema
+from . import __version__
 from .config import load
 from .errors import ConfigError
 
@@ -201,35 +202,19 @@ def _bench_e2e(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
+    from .client import Subscriber
+
     topics = [t for t in args.topics.split(",") if t]
-    for t in topics or [""]:
-        sock.setsockopt(zmq.SUBSCRIBE, t.encode())
-    sock.connect(args.endpoint)
-    seen = 0
-    try:
-        while args.count is None or seen < args.count:
-            if not sock.poll(None if args.timeout is None else int(args.timeout * 1000)):
-                break
-            parts = sock.recv_multipart()
-            try:
-                topic, msg = schema.decode(parts)
-            except schema.SchemaError as exc:
-                print(f"undecodable message: {exc}", file=sys.stderr)
-                continue
-            seen += 1
-            summary = {k: _summarise(v) for k, v in msg.items()}
-            if args.json:
-                print(json.dumps({"topic": topic, **summary}), flush=True)
-            else:
-                print(topic, " ".join(f"{k}={v}" for k, v in summary.items() if k != "v"), flush=True)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close()
-        ctx.term()
+    with Subscriber(args.endpoint, topics, idle_timeout=args.timeout) as sub:
+        try:
+            for topic, msg in itertools.islice(sub, args.count):
+                summary = {k: _summarise(v) for k, v in msg.items()}
+                if args.json:
+                    print(json.dumps({"topic": topic, **summary}), flush=True)
+                else:
+                    print(topic, " ".join(f"{k}={v}" for k, v in summary.items() if k != "v"), flush=True)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 

@@ -4,11 +4,17 @@ Every published message is a two-part ZeroMQ multipart message: the topic as ASC
 bytes, then one msgpack map with at least ``"v"`` (this module's :data:`VERSION`) and
 ``"type"``.  Arrays travel as ``{"dtype": "<f4", "shape": [..], "data": <bytes>}``.
 
-Sinks, ``livediff inspect`` and the tests all import this module; no other module
-knows the layouts.  Bump :data:`VERSION` on any incompatible change.
+:data:`MESSAGES` holds every message's keys; one builder per topic and type
+(:func:`series_start`, :func:`series_end`, :func:`stats_frame`, :func:`spots`,
+:func:`image_snapshot`, :func:`status_heartbeat`) returns the body that
+:func:`encode` sends, and :func:`decode` checks what it reads against the same table.
+The service, ``livediff.client``, ``livediff inspect`` and the tests all import this
+module; no other module knows the layouts.  Bump :data:`VERSION` on any incompatible
+change (a key removed or renamed); an added key keeps it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -18,13 +24,94 @@ from .model import SeriesStart
 
 VERSION = 1
 
+
+@dataclass(frozen=True)
+class KeySet:
+    """The keys of one message type besides ``v`` and ``type``.
+
+    ``keys`` maps each fixed key to a one-line description.  ``open`` is None when the
+    message carries exactly ``keys``; otherwise it says what else it carries (keys named
+    by the operators in the chain).
+    """
+
+    keys: dict[str, str]
+    open: str | None = None
+
+
+#: (topic, type) -> the keys of that message
+MESSAGES: dict[tuple[str, str], KeySet] = {
+    ("series", "start"): KeySet({
+        "series": "series number, as the detector announced it",
+        "shape": "[rows, cols] of every frame as received",
+        "dtype": "numpy name of the pixel type as received",
+        "n_frames": "frames announced, or null when unknown",
+        "geometry": "map: beam_center [row, col] px, pixel_size [y, x] m, distance m, wavelength Å (each or null)",
+        "scan": "[rows, cols] of the scan grid, or null",
+        "count_time": "exposure per frame in s, or null",
+        "config_hash": "digest of the service's configuration",
+        "file": "HDF5 file the series is written to",
+    }),
+    ("series", "end"): KeySet({
+        "series": "series number",
+        "reason": "end | timeout | interrupted | shutdown",
+        "expected": "frames announced (without an announcement: the highest frame number seen + 1)",
+        "received": "frames that passed the decoder and the series check",
+        "bad": "messages that failed to decode while the series was open",
+        "duplicates": "frames whose number had arrived before (the copy is discarded)",
+        "stray": "frames of another series, or numbered beyond the announced count",
+        "lost": "frames expected that never arrived",
+        "processed": "frames the chain processed",
+        "failed": "frames an operator raised on",
+        "dropped": "frames discarded by the drop overflow policy",
+        "not_saved": "frames the HDF5 writer could not keep up with",
+        "file": "HDF5 file of the series",
+    }),
+    ("stats", "frame"): KeySet({
+        "series": "series number",
+        "frame": "frame number, from 0",
+        "timestamp": "acquisition time (s since the epoch) as the source reported it",
+        "received": "when the frame was decoded (s since the epoch)",
+        "latency_s": "from decoding to the end of processing, s",
+    }, open="every operator's per-frame columns (the frames table's row), and each operator's per-frame "
+            "arrays as a map under the operator's name"),
+    ("spots", "spots"): KeySet({
+        "series": "series number",
+        "frame": "frame whose processing completed the rows (in 3-D mode, the frame whose arrival did)",
+        "n": "number of rows",
+    }, open="the operator's row columns, one array of n values each"),
+    ("image", "snapshot"): KeySet({
+        "series": "series number",
+        "operator": "operator whose reductions these are",
+        "frame": "last frame processed",
+        "processed": "frames processed in the series so far",
+        "final": "true for the snapshot at series end",
+    }, open="the operator's reductions as arrays, every snapshot_period s and at series end"),
+    ("status", "heartbeat"): KeySet({
+        "uptime_s": "seconds since the service started",
+        "fps": "frames processed per second, over the last 2 s",
+        "series": "open series, or null",
+        "n_frames": "frames the open series announced, or null",
+        "received": "frames received in the open series",
+        "processed": "frames processed in the open series",
+        "dropped": "frames discarded by the drop overflow policy since start",
+        "queue": "events waiting for the processor",
+        "total_processed": "frames processed since start",
+        "total_failed": "frames an operator raised on since start",
+        "messages": "source messages received since start",
+        "bad": "source messages that failed to decode since start",
+        "orphans": "frames that arrived with no series open",
+        "open_series": "series the receiver has open, or null",
+        "hdf5_not_saved": "frames the HDF5 writer could not keep up with since start",
+        "hdf5_errors": "HDF5 write errors since start",
+        "published": "messages published since start",
+        "cpu_s": "CPU seconds the service used",
+        "peak_rss_mb": "peak resident memory, MiB",
+    }),
+}
+
 #: topic -> message types it carries
 TOPICS: dict[str, tuple[str, ...]] = {
-    "series": ("start", "end"),
-    "stats": ("frame",),
-    "spots": ("spots",),
-    "image": ("snapshot",),
-    "status": ("heartbeat",),
+    topic: tuple(type_ for t, type_ in MESSAGES if t == topic) for topic, _ in MESSAGES
 }
 
 _ARRAY_KEYS = frozenset(("dtype", "shape", "data"))
@@ -78,10 +165,15 @@ def encode(topic: str, type_: str, body: dict[str, Any]) -> list[bytes]:
 def decode(parts: list[bytes]) -> tuple[str, dict[str, Any]]:
     """Parse a published multipart message into ``(topic, message)``; arrays become numpy arrays.
 
+    A message on a topic of :data:`TOPICS` must be of a type that topic carries and have
+    every key :data:`MESSAGES` lists for it; keys beyond those are accepted, and so is
+    any message on another topic (both for clients older than the service).
+
     Raises
     ------
     SchemaError
-        When the message is not two parts, not msgpack, or of another schema version.
+        When the message is not two parts, not msgpack, of another schema version, of a
+        type its topic does not carry, or lacks keys.
     """
     if len(parts) != 2:
         raise SchemaError(f"expected 2 parts (topic, body), got {len(parts)}")
@@ -93,7 +185,32 @@ def decode(parts: list[bytes]) -> tuple[str, dict[str, Any]]:
     if not isinstance(msg, dict) or msg.get("v") != VERSION:
         v = msg.get("v") if isinstance(msg, dict) else None
         raise SchemaError(f"topic {topic!r}: schema version {v!r}, this client reads {VERSION}")
+    if topic in TOPICS:
+        if msg.get("type") not in TOPICS[topic]:
+            raise SchemaError(f"topic {topic!r} carries no message type {msg.get('type')!r} "
+                              f"(it carries {', '.join(TOPICS[topic])})")
+        _require((topic, msg["type"]), msg)
     return topic, msg
+
+
+def _require(key: tuple[str, str], body: dict[str, Any]) -> None:
+    missing = [k for k in MESSAGES[key].keys if k not in body]
+    if missing:
+        raise SchemaError(f"{key[0]}/{key[1]} message lacks {', '.join(missing)}")
+
+
+def _fixed(key: tuple[str, str], values: dict[str, Any]) -> dict[str, Any]:
+    """The fixed keys of ``key``'s message, in :data:`MESSAGES` order, taken from ``values``."""
+    return {k: values[k] for k in MESSAGES[key].keys}
+
+
+def _extend(key: tuple[str, str], body: dict[str, Any], extra: dict[str, Any], what: str) -> dict[str, Any]:
+    """``body`` with ``extra`` added; an ``extra`` key that ``body`` has already is an error."""
+    clash = body.keys() & extra.keys()
+    if clash:
+        raise ValueError(f"{key[0]}/{key[1]} message: {what} {', '.join(sorted(clash))} would overwrite "
+                         f"keys of the message; rename them")
+    return {**body, **extra}
 
 
 def series_start(start: SeriesStart, *, config_hash: str, file: str | None) -> dict[str, Any]:
@@ -109,3 +226,51 @@ def series_start(start: SeriesStart, *, config_hash: str, file: str | None) -> d
         "config_hash": config_hash,
         "file": file,
     }
+
+
+def series_end(*, series: int, reason: str, expected: int, received: int, bad: int, duplicates: int, stray: int,
+               lost: int, processed: int, failed: int, dropped: int, not_saved: int, file: str | None
+               ) -> dict[str, Any]:
+    """Body of the ``series``/``end`` message (the series' summary); keys as in :data:`MESSAGES`."""
+    return _fixed(("series", "end"), locals())
+
+
+def stats_frame(*, series: int, row: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Body of the ``stats``/``frame`` message.
+
+    ``row`` is the frame's frames-table row (``frame``, ``timestamp``, ``received``,
+    ``latency_s`` and every operator's scalar columns); ``arrays`` maps an operator's
+    name to its per-frame arrays (``{"azimuthal": {"profile": ...}}``).
+    """
+    key = ("stats", "frame")
+    body = _extend(key, {"series": series}, row, "columns")
+    _require(key, body)
+    return _extend(key, body, arrays, "operators with arrays")
+
+
+def spots(*, series: int, frame: int, columns: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Body of a rows message: ``spots``/``spots``, or any operator's rows on the topic of its name.
+
+    ``columns`` are the operator's row columns, one array each, all of one length ``n``.
+    """
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError("row columns must have one length, got "
+                         + ", ".join(f"{k} {len(v)}" for k, v in columns.items()))
+    n = lengths.pop() if lengths else 0
+    return _extend(("spots", "spots"), {"series": series, "frame": frame, "n": n}, columns, "columns")
+
+
+def image_snapshot(*, series: int, operator: str, frame: int, processed: int, final: bool,
+                   values: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Body of the ``image``/``snapshot`` message: ``operator``'s reductions ``values`` so far."""
+    key = ("image", "snapshot")
+    return _extend(key, _fixed(key, locals()), values, "reductions")
+
+
+def status_heartbeat(*, uptime_s: float, fps: float, series: int | None, n_frames: int | None, received: int,
+                     processed: int, dropped: int, queue: int, total_processed: int, total_failed: int,
+                     messages: int, bad: int, orphans: int, open_series: int | None, hdf5_not_saved: int,
+                     hdf5_errors: int, published: int, cpu_s: float, peak_rss_mb: float) -> dict[str, Any]:
+    """Body of the ``status``/``heartbeat`` message; keys as in :data:`MESSAGES`."""
+    return _fixed(("status", "heartbeat"), locals())

@@ -14,7 +14,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from livediff import schema
+from livediff.client import AsyncSubscriber
 from livediff.config import Config, parse
 from livediff.endpoints import free_tcp_endpoint
 from livediff.service import Service
@@ -38,22 +38,21 @@ def config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
 
 
 class Collector:
-    """Subscribes to a service's PUB socket and keeps every decoded message."""
+    """Subscribes to a service's PUB socket and keeps every message; one off the schema fails the test."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
-        self.sock = ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(endpoint)
-        self._task = asyncio.create_task(self._run())
+        self.sub = AsyncSubscriber(endpoint, context=ctx, strict=True)
         self._new = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
-            topic, msg = schema.decode(await self.sock.recv_multipart())
-            self.messages.append((topic, msg))
-            self._new.set()
+        try:
+            async for topic, msg in self.sub:
+                self.messages.append((topic, msg))
+                self._new.set()
+        finally:
+            self._new.set()  # wake wait_for, which re-raises the SchemaError
 
     async def wait_for(self, predicate, timeout: float = 30.0) -> dict[str, Any]:
         """Wait for a message with ``predicate(topic, msg)`` true; return it."""
@@ -64,6 +63,8 @@ class Collector:
                     if predicate(topic, msg):
                         return msg
                 seen = len(self.messages)
+                if self._task.done():
+                    self._task.result()
                 self._new.clear()
                 await self._new.wait()
         return await asyncio.wait_for(scan(), timeout)
@@ -75,7 +76,7 @@ class Collector:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        self.sock.close(linger=0)
+        self.sub.close()
 
 
 @contextlib.asynccontextmanager

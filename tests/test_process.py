@@ -12,10 +12,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import zmq
 
 from harness import free_endpoint
-from livediff import schema
+from livediff.client import Subscriber
 from livediff.sources.sender import stream_series
 from simulators import DiffractionSimulator
 
@@ -41,33 +40,18 @@ flush_seconds = 0.2
     return path
 
 
-class Subscriber:
-    def __init__(self, endpoint: str) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.messages: list[tuple[str, dict]] = []
-
-    def until(self, predicate, timeout: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.sock.poll(100):
-                topic, msg = schema.decode(self.sock.recv_multipart())
-                self.messages.append((topic, msg))
-                if predicate(topic, msg):
-                    return msg
-        raise TimeoutError("message never came")
-
-    def close(self) -> None:
-        self.sock.close()
-        self.ctx.term()
+def until(sub: Subscriber, predicate, timeout: float = 60.0) -> dict:
+    """The first message from ``sub`` with ``predicate(topic, msg)`` true, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (got := sub.recv(max(0.0, deadline - time.monotonic()))) is not None:
+        if predicate(*got):
+            return got[1]
+    raise TimeoutError("message never came")
 
 
 @pytest.fixture
 def service_process(tmp_path):
-    procs = []
+    procs, subs = [], []
 
     def start(**kw):
         source, publisher = free_endpoint(), free_endpoint()
@@ -75,8 +59,9 @@ def service_process(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "livediff", "serve", "--config", str(cfg), "--no-progress"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(proc)
-        sub = Subscriber(publisher)
-        sub.until(lambda t, m: t == "status")  # the service is up and our subscription is live
+        sub = Subscriber(publisher, strict=True)
+        subs.append(sub)
+        until(sub, lambda t, m: t == "status")  # the service is up and our subscription is live
         return proc, source, sub
 
     yield start
@@ -84,6 +69,8 @@ def service_process(tmp_path):
         if p.poll() is None:
             p.kill()
         p.communicate(timeout=30)
+    for sub in subs:
+        sub.close()
 
 
 def _stream_in_background(sim: DiffractionSimulator, endpoint: str, rate: float) -> threading.Event:
@@ -108,10 +95,10 @@ def test_sigterm_mid_series_flushes_and_closes_the_file(service_process):
     sim = DiffractionSimulator(shape=(40, 64), n_frames=400, n_spots=3)
     proc, source, sub = service_process()
     stop = _stream_in_background(sim, source, rate=100.0)
-    start = sub.until(lambda t, m: t == "series" and m["type"] == "start")
-    sub.until(lambda t, m: t == "stats" and m["frame"] >= 15)
+    start = until(sub, lambda t, m: t == "series" and m["type"] == "start")
+    until(sub, lambda t, m: t == "stats" and m["frame"] >= 15)
     proc.send_signal(signal.SIGTERM)
-    end = sub.until(lambda t, m: t == "series" and m["type"] == "end")
+    end = until(sub, lambda t, m: t == "series" and m["type"] == "end")
     out, err = proc.communicate(timeout=60)
     stop.set()
     assert proc.returncode == 0, err
@@ -129,8 +116,8 @@ def test_sigkill_mid_series_leaves_a_valid_file_with_flushed_rows(service_proces
     sim = DiffractionSimulator(shape=(40, 64), n_frames=400, n_spots=3)
     proc, source, sub = service_process(flush_frames=5)
     stop = _stream_in_background(sim, source, rate=100.0)
-    start = sub.until(lambda t, m: t == "series" and m["type"] == "start")
-    sub.until(lambda t, m: t == "stats" and m["frame"] >= 30)
+    start = until(sub, lambda t, m: t == "series" and m["type"] == "start")
+    until(sub, lambda t, m: t == "stats" and m["frame"] >= 30)
     time.sleep(0.5)  # let at least one time-based flush (0.2 s) happen after frame 30
     proc.kill()
     proc.communicate(timeout=30)
@@ -145,8 +132,7 @@ def test_sigkill_mid_series_leaves_a_valid_file_with_flushed_rows(service_proces
 def test_inspect_prints_published_messages(service_process):
     sim = DiffractionSimulator(shape=(40, 64), n_frames=5, n_spots=3)
     proc, source, sub = service_process()
-    publisher = sub.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    inspect = subprocess.Popen([sys.executable, "-m", "livediff", "inspect", publisher, "--json",
+    inspect = subprocess.Popen([sys.executable, "-m", "livediff", "inspect", sub.endpoint, "--json",
                                 "--topics", "series,stats,status"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

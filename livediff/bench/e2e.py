@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 import tomli_w
-import zmq
 
-from .. import schema
+from ..client import Subscriber
 from ..config import load
 from ..endpoints import free_tcp_endpoint
 from ..model import SeriesStart
@@ -178,21 +177,17 @@ class _Listener:
         self._ready = threading.Event()
         self._ended = threading.Event()
         self._stop = threading.Event()
-        self._ctx = zmq.Context()
         self._endpoint = endpoint
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        sock = self._ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(self._endpoint)
-        try:
+        with Subscriber(self._endpoint, rcvhwm=0) as sub:
             while not self._stop.is_set():
-                if not sock.poll(100):
+                got = sub.recv(timeout=0.1)
+                if got is None:
                     continue
-                topic, msg = schema.decode(sock.recv_multipart())
+                topic, msg = got
                 now = time.time()
                 if topic == "stats":
                     self.done[msg["frame"]] = now
@@ -205,8 +200,6 @@ class _Listener:
                 elif topic == "series" and msg["type"] == "end":
                     self.end = msg
                     self._ended.set()
-        finally:
-            sock.close(linger=0)
 
     def wait_ready(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -232,7 +225,6 @@ class _Listener:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        self._ctx.term()
 
 
 def format_report(r: dict[str, Any]) -> str:
