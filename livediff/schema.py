@@ -155,8 +155,12 @@ def _object_hook(obj: dict[str, Any]) -> Any:
 
 
 def encode(topic: str, type_: str, body: dict[str, Any]) -> list[bytes]:
-    """Build the multipart message ``[topic, msgpack map]`` for ``topic``/``type_``."""
-    if type_ not in TOPICS.get(topic, ()):
+    """Build the multipart message ``[topic, msgpack map]`` for ``topic``/``type_``.
+
+    ``topic`` is one of :data:`TOPICS` carrying ``type_``, or an operator's label carrying
+    the rows of its kind (``spots``) when one kind appears under several labels.
+    """
+    if type_ not in TOPICS.get(topic, ()) and (topic in TOPICS or _layout_of(type_) is None):
         raise SchemaError(f"topic {topic!r} carries no message type {type_!r}")
     payload = {"v": VERSION, "type": type_, **body}
     return [topic.encode("ascii"), msgpack.packb(payload, default=_default, use_bin_type=True)]
@@ -190,7 +194,14 @@ def decode(parts: list[bytes]) -> tuple[str, dict[str, Any]]:
             raise SchemaError(f"topic {topic!r} carries no message type {msg.get('type')!r} "
                               f"(it carries {', '.join(TOPICS[topic])})")
         _require((topic, msg["type"]), msg)
+    elif (layout := _layout_of(msg.get("type"))) is not None:  # an operator label's topic
+        _require(layout, msg)
     return topic, msg
+
+
+def _layout_of(type_: Any) -> tuple[str, str] | None:
+    """The (topic, type) of the one layout with type ``type_`` that a label's topic may carry (rows)."""
+    return (type_, type_) if (type_, type_) in MESSAGES and MESSAGES[type_, type_].open else None
 
 
 def _require(key: tuple[str, str], body: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from . import executors
+from . import executors, schema
 from .config import Config
 from .executors.runloop import STOP, RunLoop
 from .model import Frame
@@ -171,7 +171,7 @@ class Service:
         period = self.config.publisher.status_period
         while True:
             status = self.status()
-            self.publisher.publish("status", "heartbeat", status)
+            self.publisher.publish("status", "heartbeat", schema.status_heartbeat(**status))
             if self.progress:
                 _draw_progress(status)
             await asyncio.sleep(min(period, 0.5) if self.progress else period)

@@ -12,6 +12,7 @@ from livediff.executors.offline import process_frames
 from livediff.model import Frame, SeriesStart
 from livediff.operators.align import Align, AlignParams, Registration, register, shift_image
 from livediff.operators.base import BaseOperator
+from livediff.operators.flatfield import FlatField
 from livediff.pipeline import OperatorSpec
 from simulators import DiffractionSimulator
 
@@ -316,11 +317,24 @@ class _FailsOnFirst(BaseOperator):
         return frame
 
 
-def test_when_the_first_frame_fails_upstream_no_frame_is_shifted():
-    _, start, frames = series_frames(n=4)
+def test_when_the_first_frame_fails_upstream_the_next_is_the_reference():
+    _, start, frames = series_frames(n=6)
     out = run(AlignParams(), start, frames, workers=2, specs_before=[OperatorSpec("x", _FailsOnFirst, None)])
     assert isinstance(out[0], RuntimeError)
-    for frame, raw in zip(out[1:], frames[1:]):
+    assert out[1].results["align"] == {"shift_y": 0.0, "shift_x": 0.0, "quality": 1.0, "aligned": 1}
+    for i, frame in enumerate(out[2:], 2):
+        expected = register(frames[i], frames[1], start.mask)
         res = frame.results["align"]
-        assert res["aligned"] == 0 and np.isnan(res["quality"])
-        np.testing.assert_array_equal(frame.data, raw.astype(np.float32))
+        assert (res["shift_y"], res["shift_x"], res["quality"]) == pytest.approx(expected, abs=1e-9)
+
+
+def test_frames_with_no_valid_pixel_are_not_the_reference():
+    """Darks that flatfield masks entirely come first; the first real frame is the reference."""
+    _, start, frames = series_frames(n=8)
+    specs = [OperatorSpec("flatfield", FlatField, FlatField.Params(dark_frames=2))]
+    for reference in ("first", "mean"):
+        out = run(AlignParams(reference=reference, update_every=2), start, frames, workers=2, specs_before=specs)
+        for frame in out[:2]:
+            assert frame.results["align"]["aligned"] == 0 and np.isnan(frame.results["align"]["quality"])
+        assert out[2].results["align"]["quality"] == 1.0
+        assert all(f.results["align"]["aligned"] == 1 for f in out[2:])

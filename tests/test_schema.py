@@ -14,8 +14,9 @@ import pytest
 from harness import config, running
 from livediff import schema
 from livediff.model import Geometry, Scan, SeriesStart
-from livediff.pipeline import BASE_COLUMNS
-from simulators import DiffractionSimulator, stream_series
+from livediff.outputs import BASE_COLUMNS
+from livediff.sources.sender import stream_series
+from simulators import DiffractionSimulator
 
 REPO = Path(__file__).resolve().parents[1]
 

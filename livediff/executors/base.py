@@ -54,13 +54,13 @@ class Versions:
         self._keys.append(key)
         self._states.append(state)
 
-    def at(self, epoch: int) -> tuple[int, Any]:
-        """(key, state) of the version for ``epoch``; (-1, None) when none was published by then.
+    def at(self, epoch: int | None) -> tuple[int, Any]:
+        """(key, state) of the version for ``epoch``; (-1, None) when none was published by then."""
+        i = -1 if epoch is None else bisect.bisect_right(self._keys, epoch) - 1
+        return (-1, None) if i < 0 else (self._keys[i], self._states[i])
 
-        Versions older than it are forgotten: epochs never decrease.
-        """
-        i = bisect.bisect_right(self._keys, epoch) - 1
-        if i < 0:
-            return -1, None
+    def forget_before(self, key: int) -> None:
+        """Drop the versions older than ``key``: a frame used it, so no later frame needs them
+        (the version a frame needs never goes back in arrival order)."""
+        i = bisect.bisect_left(self._keys, key)
         del self._keys[:i], self._states[:i]
-        return self._keys[0], self._states[0]

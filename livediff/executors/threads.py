@@ -55,6 +55,7 @@ class ThreadExecutor:
         self._stateful = [op.name for op in self._folder.operators if op.series_state]
         self._versions = {name: Versions() for name in self._stateful}
         self._adopted = {id(chain): dict.fromkeys(self._stateful, -1) for chain in self._chains}
+        self._used: dict[int, dict[str, int]] = {}  # seq -> the version key each stateful operator used
         self._next_seq = 0
         self._folded = 0
         self._folded_changed = asyncio.Condition()
@@ -67,12 +68,16 @@ class ThreadExecutor:
         received = frame.data
         return Job(frame, received, asyncio.ensure_future(self._process(frame, epochs)))
 
-    async def _process(self, frame: Frame, epochs: dict[str, int]) -> Frame:
-        need = max(epochs.values(), default=0)
+    async def _process(self, frame: Frame, epochs: dict[str, int | None]) -> Frame:
+        need = max((frame.seq if e is None else e for e in epochs.values()), default=0)
         if self._folded < need:
             async with self._folded_changed:
                 await self._folded_changed.wait_for(lambda: self._folded >= need)
+        for name, epoch in epochs.items():  # every earlier frame is folded: the answer is settled now
+            if epoch is None:
+                epochs[name] = self._folder.by_name[name].epoch(frame.seq, frame.index)
         versions = {name: self._versions[name].at(epoch) for name, epoch in epochs.items()}
+        self._used[frame.seq] = {name: key for name, (key, _) in versions.items()}
         if not self._idle:
             raise RuntimeError(f"more than {self.workers} frames in flight")
         chain = self._idle.pop()
@@ -95,6 +100,8 @@ class ThreadExecutor:
         error = job.future.exception()
         frame = job.frame if error is not None else job.future.result()
         published = await self._run(self._fold_pool, self._fold, frame, error is None)
+        for name, key in self._used.pop(frame.seq, {}).items():
+            self._versions[name].forget_before(key)
         for name, state in published:
             self._versions[name].publish(frame.seq + 1, state)
         async with self._folded_changed:

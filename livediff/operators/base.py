@@ -47,7 +47,10 @@ True`` and implements four hooks; the executor does the rest:
 
 - ``epoch(seq, index)`` (dispatching side, in arrival order): how many of the series'
   first frames, counted in arrival order (``seq``), the state for frame ``seq`` (frame
-  number ``index``) must include; 0 = none.  Non-decreasing in ``seq``.
+  number ``index``) must include; 0 = none.  Non-decreasing in ``seq``.  ``None`` means
+  "every frame before this one": the executor then waits until they are all folded and
+  asks again, when the answer may read what the folding instance has seen (align: no
+  reference yet, so wait for one).
 - ``process`` (worker) puts what the frame contributes under ``frame.shared[name]``.
 - ``fold(seq, contribution)`` (one instance, in arrival order, for every frame, with
   ``None`` for a frame that contributed nothing or failed): folds it in; returns True when
@@ -100,7 +103,7 @@ class Operator(Protocol):
     def merge(self, other: dict[str, Any]) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
     def finish(self) -> dict[str, Any]: ...
-    def epoch(self, seq: int, index: int) -> int: ...
+    def epoch(self, seq: int, index: int) -> int | None: ...
     def fold(self, seq: int, contribution: Any) -> bool: ...
     def shared(self) -> Any: ...
     def use(self, state: Any) -> None: ...
@@ -167,7 +170,7 @@ class BaseOperator:
     def finish(self) -> dict[str, Any]:
         return self.snapshot()
 
-    def epoch(self, seq: int, index: int) -> int:
+    def epoch(self, seq: int, index: int) -> int | None:
         return 0
 
     def fold(self, seq: int, contribution: Any) -> bool:

@@ -20,6 +20,8 @@ from ..params import param
 
 log = logging.getLogger(__name__)
 
+_END_KEYS = tuple(schema.MESSAGES["series", "end"].keys)
+
 
 @dataclass(frozen=True)
 class PublisherSettings:
@@ -66,24 +68,23 @@ class Publisher:
         return {}
 
     def add_frame(self, out: FrameOutput) -> None:
-        self.publish("stats", "frame", {"series": out.series, **out.row, **out.arrays})
+        self.publish("stats", "frame", schema.stats_frame(series=out.series, row=out.row, arrays=out.arrays))
         self.add_rows(out.series, out.index, out.rows)
 
     def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]]) -> None:
         for label, columns in rows.items():
             kind = self._kind_of_rows(label)
             if kind is not None:
-                n = len(next(iter(columns.values()))) if columns else 0
-                self.publish(label, kind, {"series": series, "frame": index, "n": n, **columns})
+                self.publish(label, kind, schema.spots(series=series, frame=index, columns=columns))
 
     def write_reductions(self, reductions: Reductions) -> None:
         for label, values in reductions.values.items():
-            self.publish("image", "snapshot", {"series": reductions.series, "operator": label,
-                                               "frame": reductions.frame, "processed": reductions.processed,
-                                               "final": reductions.final, **values})
+            self.publish("image", "snapshot", schema.image_snapshot(
+                series=reductions.series, operator=label, frame=reductions.frame, processed=reductions.processed,
+                final=reductions.final, values=values))
 
     def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
-        self.publish("series", "end", summary)
+        self.publish("series", "end", schema.series_end(**{k: summary[k] for k in _END_KEYS}))
         return {}
 
     def _kind_of_rows(self, label: str) -> str | None:

@@ -9,20 +9,21 @@ Reference
 ---------
 The reference is series-wide state (``livediff.operators.base``): it is built from frames
 in arrival order on one instance and handed to every worker, so results do not depend on
-the number of workers or on timing.  Frames are counted in arrival order (the first frame
-to reach the chain has ``seq`` 0):
+the number of workers or on timing.  Frames are counted in arrival order:
 
-``"first"``  the first frame.  It is its own reference: shift (0, 0), quality 1.
-``"mean"``   the first frame for frames ``1 .. 2k-1`` (``k = update_every``), then, for
-             frame ``seq``, the mean of the aligned frames among the first
-             ``k * (seq // k - 1)``: the reference is refreshed every ``k`` frames from
-             frames at least ``k`` older, so a worker rarely has to wait for the frames it
+``"first"``  the first frame with a valid pixel (darks that ``flatfield`` masked entirely,
+             frames that failed upstream do not count).  It is its own reference:
+             shift (0, 0), quality 1.
+``"mean"``   the first such frame until ``2k`` frames have arrived (``k =
+             update_every``), then, for frame ``seq``, the mean of the aligned frames among
+             the first ``k * (seq // k - 1)``: the reference is refreshed every ``k`` frames
+             from frames at least ``k`` older, so a worker rarely waits for the frames it
              needs.  A pixel of the mean is valid when at least half of those frames
-             covered it.  Frames whose quality is below ``min_quality`` do not count.
+             covered it.  Frames below ``min_quality`` do not count.
 ``"file"``   an image read from a file at start-up (``reference_file``).
 
-A frame with no reference yet (the first frame failed before reaching ``align``) is
-not shifted and gets quality NaN.
+Until the first reference exists, each frame waits for the frames before it (a few frames
+at the start of a series); a frame with no valid pixel is never shifted (quality NaN).
 """
 from __future__ import annotations
 
@@ -108,12 +109,13 @@ class Align(BaseOperator):
             check_shape(reference, series.shape, "align: reference_file", of="frame")
             mask = all_valid(series.shape) if series.mask is None else series.mask
             self._reference = (reference, mask & np.isfinite(reference))
-        # the folding instance's running sums ("mean": aligned frames; "first": the first frame)
+        # the folding instance's state ("mean": the sums of the aligned frames; "first": the first frame)
         self._first: tuple[np.ndarray, np.ndarray] | None = None
         self._total: np.ndarray | None = None
         self._count: np.ndarray | None = None
         self._frames = 0
         self._published: tuple[np.ndarray, np.ndarray] | None = None
+        self._first_key: int | None = None  # frames folded when the first reference was published
 
     def output_series(self, series: SeriesStart) -> SeriesStart:
         return replace(series, dtype="float32")
@@ -121,13 +123,12 @@ class Align(BaseOperator):
     def process(self, frame: Frame) -> Frame:
         p = self.params
         mask = self.valid(frame)
-        if self._reference is None:
-            if frame.seq == 0:  # the first frame is the reference: aligned to itself by definition
-                frame.data = frame.data.astype(np.float32)
+        if self._reference is None or not mask.any():
+            frame.data = frame.data.astype(np.float32)
+            if self._reference is None and mask.any():  # the first usable frame: the reference, aligned to itself
                 self._result(frame, 0.0, 0.0, 1.0, aligned=True)
                 frame.shared[self.name] = (frame.data, mask)
             else:
-                frame.data = frame.data.astype(np.float32)
                 self._result(frame, math.nan, math.nan, math.nan, aligned=False)
             return frame
         shift_y, shift_x, quality = self._registration_for(mask)(frame.data)
@@ -155,19 +156,20 @@ class Align(BaseOperator):
         return self._registration
 
     # ------------------------------------------------------------------ series-wide reference
-    def epoch(self, seq: int, index: int) -> int:
-        if seq == 0:
-            return 0
+    def epoch(self, seq: int, index: int) -> int | None:
+        if self._first_key is None:
+            return None  # no reference yet: decide once every earlier frame is folded
         k = self.params.update_every
-        if self.params.reference == "first" or seq < 2 * k:
-            return 1
-        return k * (seq // k - 1)
+        if self.params.reference == "first":
+            return self._first_key
+        return max(self._first_key, k * (seq // k - 1))
 
     def fold(self, seq: int, contribution: tuple[np.ndarray, np.ndarray] | None) -> bool:
+        folded = seq + 1
         if self.params.reference == "first":
-            if contribution is None or self._first is not None:
+            if contribution is None or self._first_key is not None:
                 return False
-            self._first = self._published = contribution
+            self._published, self._first_key = contribution, folded
             return True
         if contribution is not None:
             data, mask = contribution
@@ -176,12 +178,13 @@ class Align(BaseOperator):
                 self._count = np.zeros(data.shape, dtype=np.int32)
             _accumulate(self._total, self._count, data, mask)
             self._frames += 1
-        folded = seq + 1
-        if self._frames == 0 or not (folded == 1 or folded % self.params.update_every == 0):
+        if self._frames == 0 or not (self._first_key is None or folded % self.params.update_every == 0):
             return False
         valid = self._count >= max(1, math.ceil(self._frames / 2))
         mean = np.divide(self._total, self._count, out=np.zeros(self._total.shape), where=valid)
         self._published = (mean.astype(np.float32), valid)
+        if self._first_key is None:
+            self._first_key = folded
         return True
 
     def shared(self) -> tuple[np.ndarray, np.ndarray] | None:
