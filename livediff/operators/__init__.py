@@ -5,8 +5,9 @@ family, named as the config names the operator.
 has none) to the operator class; each class declares its parameters as a frozen
 dataclass ``Params``.  The registry lives in :mod:`.registry` and is loaded on first use,
 so importing one family (or :mod:`.base`) does not import the others.  Operators import
-only :mod:`livediff.model`, :mod:`livediff.params` and the numeric libraries: a kernel
-can be called from a notebook with nothing else loaded.
+only :mod:`livediff.model`, :mod:`livediff.params`, :mod:`livediff.outputs` (the
+declarations they make) and the numeric libraries: a kernel can be called from a
+notebook with nothing else loaded.
 """
 from __future__ import annotations
 

@@ -75,25 +75,19 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from ..model import Frame, SeriesStart
+from ..outputs import Declaring, Shape
 from ..params import param
 from .checks import all_valid
 
 __all__ = ["BaseOperator", "NoParams", "Operator", "Shape", "param"]
 
-Shape = tuple[int, ...]
-
 
 @runtime_checkable
-class Operator(Protocol):
-    """What the pipeline calls; see the module docstring."""
+class Operator(Declaring, Protocol):
+    """What the pipeline calls (its declared outputs: :class:`~livediff.outputs.Declaring`);
+    see the module docstring."""
 
-    kind: str
-    name: str
     series_state: bool
-    columns: dict[str, str]
-    arrays: dict[str, tuple[Shape, str]]
-    rows: dict[str, str]
-    reductions: dict[str, tuple[Shape, str]]
 
     def start(self, series: SeriesStart) -> None: ...
     def output_series(self, series: SeriesStart) -> SeriesStart: ...
