@@ -70,14 +70,15 @@ class ThreadExecutor:
 
     async def _process(self, frame: Frame, epochs: dict[str, int | None]) -> Frame:
         need = max((frame.seq if e is None else e for e in epochs.values()), default=0)
-        if self._folded < need:
+        if need > self._folded:
             async with self._folded_changed:
                 await self._folded_changed.wait_for(lambda: self._folded >= need)
         for name, epoch in epochs.items():  # every earlier frame is folded: the answer is settled now
             if epoch is None:
                 epochs[name] = self._folder.by_name[name].epoch(frame.seq, frame.index)
         versions = {name: self._versions[name].at(epoch) for name, epoch in epochs.items()}
-        self._used[frame.seq] = {name: key for name, (key, _) in versions.items()}
+        if versions:
+            self._used[frame.seq] = {name: key for name, (key, _) in versions.items()}
         if not self._idle:
             raise RuntimeError(f"more than {self.workers} frames in flight")
         chain = self._idle.pop()
@@ -99,14 +100,16 @@ class ThreadExecutor:
         """The in-order step; call it for each job in arrival order.  Raises the frame's operator error."""
         error = job.future.exception()
         frame = job.frame if error is not None else job.future.result()
-        published = await self._run(self._fold_pool, self._fold, frame, error is None)
-        for name, key in self._used.pop(frame.seq, {}).items():
-            self._versions[name].forget_before(key)
-        for name, state in published:
-            self._versions[name].publish(frame.seq + 1, state)
-        async with self._folded_changed:
-            self._folded = frame.seq + 1
-            self._folded_changed.notify_all()
+        if self._folder.operators:  # nothing to fold: no thread hop
+            published = await self._run(self._fold_pool, self._fold, frame, error is None)
+            for name, key in self._used.pop(frame.seq, {}).items():
+                self._versions[name].forget_before(key)
+            for name, state in published:
+                self._versions[name].publish(frame.seq + 1, state)
+        if self._stateful:
+            async with self._folded_changed:
+                self._folded = frame.seq + 1
+                self._folded_changed.notify_all()
         if error is not None:
             raise error
         return frame
