@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                                                   "1 with the embedded simulator)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="live progress line on stderr (default: when stderr is a terminal)")
+    s.add_argument("--json", action="store_true", help="print each series' summary as a JSON line at the end")
     s.set_defaults(run=_serve)
 
     m = sub.add_parser("simulate", help="stream a simulated series with known ground truth")
@@ -132,9 +133,12 @@ def _serve(args: argparse.Namespace) -> int:
     service = Service(config, max_series=args.max_series, progress=progress)
     done = asyncio.run(service.run(install_signals=True))
     for s in done:
-        print(f"series {s['series']}: {s['processed']} of {s['expected']} frames processed "
-              f"(received {s['received']}, dropped {s['dropped']}, lost {s['lost']}, bad {s['bad']}, "
-              f"failed {s['failed']}; {s['reason']}) -> {s['file']}")
+        if args.json:
+            print(json.dumps(s), flush=True)
+        else:
+            print(f"series {s['series']}: {s['processed']} of {s['expected']} frames processed "
+                  f"(received {s['received']}, dropped {s['dropped']}, lost {s['lost']}, bad {s['bad']}, "
+                  f"failed {s['failed']}; {s['reason']}) -> {s['file']}")
     return 0
 
 
@@ -215,6 +219,10 @@ def _inspect(args: argparse.Namespace) -> int:
                     print(topic, " ".join(f"{k}={v}" for k, v in summary.items() if k != "v"), flush=True)
         except KeyboardInterrupt:
             pass
+    if sub.received == 0:
+        print(f"livediff inspect: nothing received from {args.endpoint}"
+              + (f" in {args.timeout:g} s" if args.timeout is not None else ""), file=sys.stderr)
+        return 1
     return 0
 
 

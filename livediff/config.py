@@ -14,7 +14,8 @@ Each section is a settings dataclass defined beside the code that uses it (the r
 so one kind may appear several times under different labels.  The operator registry and
 the array-file reader are handed to :func:`parse` by the caller (the built-in ones by
 default, imported only then).  With no file, :func:`load` returns the embedded default:
-the simulator feeds the service in-process.
+the simulator feeds the service in-process.  :attr:`Config.effective` is the whole
+configuration as TOML, every default spelled out: what each series file records.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+import tomli_w
 
 from .errors import ConfigError
 from .executors import PipelineSettings
@@ -74,14 +77,16 @@ class Config:
     operators: tuple[OperatorSpec, ...] = ()
     text: str = ""
     path: str = "<default>"
+    effective: str = ""
 
     @property
     def digest(self) -> str:
-        """Short hash of the config text, published with every series."""
-        return hashlib.sha256(self.text.encode()).hexdigest()[:12]
+        """Short hash of the effective configuration, published with every series."""
+        return hashlib.sha256(self.effective.encode()).hexdigest()[:12]
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("operators", "text", "path")}
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)
+             if f.name not in ("operators", "text", "path", "effective")}
 
 #: the chain when the config names none
 DEFAULT_CHAIN = ("summary",)
@@ -149,7 +154,23 @@ def parse(table: dict[str, Any], *, text: str = "", origin: str = "<string>",
                           for label, body in ops.items())
     if errors:
         raise ConfigError("\n".join(f"{origin}: {e}" for e in errors))
-    return Config(**sections, operators=operators, text=text, path=origin)
+    effective = {name: _as_toml(value, sub if isinstance(sub := table.get(name), dict) else {})
+                 for name, value in sections.items()}
+    effective["operators"] = {spec.label: {"kind": spec.kind, **_as_toml(spec.params, ops[spec.label])}
+                              for spec in operators}
+    return Config(**sections, operators=operators, text=text, path=origin, effective=tomli_w.dumps(effective))
+
+
+def _as_toml(settings: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """A settings dataclass as a TOML table, every field spelled out; a file parameter keeps the
+    name it was given (its array is what the code received), and an unset value is left out
+    (TOML has no null)."""
+    out = {}
+    for f in dataclasses.fields(settings):
+        value = given.get(f.name) if f.metadata.get("file") else getattr(settings, f.name)
+        if value is not None:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def _build_operator(label: str, body: Any, registry: Mapping[str, type], read_array: Callable[[str], Any],

@@ -76,7 +76,7 @@ class Service:
         self.writer = HDF5Writer(cfg.output)
         self.executor = executors.create(cfg.pipeline, cfg.operators)
         self.run_loop = RunLoop(self.queue, self.executor, [self.writer, self.publisher],
-                               snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.text,
+                               snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.effective,
                                config_hash=cfg.digest, on_series_end=self._series_ended)
         sim_stop = threading.Event()
         tasks: list[asyncio.Task] = []

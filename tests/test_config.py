@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from livediff.config import Config, load, parse
@@ -91,3 +93,20 @@ def test_cli_reports_config_error_in_one_line_and_exits_nonzero(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"{bad}: pipeline.overflow: must be one of 'block', 'drop', got 'sometimes'"
+
+
+def test_effective_config_spells_out_every_default_and_parses_back_to_the_same(tmp_path):
+    default = load()
+    table = tomllib.loads(default.effective)
+    assert table["pipeline"]["workers"] == 1 and table["operators"] == {"summary": {"kind": "summary"}}
+    assert set(table) == {"source", "simulator", "pipeline", "publisher", "output", "operators"}
+    again = parse(table)
+    for section in ("source", "simulator", "pipeline", "publisher", "output"):
+        assert getattr(again, section) == getattr(default, section), section
+    assert again.operators == default.operators and again.effective == default.effective
+    # a chain with labels and a file parameter: the file keeps its name, defaults are filled in
+    np.save(tmp_path / "dark.npy", np.zeros((4, 5)))
+    cfg = parse({"operators": {"flatfield": {"dark": str(tmp_path / "dark.npy")}, "raw": {"kind": "stats"}}})
+    ops = tomllib.loads(cfg.effective)["operators"]
+    assert ops["flatfield"]["dark"] == str(tmp_path / "dark.npy") and ops["flatfield"]["fill_value"] == 0.0
+    assert ops["raw"]["ddof"] == 1 and cfg.digest != default.digest

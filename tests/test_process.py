@@ -152,3 +152,30 @@ def test_inspect_prints_published_messages(service_process):
     assert [m["topic"] for m in got] == ["series"] + ["stats"] * 5 + ["series"]
     assert [m["frame"] for m in got[1:6]] == list(range(5))
     assert got[-1]["processed"] == 5 and got[0]["shape"] == [40, 64]
+
+
+def test_inspect_exits_non_zero_when_nothing_arrives_before_its_timeout():
+    done = subprocess.run([sys.executable, "-m", "livediff", "inspect", free_endpoint(), "--timeout", "0.5"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "nothing received from" in done.stderr and "in 0.5 s" in done.stderr
+
+
+def test_serve_json_prints_each_series_summary_as_a_json_line(tmp_path):
+    source, publisher = free_endpoint(), free_endpoint()
+    cfg = _write_config(tmp_path, source, publisher)
+    sim = DiffractionSimulator(shape=(40, 64), n_frames=4, n_spots=3)
+    proc = subprocess.Popen([sys.executable, "-m", "livediff", "serve", "--config", str(cfg), "--no-progress",
+                             "--max-series", "1", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sub = Subscriber(publisher)
+        sub.recv(timeout=60)  # the service is up
+        stream_series(sim, source)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.close()
+    assert proc.returncode == 0, err
+    (summary,) = [json.loads(line) for line in out.splitlines()]
+    assert summary["processed"] == 4 and summary["reason"] == "end" and Path(summary["file"]).exists()

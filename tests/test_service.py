@@ -49,7 +49,7 @@ async def test_simulated_series_reaches_subscriber_and_file(tmp_path):
     np.testing.assert_array_equal(rows["max"], [sim.frame(i)[mask].max() for i in range(sim.n_frames)])
     assert summary["complete"] == 1 and summary["processed"] == sim.n_frames
     np.testing.assert_array_equal(stored_mask == 0, mask)  # NXmx: 0 = good pixel
-    assert config_text == cfg.text
+    assert config_text == cfg.effective
 
 
 async def test_malformed_messages_are_counted_and_skipped(tmp_path, caplog):
