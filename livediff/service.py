@@ -22,13 +22,15 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
 from . import executors, schema
 from .config import Config
 from .executors.runloop import STOP, RunLoop
-from .model import Frame
+from .executors.warmup import WARM_FRAMES
+from .model import Frame, Geometry, SeriesStart
 from .queues import EventQueue
 from .sinks.hdf5 import HDF5Writer
 from .sinks.publisher import Publisher
@@ -83,9 +85,11 @@ class Service:
         try:
             receiving = asyncio.create_task(self.receiver.run(), name="receiver")
             processing = asyncio.create_task(self.run_loop.run(), name="run-loop")
-            tasks = [receiving, processing, asyncio.create_task(self._heartbeat(), name="heartbeat")]
+            tasks = [receiving, processing]
             await _first(self.receiver.ready.wait(), receiving)
-            self.ready.set()
+            await self.executor.warm_up(self._expected_series())
+            self.ready.set()  # the first heartbeat says so to subscribers
+            tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
             if self.embedded:
                 tasks.append(asyncio.create_task(self._simulate(sim_stop), name="simulator"))
             await _first(self.stopping.wait(), receiving, processing)
@@ -124,14 +128,32 @@ class Service:
         except asyncio.TimeoutError:
             log.error("shutdown: %d queued frames not processed after 30 s; abandoning them", self.queue.qsize())
 
-    async def _simulate(self, stop: threading.Event) -> None:
+    def _simulator(self) -> Any:
         from simulators import DiffractionSimulator
 
+        s = self.config.simulator
+        return DiffractionSimulator(shape=s.shape, dtype=s.dtype, n_frames=s.frames, seed=s.seed,
+                                    n_spots=s.n_spots, background=s.background, drift=s.drift, series=s.series)
+
+    def _expected_series(self) -> SeriesStart:
+        """What the first series will most likely look like, to compile the chain for it at start:
+        the embedded simulator's, else a detector header of the pixel type the protocol usually
+        sends (a series of another type compiles when it starts)."""
+        if self.embedded:
+            return self._simulator().series_start()
+        dtype = "uint16" if self.config.source.protocol == "native" else "uint32"
+        shape = (256, 320)
+        mask = np.ones(shape, dtype=bool)
+        mask[::17, ::13] = False
+        return SeriesStart(series=0, shape=shape, dtype=dtype, n_frames=WARM_FRAMES, mask=mask,
+                           geometry=Geometry(beam_center=(127.5, 159.5), pixel_size=(75e-6, 75e-6), distance=0.1,
+                                             wavelength=1.0))
+
+    async def _simulate(self, stop: threading.Event) -> None:
         from .sources.sender import stream_series
 
         s = self.config.simulator
-        sim = DiffractionSimulator(shape=s.shape, dtype=s.dtype, n_frames=s.frames, seed=s.seed,
-                                   n_spots=s.n_spots, background=s.background, drift=s.drift, series=s.series)
+        sim = self._simulator()
         endpoint = self.receiver.endpoint_bound
         log.info("embedded simulator: %d frames of %s %s at %s Hz -> %s", s.frames, s.dtype, s.shape,
                  s.rate or "max", endpoint)

@@ -114,3 +114,23 @@ def test_an_executor_is_chosen_in_the_config():
     assert parse({"pipeline": {"executor": "threads"}}).pipeline.executor == "threads"
     with pytest.raises(ConfigError, match=r"pipeline.executor: must be one of 'threads', got 'mpi'"):
         parse({"pipeline": {"executor": "mpi"}})
+
+
+async def test_kernels_are_compiled_when_a_series_of_a_new_pixel_type_starts(caplog):
+    from livediff.executors.threads import ThreadExecutor
+    from livediff.model import SeriesStart
+    from livediff.operators.summary import _summarise_int
+
+    executor = ThreadExecutor(parse({"operators": {"summary": {}, "spots": {}}}).operators, 2)
+    mask = np.ones((40, 52), bool)
+    mask[3, 4] = False
+    try:
+        with caplog.at_level("INFO", logger="livediff.executors.threads"):
+            await executor.start(SeriesStart(1, (40, 52), "int32", mask=mask))
+            assert "kernels ready for int32 frames with a mask" in caplog.text
+            assert any(str(sig[0].dtype) == "int32" for sig in _summarise_int.signatures)  # before any real frame
+            caplog.clear()
+            await executor.start(SeriesStart(2, (64, 64), "int32", mask=np.ones((64, 64), bool)))
+            assert "kernels ready" not in caplog.text  # this pixel type and a mask: compiled already
+    finally:
+        executor.close()

@@ -118,6 +118,7 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
         "sustained_fps": (len(done_times) - 1) / active if active else None,
         "latency_ms": {f"p{q}": float(np.percentile(latencies, q) * 1e3) if latencies.size else None
                        for q in (50, 95, 99)},
+        "first_latency_ms": (listener.done[0] - source.sent_at[0]) * 1e3 if 0 in listener.done else None,
         "cpu_cores": listener.cpu_cores(),
         "peak_rss_mb": listener.peak_rss_mb,
         "max_queue": listener.max_queue,
@@ -235,6 +236,6 @@ def format_report(r: dict[str, Any]) -> str:
             f"  sent {r['sent']} ({r['sent_fps']:.1f} fr/s)  processed {r['processed']}  dropped {r['dropped']}  "
             f"lost {r['lost']}  bad {r['bad']}\n"
             f"  sustained {fmt(r['sustained_fps'])} fr/s  latency p50/p95/p99 {fmt(lat['p50'])}/{fmt(lat['p95'])}/"
-            f"{fmt(lat['p99'])} ms  cpu {fmt(r['cpu_cores'])} cores  peak RSS {r['peak_rss_mb']:.0f} MB  "
+            f"{fmt(lat['p99'])} ms (first frame {fmt(r['first_latency_ms'])} ms)  cpu {fmt(r['cpu_cores'])} cores  peak RSS {r['peak_rss_mb']:.0f} MB  "
             f"max queue {r['max_queue']}")
 

@@ -30,7 +30,7 @@ def process_frames(specs: Sequence[OperatorSpec], series: SeriesStart, frames: I
 
 async def _process(specs: Sequence[OperatorSpec], series: SeriesStart, frames: Iterable[Frame],
                    workers: int) -> tuple[list[Frame | BaseException], dict[str, dict[str, Any]]]:
-    executor = ThreadExecutor(specs, workers)
+    executor = ThreadExecutor(specs, workers, warm=False)  # frames in memory: nothing waits for them
     try:
         await executor.start(series)
         done: list[Frame | BaseException] = []

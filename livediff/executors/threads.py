@@ -13,6 +13,7 @@ answer of one; in-order operators report from the folding chain.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +23,8 @@ from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
 from .base import Job, Versions
 
+log = logging.getLogger(__name__)
+
 
 class ThreadExecutor:
     """A pool of ``workers`` threads, each with its own :class:`Chain`, plus a folding thread.
@@ -30,10 +33,14 @@ class ThreadExecutor:
     ----------
     specs : the configured chain.
     workers : number of worker threads.
+    warm : compile the kernels (:mod:`.warmup`) before a series of a new pixel type starts.
     """
 
-    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1) -> None:
+    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, warm: bool = True) -> None:
         self.workers = workers
+        self._specs = list(specs)
+        self._warm = warm
+        self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
         self._chains = [Chain(specs) for _ in range(workers)]
         self._folder = Chain(specs, folding=True)
         self._merged = Chain(specs) if workers > 1 else self._chains[0]
@@ -47,8 +54,22 @@ class ThreadExecutor:
     def layout(self) -> Layout:
         return self._chains[0].layout
 
+    async def warm_up(self, series: SeriesStart) -> None:
+        """Compile the chain's kernels for frames like ``series``' (once per pixel type and mask)."""
+        key = (series.dtype, series.mask is not None)
+        if not self._warm or key in self._warmed:
+            return
+        self._warmed.add(key)
+        from .warmup import warm_up  # it runs a chain offline, on an executor of this kind
+
+        seconds = await asyncio.to_thread(warm_up, self._specs, series)
+        log.info("kernels ready for %s frames%s in %.2f s (compiled, or loaded from numba's cache)", series.dtype,
+                 " with a mask" if series.mask is not None else "", seconds)
+
     async def start(self, series: SeriesStart) -> Layout:
-        """Start every chain on the new series (allocation happens off the loop)."""
+        """Start every chain on the new series (allocation happens off the loop), after compiling
+        the kernels for its pixel type if no series had it before."""
+        await self.warm_up(series)
         self._series = series
         await asyncio.gather(*(self._run(self._pool, c.start, series) for c in self._chains))
         await self._run(self._fold_pool, self._folder.start, series, self._chains[0].inputs)
