@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-series", type=int, help="stop after this many series (default: run until signalled; "
                                                   "1 with the embedded simulator)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="live progress line on stderr (default: when stderr is a terminal)")
+                   help="live progress display on stderr, logs above it (default: when stderr is a terminal; "
+                        "otherwise plain log lines)")
     s.add_argument("--json", action="store_true", help="print each series' summary as a JSON line at the end")
     s.set_defaults(run=_serve)
 
@@ -126,19 +127,21 @@ def _shape(text: str) -> tuple[int, int]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from . import progress
     from .service import Service
 
     config = load(args.config)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    service = Service(config, max_series=args.max_series, progress=progress)
-    done = asyncio.run(service.run(install_signals=True))
+    live = sys.stderr.isatty() if args.progress is None else args.progress
+    with progress.display(live, logging.getLogger().level) as shown:
+        service = Service(config, max_series=args.max_series, on_status=shown.update)
+        done = asyncio.run(service.run(install_signals=True))
     for s in done:
         if args.json:
             print(json.dumps(s), flush=True)
         else:
-            print(f"series {s['series']}: {s['processed']} of {s['expected']} frames processed "
-                  f"(received {s['received']}, dropped {s['dropped']}, lost {s['lost']}, bad {s['bad']}, "
-                  f"failed {s['failed']}; {s['reason']}) -> {s['file']}")
+            shown.result(f"series {s['series']}: {s['processed']} of {s['expected']} frames processed "
+                         f"(received {s['received']}, dropped {s['dropped']}, lost {s['lost']}, bad {s['bad']}, "
+                         f"failed {s['failed']}; {s['reason']}) -> {s['file']}")
     return 0
 
 

@@ -16,10 +16,11 @@ import asyncio
 import dataclasses
 import logging
 import resource
+import math
 import signal
-import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,14 +47,16 @@ class Service:
     config : the validated configuration.
     max_series : stop after this many series have ended (None: run until signalled).
         The embedded simulator sends one series, so it defaults to 1 there.
-    progress : draw a live progress line on stderr.
+    on_status : called with the status (the heartbeat's content) several times a second,
+        e.g. to draw progress (:mod:`livediff.progress`).
     """
 
-    def __init__(self, config: Config, *, max_series: int | None = None, progress: bool = False) -> None:
+    def __init__(self, config: Config, *, max_series: int | None = None,
+                 on_status: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config = config
         self.embedded = config.source.endpoint is None
         self.max_series = 1 if max_series is None and self.embedded else max_series
-        self.progress = progress
+        self.on_status = on_status
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once the sockets are bound and the receiver listens
         self.series_done: list[dict[str, Any]] = []
@@ -109,7 +112,6 @@ class Service:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
-            self._clear_progress()
         return self.series_done
 
     def _on_signal(self, sig: int) -> None:
@@ -190,27 +192,18 @@ class Service:
         }
 
     async def _heartbeat(self) -> None:
+        """Publish the status every ``status_period``; hand it to ``on_status`` several times a second."""
         period = self.config.publisher.status_period
+        tick = min(period, 0.25) if self.on_status is not None else period
+        published = -math.inf
         while True:
             status = self.status()
-            self.publisher.publish("status", "heartbeat", schema.status_heartbeat(**status))
-            if self.progress:
-                _draw_progress(status)
-            await asyncio.sleep(min(period, 0.5) if self.progress else period)
-
-    def _clear_progress(self) -> None:
-        if self.progress:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _draw_progress(s: dict[str, Any]) -> None:
-    total = s["n_frames"] if s["n_frames"] is not None else "?"
-    line = (f"series {s['series'] if s['series'] is not None else '-'}  {s['processed']}/{total} frames  "
-            f"received {s['received']}  dropped {s['dropped']}  bad {s['bad']}  "
-            f"queue {s['queue']}  {s['fps']:.1f} frames/s")
-    sys.stderr.write("\r" + line.ljust(100))
-    sys.stderr.flush()
+            if time.monotonic() - published >= period - 1e-3:
+                self.publisher.publish("status", "heartbeat", schema.status_heartbeat(**status))
+                published = time.monotonic()
+            if self.on_status is not None:
+                self.on_status(status)
+            await asyncio.sleep(tick)
 
 
 async def _first(*aws: Any) -> None:
