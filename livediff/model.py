@@ -278,13 +278,51 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Scan:
-    """Scan grid of a scanning experiment (4D-STEM, EBSD): frames fill it row by row."""
+    """Scan grid of a scanning experiment (4D-STEM, EBSD): where each frame was taken.
+
+    Attributes
+    ----------
+    shape : (rows, cols) of probe positions.
+    order : ``"raster"`` (every line left to right) or ``"serpentine"`` (odd lines right to
+        left, as a scan that does not fly back).
+    flyback : frames the detector records at the end of every line while the beam flies
+        back; they belong to no position.
+    step : distance between neighbouring positions, in ``unit``, or None.
+    unit : unit of ``step`` (e.g. ``"nm"``), or None.
+
+    Frame ``i`` is the ``i``-th frame of the scan; line ``i // (cols + flyback)`` holds it.
+    """
 
     shape: tuple[int, int]
+    order: str = "raster"
+    flyback: int = 0
+    step: float | None = None
+    unit: str | None = None
 
-    def position(self, index: int) -> tuple[int, int]:
-        """(scan row, scan col) of frame ``index``."""
-        return divmod(index, self.shape[1])
+    def __post_init__(self) -> None:
+        if len(self.shape) != 2 or min(self.shape) < 1:
+            raise ValueError(f"scan shape must be (rows, cols) with both >= 1, got {self.shape}")
+        if self.order not in ("raster", "serpentine"):
+            raise ValueError(f"scan order must be 'raster' or 'serpentine', got {self.order!r}")
+        if self.flyback < 0:
+            raise ValueError(f"scan flyback must be >= 0 frames, got {self.flyback}")
+
+    @property
+    def n_frames(self) -> int:
+        """Frames the scan takes, fly-back frames included."""
+        return self.shape[0] * (self.shape[1] + self.flyback)
+
+    def position(self, index: int) -> tuple[int, int] | None:
+        """(scan row, scan col) of frame ``index``; None for a fly-back frame or one beyond the scan."""
+        rows, cols = self.shape
+        line, k = divmod(index, cols + self.flyback)
+        if index < 0 or line >= rows or k >= cols:
+            return None
+        return line, (cols - 1 - k if self.order == "serpentine" and line % 2 else k)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "order": self.order, "flyback": self.flyback, "step": self.step,
+                "unit": self.unit}
 
 
 @dataclass(frozen=True)
@@ -346,6 +384,8 @@ class Frame:
         uncompressed payloads.
     encoding : how ``raw`` is encoded: ``"bslz4"`` (bitshuffle-LZ4, HDF5 filter layout),
         ``"lz4"``, or ``"raw"``.
+    position : (row, col) of the frame in the series' scan when the source sent it
+        explicitly; None = ``scan.position(index)``.
     seq : the frame's place in the series in arrival order (0 for the first frame to
         reach the chain), set by the executor; -1 before.
     shared : what the frame contributes to operators' series-wide state, by operator
@@ -361,6 +401,7 @@ class Frame:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     raw: bytes | memoryview | None = None
     encoding: str = "raw"
+    position: tuple[int, int] | None = None
     seq: int = -1
     shared: dict[str, Any] = field(default_factory=dict)
 

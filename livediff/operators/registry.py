@@ -13,8 +13,9 @@ from .spots import Spots
 from .static_background import StaticBackground
 from .stats import Stats
 from .summary import Summary
+from .virtual import Com, Virtual
 
 REGISTRY: dict[str, type] = {cls.kind: cls for cls in (
     Summary, HotPixels, FlatField, StaticBackground, DynamicBackground, Bin, Preview,
-    Align, Stats, Spots, Azimuthal, PowderCenter,
+    Align, Stats, Spots, Azimuthal, PowderCenter, Virtual, Com,
 )}

@@ -109,7 +109,7 @@ class HDF5Writer:
 
     def write_reductions(self, reductions: Reductions) -> None:
         """Overwrite the series' reductions with ``reductions.values`` ({operator: {name: array}})."""
-        self._control("reductions", reductions.values)
+        self._control("reductions", (reductions.values, reductions.maps))
 
     def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Write the summary row (with this series' ``not_saved``) and close the file."""
@@ -164,7 +164,7 @@ class HDF5Writer:
             else:
                 f.add_frame(out.row, arrays=out.arrays, rows=out.rows, raw=raw, corrected=corrected)
         elif kind == "reductions" and f is not None:
-            f.write_reductions(payload)
+            f.write_reductions(*payload)
         elif kind == "rows" and f is not None:
             f.add_rows(*payload)
         elif kind in ("start", "end", "stop") and f is not None:

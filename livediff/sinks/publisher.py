@@ -78,7 +78,8 @@ class Publisher:
                 self.publish(label, kind, schema.spots(series=series, frame=index, columns=columns))
 
     def write_reductions(self, reductions: Reductions) -> None:
-        for label, values in reductions.values.items():
+        for label in {**reductions.values, **reductions.maps}:
+            values = {**reductions.values.get(label, {}), **reductions.maps.get(label, {})}
             self.publish("image", "snapshot", schema.image_snapshot(
                 series=reductions.series, operator=label, frame=reductions.frame, processed=reductions.processed,
                 final=reductions.final, values=values))

@@ -12,6 +12,7 @@
     /entry/livediff/<op>               rows an operator emits (e.g. spots), with their frame number
     /entry/livediff/<op>/<name>        per-frame arrays of an operator (frame x shape), with .../frame
     /entry/livediff/reductions/<op>/<name>   snapshots and final results (overwritten)
+    /entry/livediff/maps/<op>/<name>   scan maps (rows, cols), NaN where no frame arrived (overwritten)
     /entry/livediff/corrected          corrected frames (optional; float32, chunk per frame)
     /entry/livediff/summary            one row, written at series end (complete = 1)
 
@@ -81,6 +82,14 @@ class SeriesFile:
         self.reductions = {(op, name): red.require_group(op).create_dataset(
             name, shape=shape, dtype=dtype, fillvalue=np.nan if np.dtype(dtype).kind == "f" else 0)
             for op, decl in layout.reductions.items() for name, (shape, dtype) in decl.items()}
+        self.maps = {}
+        if layout.scan is not None and layout.maps:
+            maps = ld.create_group("maps")
+            maps.attrs["NX_class"] = "NXcollection"
+            maps.attrs.update(scan_order=layout.scan.order, scan_flyback=layout.scan.flyback)
+            self.maps = {(op, name): maps.require_group(op).create_dataset(
+                name, shape=layout.scan.shape, dtype="f8", fillvalue=np.nan)
+                for op, names in layout.maps.items() for name in names}
         self.summary = ld.create_dataset("summary", shape=(1,), dtype=SUMMARY_DTYPE)
         self.file.swmr_mode = True
         self.file.flush()
@@ -114,11 +123,14 @@ class SeriesFile:
             if op in self.rows:
                 self.rows[op].add_columns(index, columns)
 
-    def write_reductions(self, results: dict[str, dict[str, Any]]) -> None:
-        for op, values in results.items():
-            for name, value in values.items():
-                if (op, name) in self.reductions:
-                    self.reductions[op, name][...] = value
+    def write_reductions(self, results: dict[str, dict[str, Any]],
+                         maps: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+        """Overwrite the reductions (and the scan maps) with these ({operator: {name: array}})."""
+        for target, found in ((self.reductions, results), (self.maps, maps or {})):
+            for op, values in found.items():
+                for name, value in values.items():
+                    if (op, name) in target:
+                        target[op, name][...] = value
 
     def flush(self) -> int:
         """Append everything buffered and flush the file; returns the frame rows written."""

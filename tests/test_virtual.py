@@ -1,0 +1,202 @@
+"""Virtual detectors, centre of mass and scan maps against plain numpy on the whole 4D array."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from livediff.config import parse
+from livediff.executors import ThreadExecutor
+from livediff.executors.runloop import STOP, RunLoop
+from livediff.model import Frame, Scan, SeriesEnd
+from livediff.operators.virtual import Detector, MaskSet, apply_masks, center_of_mass, detector_mask
+from livediff.queues import EventQueue
+from simulators.scan import ScanSimulator
+
+
+def _random_masks(rng, shape, n=4):
+    masks = rng.random((n, *shape)) > 0.6
+    weights = rng.uniform(-1, 2, shape) * (rng.random(shape) > 0.3)
+    return masks, weights
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "float32"])
+def test_apply_masks_equals_a_float64_tensordot(dtype):
+    rng = np.random.default_rng(1)
+    shape = (37, 53)
+    image = (rng.poisson(300, shape) + (3e9 if dtype == "uint32" else 0)).astype(dtype)
+    masks, weights = _random_masks(rng, shape)
+    valid = rng.random(shape) > 0.1
+    both = np.concatenate([masks.astype(np.float64), weights[None]])
+    expected = np.tensordot(both * valid, image.astype(np.float64), axes=([1, 2], [0, 1]))
+    got = MaskSet(np.concatenate([masks, weights[None] != 0]), valid)(image)  # bool masks: exact sums
+    np.testing.assert_array_equal(got[:-1], expected[:-1])
+    np.testing.assert_allclose(MaskSet(both, valid)(image), expected, rtol=1e-12)
+    np.testing.assert_allclose(apply_masks(image, both), np.tensordot(both, image.astype(np.float64), 2),
+                               rtol=1e-12)
+
+
+def test_center_of_mass_equals_numpy_and_uses_the_pixel_centre_origin():
+    rng = np.random.default_rng(2)
+    image = rng.poisson(50, (41, 29)).astype(np.float32)
+    mask = rng.random(image.shape) > 0.2
+    w = np.where(mask, image, 0).astype(np.float64)
+    rows, cols = np.indices(image.shape)
+    assert center_of_mass(image, mask) == pytest.approx(((w * rows).sum() / w.sum(), (w * cols).sum() / w.sum()),
+                                                        rel=1e-12)
+    point = np.zeros((5, 7), np.uint16)
+    point[3, 2] = 9
+    assert center_of_mass(point) == (3.0, 2.0)
+    assert np.isnan(center_of_mass(np.zeros((3, 3)))).all()
+
+
+def test_detector_masks_are_disks_annuli_and_rectangles_around_the_centre():
+    disk = detector_mask(Detector("disk", radius=2.0), (9, 11), (4.0, 5.0))
+    assert disk.sum() == 13 and disk[4, 5] and disk[2, 5] and not disk[2, 4]
+    ring = detector_mask(Detector("annulus", inner=1.0, outer=2.0), (9, 11), (4.0, 5.0))
+    assert not ring[4, 5] and ring[3, 5] and not ring[2, 5]
+    rect = detector_mask(Detector("rectangle", rows=(1, 3), cols=(2, 6)), (9, 11), (4.0, 5.0))
+    assert rect.sum() == 8 and rect[1:3, 2:6].all()
+
+
+class _Recorder:
+    """A sink keeping the final reductions and the summary."""
+
+    def start_series(self, series):
+        self.layout = series.layout
+        return {}
+
+    def add_frame(self, out):
+        pass
+
+    def add_rows(self, series, index, rows):
+        pass
+
+    def write_reductions(self, reductions):
+        if reductions.final:
+            self.final = reductions
+
+    def end_series(self, summary):
+        self.summary = summary
+        return {}
+
+    def close(self):
+        pass
+
+
+def _run(sim: ScanSimulator, chain: dict, order: list[int], workers: int = 2) -> _Recorder:
+    """Run the chain over ``sim``'s frames in ``order`` through the real run loop; return what the sink got."""
+    async def main() -> _Recorder:
+        queue = EventQueue(8, "block", Frame)
+        executor = ThreadExecutor(parse({"operators": chain}).operators, workers)
+        sink = _Recorder()
+        loop = RunLoop(queue, executor, [sink], snapshot_period=0, config_text="", config_hash="",
+                       on_series_end=lambda summary: None)
+        task = asyncio.create_task(loop.run())
+        await queue.put(sim.series_start())
+        for i in order:
+            await queue.put(Frame(sim.series, i, sim.frame(i)))
+        await queue.put(SeriesEnd(sim.series, counts={"received": len(order)}))
+        await queue.put(STOP)
+        await task
+        executor.close()
+        return sink
+    return asyncio.run(main())
+
+
+_CHAIN = {"virtual": {"detectors": {"bf": {"shape": "disk", "radius": 9.0},
+                                    "adf": {"shape": "annulus", "inner": 16.0, "outer": 36.0},
+                                    "box": {"shape": "rectangle", "rows": [2, 20], "cols": [5, 40]}}},
+          "com": {"radius": 14.0}}
+
+
+@pytest.mark.parametrize(("order", "flyback"), [("raster", 0), ("serpentine", 2)])
+def test_maps_equal_numpy_on_the_4d_array_with_holes_nan_and_counted(order, flyback):
+    sim = ScanSimulator(scan=(7, 9), shape=(48, 56), order=order, flyback=flyback, seed=3)
+    scan = sim.grid
+    missing = {5, 17, 30}
+    arrived = [i for i in range(sim.n_frames) if i not in missing]
+    rng = np.random.default_rng(4)
+    sink = _run(sim, _CHAIN, list(rng.permutation(arrived)))  # out of order: each lands at its own position
+    maps = sink.final.maps
+    centre = sim.center
+    masks = {name: detector_mask(Detector(**spec), sim.shape, centre)
+             for name, spec in _CHAIN["virtual"]["detectors"].items()}
+    disk = detector_mask(Detector("disk", radius=14.0), sim.shape, centre)
+    rows, cols = np.indices(sim.shape)
+    expected = {name: np.full(scan.shape, np.nan) for name in (*masks, "total", "com_dy", "com_dx")}
+    holes = np.ones(scan.shape, bool)
+    for i in arrived:
+        pos = scan.position(i)
+        if pos is None:  # fly-back frames belong nowhere
+            continue
+        holes[pos] = False
+        f = sim.frame(i).astype(np.float64)
+        for name, m in masks.items():
+            expected[name][pos] = f[m].sum()
+        expected["total"][pos] = f.sum()
+        w = f * disk
+        expected["com_dy"][pos] = (w * rows).sum() / w.sum() - centre[0]
+        expected["com_dx"][pos] = (w * cols).sum() / w.sum() - centre[1]
+    for name in (*masks, "total"):
+        np.testing.assert_allclose(maps["virtual"][name], expected[name], rtol=1e-6, equal_nan=True, err_msg=name)
+    for name in ("com_dy", "com_dx"):
+        np.testing.assert_allclose(maps["com"][name], expected[name], rtol=1e-6, atol=1e-9, equal_nan=True)
+    np.testing.assert_array_equal(np.isnan(maps["virtual"]["bf"]), holes)
+    assert sink.summary["map_holes"] == holes.sum() > 0
+    dy, dx = expected["com_dy"], expected["com_dx"]
+    np.testing.assert_allclose(maps["com"]["divergence"], np.gradient(dx, axis=1) + np.gradient(dy, axis=0),
+                               equal_nan=True, atol=1e-9)
+    np.testing.assert_allclose(maps["com"]["curl"], np.gradient(dy, axis=1) - np.gradient(dx, axis=0),
+                               equal_nan=True, atol=1e-9)
+
+
+def test_the_phantom_is_recovered_bright_field_follows_thickness_and_com_the_tilt():
+    sim = ScanSimulator(scan=(16, 20), shape=(64, 72), tilt=2.5, seed=5)
+    sink = _run(sim, _CHAIN, list(range(sim.n_frames)))
+    maps = sink.final.maps
+    bf = maps["virtual"]["bf"]
+    correlation = np.corrcoef(bf.ravel(), np.exp(-sim.thickness()).ravel())[0, 1]
+    assert correlation > 0.99, correlation  # the bright field is the beam attenuated by the thickness
+    ty, tx = sim.tilt_field()
+    error = np.hypot(maps["com"]["com_dy"] - ty, maps["com"]["com_dx"] - tx)
+    assert np.sqrt(np.mean(error ** 2)) < 0.02 * sim.tilt  # COM recovers the tilt to 2 % of its range
+    adf = np.corrcoef(maps["virtual"]["adf"].ravel(), (sim.strength() * sim.thickness()).ravel())[0, 1]
+    assert adf > 0.999, adf  # the dark field follows the scattering: heavy phase and thickness
+    assert sink.summary["map_holes"] == 0
+
+
+def test_maps_need_a_scan_and_say_so(caplog):
+    sim = ScanSimulator(scan=(2, 3), shape=(32, 32))
+    start = sim.series_start()
+
+    async def main():
+        queue = EventQueue(4, "block", Frame)
+        executor = ThreadExecutor(parse({"operators": {"virtual": {}}}).operators, 1)
+        sink = _Recorder()
+        loop = RunLoop(queue, executor, [sink], snapshot_period=0, config_text="", config_hash="",
+                       on_series_end=lambda s: None)
+        task = asyncio.create_task(loop.run())
+        from dataclasses import replace
+        await queue.put(replace(start, scan=None))
+        await queue.put(Frame(1, 0, sim.frame(0)))
+        await queue.put(SeriesEnd(1, counts={"received": 1}))
+        await queue.put(STOP)
+        await task
+        executor.close()
+        return sink
+
+    with caplog.at_level("WARNING"):
+        sink = asyncio.run(main())
+    assert "declare maps but the series has no scan" in caplog.text
+    assert sink.summary["map_holes"] is None
+
+
+def test_scan_positions_raster_serpentine_and_flyback():
+    assert [Scan((2, 3)).position(i) for i in range(7)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), None]
+    serp = Scan((2, 3), order="serpentine", flyback=1)
+    assert [serp.position(i) for i in range(8)] == [(0, 0), (0, 1), (0, 2), None, (1, 2), (1, 1), (1, 0), None]
+    assert serp.n_frames == 8
+    with pytest.raises(ValueError, match="scan order must be 'raster' or 'serpentine'"):
+        Scan((2, 3), order="spiral")
