@@ -22,7 +22,7 @@ import numpy as np
 
 from ..model import Frame, SeriesStart
 from .base import BaseOperator, param
-from .checks import check_image, check_mask, check_shape
+from .checks import all_valid, check_image, check_mask, check_shape
 
 __all__ = ["Com", "ComParams", "Detector", "MaskSet", "Virtual", "VirtualParams", "apply_masks",
            "center_of_mass", "detector_mask"]
@@ -30,34 +30,44 @@ __all__ = ["Com", "ComParams", "Detector", "MaskSet", "Virtual", "VirtualParams"
 
 @numba.njit(nogil=True, cache=True)
 def _apply(image, bounds, seg_row, seg_c0, seg_c1, seg_w, weights, out):  # pragma: no cover - compiled
-    """out[i] = sum of image over mask i's row segments (weighted where seg_w >= 0)."""
+    """out[i] = sum of image over mask i's row segments (weighted where seg_w >= 0).
+
+    Each segment is sliced first and walked from 0, so the loop indices are provably
+    non-negative and LLVM vectorises it (indexing from ``c0`` keeps a wraparound check).
+    """
     for i in range(out.size):
         acc = 0.0
         for s in range(bounds[i], bounds[i + 1]):
-            row = image[seg_row[s]]
-            c0, c1, w0 = seg_c0[s], seg_c1[s], seg_w[s]
+            seg = image[seg_row[s], seg_c0[s]:seg_c1[s]]
+            w0 = seg_w[s]
             if w0 < 0:
                 part = 0
-                for c in range(c0, c1):
-                    part += row[c]
+                for k in range(seg.shape[0]):
+                    part += seg[k]
                 acc += part
             else:
-                for c in range(c0, c1):
-                    acc += row[c] * weights[w0 + c - c0]
+                w = weights[w0:w0 + seg.shape[0]]
+                for k in range(seg.shape[0]):
+                    acc += seg[k] * w[k]
         out[i] = acc
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz"})
 def _com(image, mask):  # pragma: no cover - compiled
+    """(sum, sum of row x value, sum of col x value) over the valid pixels; rows reassociated
+    (fastmath) so each row's sums vectorise, float64 throughout."""
     rows, cols = image.shape
     total = sum_r = sum_c = 0.0
     for r in range(rows):
+        img, valid = image[r], mask[r]
+        row_sum = col_sum = 0.0
         for c in range(cols):
-            if mask[r, c]:
-                v = np.float64(image[r, c])
-                total += v
-                sum_r += v * r
-                sum_c += v * c
+            v = np.float64(img[c]) * valid[c]
+            row_sum += v
+            col_sum += v * c
+        total += row_sum
+        sum_r += row_sum * r
+        sum_c += col_sum
     return total, sum_r, sum_c
 
 
@@ -143,7 +153,7 @@ def center_of_mass(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[f
     """
     image = check_image(image)
     mask = check_mask(mask, image.shape)
-    total, sum_r, sum_c = _com(image, np.ones(image.shape, np.bool_) if mask is None else mask)
+    total, sum_r, sum_c = _com(image, all_valid(image.shape) if mask is None else mask)
     if total == 0:
         return math.nan, math.nan
     return sum_r / total, sum_c / total
