@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replay", help="stream a recorded series (livediff HDF5 or NXmx / EIGER master file) "
                                       "as a live detector stream")
-    r.add_argument("file", help="livediff series file (saved with save_raw) or NXmx / EIGER master file")
+    r.add_argument("file", help="livediff series file (saved with save_raw), NXmx / EIGER master file, or "
+                                "FILE.h5::/dataset holding a (rows, cols, H, W) or (N, H, W) scan stack")
     r.add_argument("--endpoint", required=True, help="where to send, e.g. tcp://127.0.0.1:9999")
     r.add_argument("--bind", action="store_true", help="bind the PUSH socket, as a detector does")
     r.add_argument("--rate", type=float, default=0.0, help="frames/s, 0 = as fast as taken (default)")
@@ -87,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--encoding", default="bslz4", help="pixel payload: bslz4 (default; stored bitshuffle-LZ4 "
                                                        "chunks are sent as they are), lz4 or raw")
     r.add_argument("--series", type=int, help="series number to announce (default: the recorded one, or 1)")
+    r.add_argument("--scan", type=_shape, help="ROWSxCOLS scan of a stack (default: a 4D stack's first two axes)")
+    r.add_argument("--scan-order", choices=["raster", "serpentine"], default="raster")
+    r.add_argument("--flyback", type=int, default=0, help="fly-back frames at the end of each scan line")
     r.set_defaults(run=_replay)
 
     b = sub.add_parser("bench", help="time our kernels against their peers on the same frames")
@@ -163,10 +167,12 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from .model import Scan
     from .replay import replay
 
+    scan = None if args.scan is None else Scan(args.scan, order=args.scan_order, flyback=args.flyback)
     sent, recorded = replay(args.file, args.endpoint, rate=args.rate, protocol=args.protocol,
-                            encoding=args.encoding, bind=args.bind, series=args.series)
+                            encoding=args.encoding, bind=args.bind, series=args.series, scan=scan)
     print(f"{args.file}: {sent} of {recorded} recorded frames sent to {args.endpoint}")
     return 0 if sent == recorded else 1
 

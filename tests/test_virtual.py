@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import asyncio
 
+import h5py
 import numpy as np
 import pytest
+from harness import config, running
 
 from livediff.config import parse
 from livediff.executors import ThreadExecutor
@@ -12,6 +14,8 @@ from livediff.executors.runloop import STOP, RunLoop
 from livediff.model import Frame, Scan, SeriesEnd
 from livediff.operators.virtual import Detector, MaskSet, apply_masks, center_of_mass, detector_mask
 from livediff.queues import EventQueue
+from livediff.replay import replay
+from livediff.sources.sender import stream_series
 from simulators.scan import ScanSimulator
 
 
@@ -200,3 +204,28 @@ def test_scan_positions_raster_serpentine_and_flyback():
     assert serp.n_frames == 8
     with pytest.raises(ValueError, match="scan order must be 'raster' or 'serpentine'"):
         Scan((2, 3), order="spiral")
+
+
+async def _maps_through_the_service(tmp_path, send) -> dict:
+    cfg = config(tmp_path, pipeline={"workers": 2, "snapshot_period": 0}, operators=_CHAIN)
+    async with running(cfg) as (service, sub):
+        await asyncio.to_thread(send, cfg.source.endpoint)
+        end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
+    with h5py.File(end["file"], "r") as f:
+        return {f"{op}/{name}": f[f"entry/livediff/maps/{op}/{name}"][:] for op in ("virtual", "com")
+                for name in f[f"entry/livediff/maps/{op}"]}
+
+
+async def test_a_4d_stack_replays_to_the_maps_of_the_live_scan(tmp_path):
+    sim = ScanSimulator(scan=(5, 6), shape=(40, 44), seed=6)
+    stack = tmp_path / "scan.h5"
+    with h5py.File(stack, "w") as f:  # as 4D-STEM users store them: (rows, cols, H, W), chunked per pattern
+        data = np.stack([sim.frame(i) for i in range(sim.n_frames)]).reshape(*sim.scan, *sim.shape)
+        f.create_dataset("experiment/data", data=data, chunks=(1, 1, *sim.shape), compression="gzip")
+    live = await _maps_through_the_service(tmp_path / "live", lambda ep: stream_series(sim, ep))
+    replayed = await _maps_through_the_service(
+        tmp_path / "replay", lambda ep: replay(f"{stack}::/experiment/data", ep, rate=0, encoding="raw"))
+    assert live.keys() == replayed.keys() and "virtual/bf" in live and "com/curl" in live
+    for name in live:
+        np.testing.assert_array_equal(replayed[name], live[name], err_msg=name)
+    assert not np.isnan(live["virtual/bf"]).any()

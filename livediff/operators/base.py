@@ -29,8 +29,9 @@ first frame, as SWMR requires):
 ``maps``        ``{name: dtype}`` per-frame scalars of ``frame.results[name]`` placed at the
                 frame's scan position -> ``/entry/livediff/maps/<operator>/<name>`` ((rows,
                 cols), NaN where no frame arrived) and the ``image`` topic; only when the
-                series has a scan.  ``derive_maps(maps)`` may add maps computed from the
-                operator's own (a pure function of them, called at each snapshot).
+                series has a scan.  ``derive_maps(maps)`` fills the declared maps that
+                are computed from the others (a pure function of them, called at each
+                snapshot); a declared name no frame result carries is such a map.
 
 ``frame.results[name]`` holds the scalars and arrays under their names and, for
 ``rows``, one 1-D array per column under the key ``"rows"``.

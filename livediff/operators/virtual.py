@@ -281,7 +281,7 @@ class Com(BaseOperator):
         if self.params.radius is not None:
             self._region = detector_mask(Detector("disk", radius=self.params.radius), series.shape, self._center)
         self.columns = dict.fromkeys(("com_y", "com_x", "com_dy", "com_dx", "com_magnitude"), "f8")
-        self.maps = dict.fromkeys(("com_dy", "com_dx", "com_magnitude"), "f8")
+        self.maps = dict.fromkeys(("com_dy", "com_dx", "com_magnitude", "divergence", "curl"), "f8")
 
     def process(self, frame: Frame) -> Frame:
         valid = self.valid(frame)
@@ -295,7 +295,7 @@ class Com(BaseOperator):
 
     def derive_maps(self, maps: dict[str, np.ndarray]) -> dict[str, Any]:
         dy, dx = maps["com_dy"], maps["com_dx"]
-        if min(dy.shape) < 2:
+        if min(dy.shape) < 2:  # no neighbours along an axis: no derivative
             return {}
         ddy_dr, ddy_dc = np.gradient(dy)
         ddx_dr, ddx_dc = np.gradient(dx)
