@@ -8,7 +8,8 @@ work never runs on the loop.
 
 Shutdown (SIGINT/SIGTERM, or the last series of ``max_series`` done) is ordered: stop
 receiving, end the open series as ``"shutdown"``, drain the queue (bounded), finish
-the operators, publish the series end, close the HDF5 file and the sockets.
+the operators, publish the series end, close the publisher (it lingers, bounded, so that
+subscribers still get what was published), the HDF5 file and the other sockets.
 """
 from __future__ import annotations
 
@@ -106,9 +107,9 @@ class Service:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.executor.close()
+            self.publisher.close()  # closed with a linger: what is still queued goes out while the file closes
             self.writer.close()
-            self.publisher.close()
-            context.destroy(linger=0)
+            context.destroy(linger=0)  # the publisher's socket is closed: this waits for its linger only
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
