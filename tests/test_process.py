@@ -108,8 +108,8 @@ def test_sigterm_mid_series_flushes_and_closes_the_file(service_process):
     assert sorted(rows["frame"]) == list(range(end["processed"]))
     with h5py.File(start["file"], "r") as f:
         summary = f["entry/livediff/summary"][0]
-    assert summary["complete"] == 1 and summary["reason"] == b"shutdown"
-    assert summary["processed"] == end["processed"]
+    assert summary["reason"] == b"shutdown" and summary["processed"] == end["processed"]
+    assert summary["complete"] == 0 and summary["incomplete"] == f"reason shutdown, lost {end['lost']}".encode()
 
 
 def test_sigkill_mid_series_leaves_a_valid_file_with_flushed_rows(service_process):

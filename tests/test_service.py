@@ -113,6 +113,24 @@ async def test_lost_duplicate_and_timeout_accounting(tmp_path):
         summary = f["entry/livediff/summary"][0]
         assert sorted(f["entry/livediff/frames"]["frame"]) == [0, 1, 2, 5, 6, 9]
     assert summary["lost"] == 4 and summary["reason"] == b"timeout"
+    assert summary["complete"] == 0 and summary["incomplete"] == b"reason timeout, lost 4"
+
+
+async def test_complete_is_1_only_when_every_announced_frame_was_written(tmp_path):
+    sim, short = _sim(n_frames=6), _sim(n_frames=6, series=2)
+    short.indices = (0, 2, 5)  # what stream_series sends of it
+    cfg = config(tmp_path)
+    async with running(cfg) as (service, sub):
+        await asyncio.to_thread(stream_series, sim, cfg.source.endpoint)
+        whole = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
+        await asyncio.to_thread(stream_series, short, cfg.source.endpoint)
+        cut = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end" and m["series"] == 2)
+    with h5py.File(whole["file"], "r") as f:
+        summary = f["entry/livediff/summary"][0]
+    assert summary["complete"] == 1 and summary["incomplete"] == b"" and summary["processed"] == 6
+    with h5py.File(cut["file"], "r") as f:
+        summary = f["entry/livediff/summary"][0]
+    assert summary["complete"] == 0 and summary["incomplete"] == b"lost 3" and summary["processed"] == 3
 
 
 async def test_embedded_default_runs_one_series_and_stops(tmp_path):

@@ -14,7 +14,9 @@
     /entry/livediff/reductions/<op>/<name>   snapshots and final results (overwritten)
     /entry/livediff/maps/<op>/<name>   scan maps (rows, cols), NaN where no frame arrived (overwritten)
     /entry/livediff/corrected          corrected frames (optional; float32, chunk per frame)
-    /entry/livediff/summary            one row, written at series end (complete = 1)
+    /entry/livediff/summary            one row, written at series end: the counts, the end reason,
+                                       complete (1 only when every announced frame was received,
+                                       processed and written) and, when 0, what is incomplete
 
 SWMR needs every dataset to exist before ``swmr_mode`` is switched on, so everything is
 created here from the chain's :class:`~livediff.outputs.Layout`.  Used by the writer
@@ -36,7 +38,10 @@ from ..outputs import Layout
 
 SUMMARY_FIELDS = ("expected", "received", "processed", "failed", "dropped", "bad", "duplicates", "stray",
                   "lost", "not_saved")
-SUMMARY_DTYPE = np.dtype([*((k, "i8") for k in SUMMARY_FIELDS), ("reason", "S16"), ("complete", "u1")])
+SUMMARY_DTYPE = np.dtype([*((k, "i8") for k in SUMMARY_FIELDS), ("reason", "S16"), ("complete", "u1"),
+                          ("incomplete", "S160")])
+#: counts of frames that did not make it into the file; a complete series has all of them 0
+SHORTFALLS = ("lost", "dropped", "failed", "not_saved")
 
 #: HDF5 filter for frames: bitshuffle + LZ4, byte-compatible with DECTRIS bslz4 blobs
 BSLZ4 = hdf5plugin.Bitshuffle(cname="lz4")
@@ -44,6 +49,22 @@ BSLZ4 = hdf5plugin.Bitshuffle(cname="lz4")
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def shortfalls(summary: dict[str, Any]) -> list[str]:
+    """Why a series is not complete, e.g. ``["reason shutdown", "lost 3"]``; [] when it is.
+
+    A series is complete when it ended normally (``reason`` "end") and every announced
+    frame was received, processed and written: each count of :data:`SHORTFALLS` is 0
+    and ``processed`` reaches ``expected``.  Bad messages, duplicates and stray frames take
+    nothing away from a series: a frame of it that arrived unreadable is also ``lost``.
+    """
+    reason = summary.get("reason", "end")
+    found = [] if reason == "end" else [f"reason {reason}"]
+    found += [f"{k} {summary[k]}" for k in SHORTFALLS if summary.get(k, 0)]
+    if not found and summary.get("processed", 0) < summary.get("expected", 0):
+        found.append(f"processed {summary['processed']} of {summary['expected']}")
+    return found
 
 
 class SeriesFile:
@@ -149,7 +170,9 @@ class SeriesFile:
             for k in SUMMARY_FIELDS:
                 rec[k] = summary.get(k, 0)
             rec["reason"] = summary.get("reason", "end").encode()[:16]
-            rec["complete"] = 1
+            missing = shortfalls(summary)
+            rec["complete"] = not missing
+            rec["incomplete"] = ", ".join(missing).encode()[:SUMMARY_DTYPE["incomplete"].itemsize]
             self.summary[...] = rec
             self.end_time[()] = _now().encode()
         self.file.flush()
