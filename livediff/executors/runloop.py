@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import time
 from collections import deque
@@ -176,7 +177,8 @@ class RunLoop:
                    "dropped": end.counts.get("received", 0) - cur.processed - cur.failed, **cur.facts,
                    "map_holes": None if cur.maps is None else cur.maps.holes}
         for sink in self.sinks:
-            summary.update(sink.end_series(summary) or {})
+            facts = sink.end_series(summary)
+            summary.update((await facts if inspect.isawaitable(facts) else facts) or {})
         log.info("series %d ended (%s): %s", end.series, end.reason,
                  ", ".join(f"{k} {summary[k]}" for k in ("expected", "received", "processed", "dropped",
                                                          "lost", "bad", "failed", "not_saved") if k in summary))

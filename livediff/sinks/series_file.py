@@ -21,11 +21,18 @@
 SWMR needs every dataset to exist before ``swmr_mode`` is switched on, so everything is
 created here from the chain's :class:`~livediff.outputs.Layout`.  Used by the writer
 thread only.
+
+Write errors (a full disk, a file size limit, an I/O error) never escape: the first one
+puts the file in error, and nothing more is written to it.  At the end the file is
+flushed once more (the disk may have room again) and, if that works, closed with its
+summary; if not, it is abandoned (:func:`~.h5errors.close_abandoned`: libhdf5 cannot
+close a file whose writes fail without crashing the process later).
 """
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,7 @@ import numpy as np
 
 from ..model import SeriesStart
 from ..outputs import Layout
+from .h5errors import close_abandoned, describe
 
 SUMMARY_FIELDS = ("expected", "received", "processed", "failed", "dropped", "bad", "duplicates", "stray",
                   "lost", "not_saved")
@@ -42,6 +50,9 @@ SUMMARY_DTYPE = np.dtype([*((k, "i8") for k in SUMMARY_FIELDS), ("reason", "S16"
                           ("incomplete", "S160")])
 #: counts of frames that did not make it into the file; a complete series has all of them 0
 SHORTFALLS = ("lost", "dropped", "failed", "not_saved")
+
+#: files whose close failed: never closed again, as a second close crashes libhdf5
+_UNCLOSABLE: list[SeriesFile] = []
 
 #: HDF5 filter for frames: bitshuffle + LZ4, byte-compatible with DECTRIS bslz4 blobs
 BSLZ4 = hdf5plugin.Bitshuffle(cname="lz4")
@@ -73,7 +84,22 @@ class SeriesFile:
     def __init__(self, path: Path, start: SeriesStart, layout: Layout, config_text: str, *,
                  save_raw: bool, save_corrected: bool) -> None:
         self.path = path
+        self.error: str | None = None  # the first write error, once there was one
+        self.offered = 0               # frames handed to add_frame
+        self.saved = 0                 # frame rows on disk: written and flushed
+        self._unflushed = 0            # frame rows written since the last flush that worked
+        self._broken = False           # nothing more may be written
         self.file = h5py.File(path, "w-", libver="latest")
+        self.summary_written = False
+        try:
+            self._create(start, layout, config_text, save_raw=save_raw, save_corrected=save_corrected)
+        except Exception:
+            self._broken = True
+            self._close()
+            raise
+
+    def _create(self, start: SeriesStart, layout: Layout, config_text: str, *, save_raw: bool,
+                save_corrected: bool) -> None:
         entry = self.file.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
         entry["start_time"] = _now()
@@ -122,14 +148,20 @@ class SeriesFile:
 
     def add_frame(self, row: dict[str, Any], *, arrays: dict[str, dict[str, Any]] | None = None,
                   rows: dict[str, dict[str, np.ndarray]] | None = None, raw: Any = None,
-                  corrected: np.ndarray | None = None) -> None:
+                  corrected: np.ndarray | None = None) -> bool:
         """Buffer one processed frame's frames-table ``row`` (its ``"frame"`` is the frame number),
         per-frame ``arrays`` and ``rows`` ({operator: {name: value}}); write ``raw`` (pixels, or an
-        ``(encoding, blob)`` bslz4 pair stored by a direct chunk write) and ``corrected`` at once."""
+        ``(encoding, blob)`` bslz4 pair stored by a direct chunk write) and ``corrected`` at once.
+        False when nothing was done: the file is in error (:attr:`error`)."""
+        self.offered += 1
+        return self._attempt("frame", self._add_frame, row, arrays or {}, rows or {}, raw, corrected)
+
+    def _add_frame(self, row: dict[str, Any], arrays: dict[str, dict[str, Any]],
+                   rows: dict[str, dict[str, np.ndarray]], raw: Any, corrected: np.ndarray | None) -> None:
         index = row["frame"]
         self.frames.pending.append(row)
-        self.add_rows(index, rows or {})
-        for op, values in (arrays or {}).items():
+        self._add_rows(index, rows)
+        for op, values in arrays.items():
             for name, value in values.items():
                 self.arrays[op, name].pending.append(value)
             self.array_frames[op].pending.append(index)
@@ -138,49 +170,140 @@ class SeriesFile:
         if self.corrected is not None and corrected is not None:
             _write_frame(self.corrected, index, corrected)
 
-    def add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]]) -> None:
+    def add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]]) -> bool:
         """Buffer operators' rows ({operator: {column: array}}) emitted with frame ``index``."""
+        return self._attempt("rows", self._add_rows, index, rows)
+
+    def _add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]]) -> None:
         for op, columns in rows.items():
             if op in self.rows:
                 self.rows[op].add_columns(index, columns)
 
     def write_reductions(self, results: dict[str, dict[str, Any]],
-                         maps: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+                         maps: dict[str, dict[str, np.ndarray]] | None = None) -> bool:
         """Overwrite the reductions (and the scan maps) with these ({operator: {name: array}})."""
-        for target, found in ((self.reductions, results), (self.maps, maps or {})):
+        return self._attempt("reductions", self._write_reductions, results, maps or {})
+
+    def _write_reductions(self, results: dict[str, dict[str, Any]], maps: dict[str, dict[str, np.ndarray]]) -> None:
+        for target, found in ((self.reductions, results), (self.maps, maps)):
             for op, values in found.items():
                 for name, value in values.items():
                     if (op, name) in target:
                         target[op, name][...] = value
 
-    def flush(self) -> int:
-        """Append everything buffered and flush the file; returns the frame rows written."""
-        written = self.frames.write()
-        for table in (*self.rows.values(), *self.arrays.values(), *self.array_frames.values()):
+    def flush(self) -> bool:
+        """Append everything buffered and flush the file; :attr:`saved` counts the frame rows
+        on disk.  False when the file is (now) in error."""
+        return self._attempt("flush", self._flush)
+
+    def _flush(self) -> None:
+        self._unflushed += self.frames.write()
+        for table in self._growing():
             table.write()
+        self._flushed()
+
+    def _flushed(self) -> None:
         self.file.flush()
+        self.saved += self._unflushed
+        self._unflushed = 0
         self.last_flush = time.monotonic()
-        return written
 
-    def close(self, summary: dict[str, Any] | None) -> int:
-        """Flush, write ``summary`` (None: leave the file marked incomplete) and close."""
-        written = self.flush()
+    def close(self, summary: dict[str, Any] | None, *, frames: int | None = None) -> int:
+        """Flush, write ``summary`` (None: leave the file marked incomplete) and close; never raises.
+
+        ``frames`` is how many frames the series had for the file (default: those handed
+        to :meth:`add_frame`); those not in it are the summary's ``not_saved``, returned.
+        A file in error is flushed once more: if the disk has room again, the tables are
+        cut back to the rows written before the error and the summary is written;
+        otherwise the file is abandoned (:func:`~.h5errors.close_abandoned`).
+        """
+        if self._broken:
+            self._recover()
+        else:
+            self.flush()
+        not_saved = (self.offered if frames is None else frames) - self.saved
         if summary is not None:
-            rec = np.zeros(1, dtype=SUMMARY_DTYPE)
-            for k in SUMMARY_FIELDS:
-                rec[k] = summary.get(k, 0)
-            rec["reason"] = summary.get("reason", "end").encode()[:16]
-            missing = shortfalls(summary)
-            rec["complete"] = not missing
-            rec["incomplete"] = ", ".join(missing).encode()[:SUMMARY_DTYPE["incomplete"].itemsize]
-            self.summary[...] = rec
-            self.end_time[()] = _now().encode()
+            summary = {**summary, "not_saved": not_saved}
+            self.summary_written = self._attempt("summary", self._write_summary, summary)
+        self._close()
+        return not_saved
+
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        rec = np.zeros(1, dtype=SUMMARY_DTYPE)
+        for k in SUMMARY_FIELDS:
+            rec[k] = summary.get(k, 0)
+        rec["reason"] = summary.get("reason", "end").encode()[:16]
+        missing = shortfalls(summary)
+        if self.error is not None and summary["not_saved"]:
+            missing = [f"{m} ({self.error})" if m.startswith("not_saved") else m for m in missing]
+        rec["complete"] = not missing
+        rec["incomplete"] = ", ".join(missing).encode()[:SUMMARY_DTYPE["incomplete"].itemsize]
+        self.summary[...] = rec
+        self.end_time[()] = _now().encode()
         self.file.flush()
-        self.file.close()
-        return written
+
+    def _attempt(self, what: str, action: Callable[..., None], *args: Any) -> bool:
+        """Run ``action`` unless the file is in error; its first failure puts the file in error."""
+        if self._broken:
+            return False
+        try:
+            action(*args)
+        except Exception as exc:
+            self._broken = True
+            self.error = self.error or f"{what}: {describe(exc)}"
+            return False
+        return True
+
+    def _recover(self) -> None:
+        """One more flush of a file in error; if it works, cut every table back to the rows
+        written before the error (a failed append may have grown it) and go on writing."""
+        try:
+            self._flushed()
+        except Exception:
+            return
+        self._broken = False
+        self._attempt("flush", self._trim)
+
+    def _trim(self) -> None:
+        for table in (self.frames, *self._growing()):
+            table.trim()
+        self.file.flush()
+
+    def _growing(self) -> tuple[_Table | _Stack, ...]:
+        return (*self.rows.values(), *self.arrays.values(), *self.array_frames.values())
+
+    def _close(self) -> None:
+        """Close the file, abandoning it if it is in error; never raises."""
+        try:
+            if self._broken:
+                close_abandoned(self.file)
+            else:
+                self.file.close()
+        except Exception as exc:  # its objects are half freed: closing them again would crash
+            _UNCLOSABLE.append(self)
+            self.error = self.error or f"close: {describe(exc)}"
 
 
-class _Table:
+class _Growing:
+    """A dataset growing along its first axis; ``length`` rows of it were written."""
+
+    dataset: h5py.Dataset
+    length = 0
+
+    def _append(self, block: np.ndarray) -> None:
+        if len(block):
+            n = self.length
+            self.dataset.resize((n + len(block), *self.dataset.shape[1:]))
+            self.dataset[n:] = block
+            self.length = n + len(block)
+
+    def trim(self) -> None:
+        """Cut the dataset back to the rows written (an append that failed may have grown it)."""
+        if self.dataset.shape[0] != self.length:
+            self.dataset.resize((self.length, *self.dataset.shape[1:]))
+
+
+class _Table(_Growing):
     """A growable 1-D compound dataset, appended in chunks."""
 
     def __init__(self, group: h5py.Group, name: str, columns: dict[str, str]) -> None:
@@ -200,20 +323,18 @@ class _Table:
         self._columns.append(block)
 
     def write(self) -> int:
+        """Append what is buffered; returns the rows appended."""
         blocks = self._columns
         if self.pending:
             blocks = [*blocks, np.array([tuple(r.get(n, _missing(self.dtype[n])) for n in self.dtype.names)
                                          for r in self.pending], dtype=self.dtype)]
         self.pending, self._columns = [], []
         rows = np.concatenate(blocks) if blocks else np.zeros(0, self.dtype)
-        if len(rows):
-            n = self.dataset.shape[0]
-            self.dataset.resize((n + len(rows),))
-            self.dataset[n:] = rows
+        self._append(rows)
         return len(rows)
 
 
-class _Stack:
+class _Stack(_Growing):
     """A growable dataset of fixed-shape per-frame arrays."""
 
     def __init__(self, group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> None:
@@ -222,13 +343,10 @@ class _Stack:
                                             chunks=(rows_per_chunk, *shape) if shape else (4096,))
         self.pending: list[Any] = []
 
-    def write(self) -> int:
-        if self.pending:
-            n = self.dataset.shape[0]
-            self.dataset.resize((n + len(self.pending), *self.dataset.shape[1:]))
-            self.dataset[n:] = np.asarray(self.pending, dtype=self.dataset.dtype)
-            self.pending = []
-        return 0
+    def write(self) -> None:
+        """Append what is buffered."""
+        pending, self.pending = self.pending, []
+        self._append(np.asarray(pending, dtype=self.dataset.dtype))
 
 
 def _frame_stack(group: h5py.Group, name: str, shape: tuple[int, int], dtype: str) -> h5py.Dataset:
