@@ -266,6 +266,8 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Geometry:
+        """The inverse of :meth:`to_dict`, for values already checked: the model does not validate
+        what arrives from a network (the sources do, e.g. :mod:`livediff.sources.native`)."""
         d = d or {}
         bc, ps = d.get("beam_center"), d.get("pixel_size")
         return cls(

@@ -15,6 +15,18 @@ Each message is a ZeroMQ multipart message.  Part 1 is a msgpack map with ``"v"`
 :mod:`livediff.sources.codecs`).  A compressed payload reaches the pipeline as
 ``Frame.raw`` too, so a writer can store it without recompressing.
 
+The schema the decoder enforces (anything else is a :class:`DecodeError`, one bad
+message): ``series`` an integer in 0..2**63 - 1; ``shape`` two integers in 1..2**20 - 1
+within the receiver's :class:`~livediff.sources.fields.Limits` with the ``dtype``, one of
+:data:`livediff.model.FRAME_DTYPES`; ``n_frames`` nil or an integer in 0..2**31;
+``geometry`` nil or a map whose ``beam_center`` is nil or 2 finite numbers,
+``pixel_size`` nil or 2 positive finite numbers, ``distance`` and ``wavelength`` nil or
+positive finite numbers (other keys ignored); ``scan`` nil or two positive integers
+whose product is within the pixel limit; ``count_time`` nil or a finite number >= 0;
+``saturation`` nil or a finite number; ``meta`` nil or a map with string keys at every
+level; ``mask`` nil, true or false; ``frame`` an integer in 0..2**31 - 1; ``timestamp``
+absent, nil or a finite number; ``encoding`` absent (raw) or one of :data:`ENCODINGS`.
+
 ``end``: nothing more.
 """
 from __future__ import annotations
@@ -28,11 +40,13 @@ import numpy as np
 from ..errors import DecodeError
 from ..model import FRAME_DTYPES, Frame, Geometry, Scan, SeriesEnd, SeriesStart
 from . import codecs
+from .fields import Limits, check_fits, frame_count, frame_index, integer, is_int, number, pair, positive, show, sides
 
 VERSION = 1
 ENCODINGS = codecs.ENCODINGS
 
 Event = SeriesStart | Frame | SeriesEnd
+_WHERE = "native"
 
 
 def encode_start(start: SeriesStart) -> list[bytes]:
@@ -82,19 +96,22 @@ def encode_end(series: int) -> list[bytes]:
     return [msgpack.packb({"v": VERSION, "type": "end", "series": series}, use_bin_type=True)]
 
 
-def decode(parts: list[bytes], *, series: SeriesStart | None = None) -> Event:
-    """Decode one native multipart message.
+def decode(parts: list[bytes], *, series: SeriesStart | None = None, limits: Limits = Limits()) -> Event:
+    """Decode one native multipart message, every header field checked against the schema above.
 
     Parameters
     ----------
     parts : the message parts as received.
     series : the open series, if any; an image's shape and dtype must agree with it.
+    limits : the largest frame accepted (``source.max_frame_pixels``, ``source.max_frame_mb``),
+        checked from the header before anything is decoded; a scan map counts as a frame.
 
     Raises
     ------
     DecodeError
         With a one-line reason: not msgpack, wrong part count, unknown type, dtype or
-        encoding, bad shape, wrong buffer length, shape disagreeing with the header.
+        encoding, a field of the wrong type or out of range, a frame beyond ``limits``,
+        wrong buffer length, shape disagreeing with the header.
     """
     try:
         header = msgpack.unpackb(parts[0], raw=False, strict_map_key=False)
@@ -103,57 +120,52 @@ def decode(parts: list[bytes], *, series: SeriesStart | None = None) -> Event:
     if not isinstance(header, dict):
         raise DecodeError(f"native: header must be a map, got {type(header).__name__}")
     if header.get("v") != VERSION:
-        raise DecodeError(f"native: protocol version {header.get('v')!r}, expected {VERSION}")
+        raise DecodeError(f"native: protocol version {show(header.get('v'))}, expected {VERSION}")
     kind = header.get("type")
-    series_no = _int(header, "series")
+    series_no = integer(header, "series", _WHERE)
     if kind == "start":
-        return _decode_start(header, parts, series_no)
+        return _decode_start(header, parts, series_no, limits)
     if kind == "image":
-        return _decode_image(header, parts, series_no, series)
+        return _decode_image(header, parts, series_no, series, limits)
     if kind == "end":
         _expect_parts(parts, 1, "end")
         return SeriesEnd(series_no)
-    raise DecodeError(f"native: unknown message type {kind!r} (expected 'start', 'image' or 'end')")
+    raise DecodeError(f"native: unknown message type {show(kind)} (expected 'start', 'image' or 'end')")
 
 
-def _decode_start(header: dict[str, Any], parts: list[bytes], series_no: int) -> SeriesStart:
-    shape, dtype = _shape(header), _dtype(header)
-    _expect_parts(parts, 2 if header.get("mask") else 1, "start")
-    mask = None
-    if header.get("mask"):
-        mask = _buffer(parts[1], shape, np.dtype(np.uint8), "mask").astype(bool)
-    scan = header.get("scan")
-    try:
-        return SeriesStart(
-            series=series_no, shape=shape, dtype=dtype.name,
-            n_frames=None if header.get("n_frames") is None else int(header["n_frames"]),
-            mask=mask, geometry=Geometry.from_dict(header.get("geometry")),
-            scan=Scan(tuple(int(n) for n in scan)) if scan else None,
-            count_time=header.get("count_time"), saturation=header.get("saturation"),
-            meta=dict(header.get("meta") or {}),
-        )
-    except (TypeError, ValueError) as exc:
-        raise DecodeError(f"native: bad start header: {exc}") from None
+def _decode_start(header: dict[str, Any], parts: list[bytes], series_no: int, limits: Limits) -> SeriesStart:
+    where = f"native: start of series {series_no}"
+    shape, dtype = _shape(header, where), _dtype(header, where)
+    limits.check(shape, dtype, f"{where} refused")
+    has_mask = header.get("mask")
+    if has_mask is not None and not isinstance(has_mask, bool):
+        raise DecodeError(f"{where}: 'mask' must be true or false, got {show(has_mask)}")
+    _expect_parts(parts, 2 if has_mask else 1, "start")
+    return SeriesStart(
+        series=series_no, shape=shape, dtype=dtype.name, n_frames=frame_count(header, "n_frames", where),
+        mask=_buffer(parts[1], shape, np.dtype(np.uint8), "mask").astype(bool) if has_mask else None,
+        geometry=_geometry(header.get("geometry"), where), scan=_scan(header.get("scan"), where, limits),
+        count_time=number(header, "count_time", where, minimum=0), saturation=_saturation(header, where),
+        meta=_meta(header.get("meta"), where),
+    )
 
 
 def _decode_image(header: dict[str, Any], parts: list[bytes], series_no: int,
-                  series: SeriesStart | None) -> Frame:
+                  series: SeriesStart | None, limits: Limits) -> Frame:
     _expect_parts(parts, 2, "image")
-    index = _int(header, "frame")
-    shape, dtype = _shape(header), _dtype(header)
+    index = frame_index(header, "frame", _WHERE)
+    where = f"native: frame {index}"
+    shape, dtype = _shape(header, where), _dtype(header, where)
+    limits.check(shape, dtype, where)
     encoding = header.get("encoding", "raw")
     if encoding not in ENCODINGS:
-        raise DecodeError(f"native: frame {index}: unknown encoding {encoding!r} (expected one of {ENCODINGS})")
-    if series is not None and (shape != series.shape or dtype.name != series.dtype):
-        raise DecodeError(
-            f"native: frame {index}: {dtype.name} {shape} disagrees with the series header "
-            f"({series.dtype} {series.shape})"
-        )
+        raise DecodeError(f"{where}: unknown encoding {show(encoding)} (expected one of {ENCODINGS})")
+    timestamp = number(header, "timestamp", where)
+    check_fits(series, shape, dtype, where)
     data = _buffer(parts[1], shape, dtype, f"frame {index}", encoding)
     raw = None if encoding == "raw" else parts[1]
-    timestamp = header.get("timestamp", 0.0)
     return Frame(series=series_no, index=index, data=data, raw=raw, encoding=encoding,
-                 timestamp=float(timestamp) if isinstance(timestamp, (int, float)) else 0.0)
+                 timestamp=0.0 if timestamp is None else timestamp)
 
 
 def _expect_parts(parts: list[bytes], n: int, kind: str) -> None:
@@ -161,26 +173,77 @@ def _expect_parts(parts: list[bytes], n: int, kind: str) -> None:
         raise DecodeError(f"native: {kind} message needs {n} part(s), got {len(parts)}")
 
 
-def _int(header: dict[str, Any], key: str) -> int:
-    value = header.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise DecodeError(f"native: {key!r} must be an integer >= 0, got {value!r}")
+def _shape(header: dict[str, Any], where: str) -> tuple[int, int]:
+    value = header.get("shape")
+    shape = sides(value)
+    if shape is None:
+        raise DecodeError(f"{where}: 'shape' must be [rows, cols] of positive integers, got {show(value)}")
+    return shape
+
+
+def _dtype(header: dict[str, Any], where: str) -> np.dtype:
+    name = header.get("dtype")
+    if not isinstance(name, str) or name not in FRAME_DTYPES:
+        raise DecodeError(f"{where}: unknown dtype {show(name)} (expected one of {', '.join(FRAME_DTYPES)})")
+    return np.dtype(name).newbyteorder("<")
+
+
+def _geometry(value: Any, where: str) -> Geometry:
+    """``geometry``: nil, or a map of ``beam_center`` [row, col] px, ``pixel_size`` [y, x] m (> 0),
+    ``distance`` m (> 0), ``wavelength`` Å (> 0), each nil or absent when unknown; other keys ignored."""
+    if value is None:
+        return Geometry()
+    if not isinstance(value, dict):
+        raise DecodeError(f"{where}: 'geometry' must be a map, got {show(value)}")
+    where = f"{where}: geometry"
+    return Geometry(beam_center=pair(value, "beam_center", where),
+                    pixel_size=pair(value, "pixel_size", where, positive=True),
+                    distance=positive(value, "distance", where), wavelength=positive(value, "wavelength", where))
+
+
+def _scan(value: Any, where: str, limits: Limits) -> Scan | None:
+    """``scan``: nil, or [rows, cols] of positive integers; its maps are images, so within ``limits``."""
+    if value is None:
+        return None
+    shape = sides(value)
+    if shape is None:
+        raise DecodeError(f"{where}: 'scan' must be [rows, cols] of positive integers, got {show(value)}")
+    if shape[0] * shape[1] > limits.max_pixels:
+        raise DecodeError(f"{where} refused: 'scan' of {shape[0] * shape[1]} positions, more than "
+                          f"source.max_frame_pixels = {limits.max_pixels} (a scan map is an image)")
+    return Scan(shape)
+
+
+def _saturation(header: dict[str, Any], where: str) -> int | float | None:
+    """``saturation``: nil or a finite number (an integer stays an integer)."""
+    value = number(header, "saturation", where)
+    return header["saturation"] if is_int(header.get("saturation")) else value
+
+
+_META_DEPTH = 8
+
+
+def _meta(value: Any, where: str) -> dict[str, Any]:
+    """``meta``: nil or a map with string keys (at every level) of msgpack/JSON-able values."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DecodeError(f"{where}: 'meta' must be a map, got {show(value)}")
+    _check_plain(value, f"{where}: 'meta'", _META_DEPTH)
     return value
 
 
-def _shape(header: dict[str, Any]) -> tuple[int, int]:
-    shape = header.get("shape")
-    if (not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 1 << 20 for n in shape)):
-        raise DecodeError(f"native: 'shape' must be [rows, cols] of positive integers, got {shape!r}")
-    return (shape[0], shape[1])
-
-
-def _dtype(header: dict[str, Any]) -> np.dtype:
-    name = header.get("dtype")
-    if name not in FRAME_DTYPES:
-        raise DecodeError(f"native: unknown dtype {name!r} (expected one of {', '.join(FRAME_DTYPES)})")
-    return np.dtype(name).newbyteorder("<")
+def _check_plain(value: Any, where: str, depth: int) -> None:
+    if depth == 0:
+        raise DecodeError(f"{where}: nested more than {_META_DEPTH} levels deep")
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise DecodeError(f"{where} keys must be strings, got {show(list(value))}")
+        for v in value.values():
+            _check_plain(v, where, depth - 1)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_plain(v, where, depth - 1)
 
 
 def _buffer(buf: bytes, shape: tuple[int, int], dtype: np.dtype, what: str, encoding: str = "raw") -> np.ndarray:

@@ -1,0 +1,50 @@
+"""Issue 18's smaller edges, sources side: anything a decoder raises is one counted bad
+message and the service runs on."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+
+import pytest
+
+from harness import config, running
+from livediff.sources import receiver
+from livediff.sources.sender import stream_series
+from simulators import DiffractionSimulator
+from test_bad_headers import _send, received
+
+
+def _sim(**kw) -> DiffractionSimulator:
+    return DiffractionSimulator(**{"shape": (24, 30), "n_frames": 3, "n_spots": 2, "seed": 4, **kw})
+
+
+# ---------------------------------------------------------------------- nothing escapes a decoder
+@pytest.mark.parametrize("error", [MemoryError(), struct.error("'I' format requires 0 <= number <= 4294967295"),
+                                   RuntimeError("error decompressing stream"), KeyError("x"), RecursionError()])
+async def test_anything_a_decoder_raises_is_one_bad_message_logged_once(tmp_path, monkeypatch, caplog, error):
+    native = receiver.DECODERS["native"]
+
+    def failing(settings):
+        decode = native(settings)
+
+        def call(parts, *, series=None):
+            if bytes(parts[0]) == b"boom":
+                raise error
+            return decode(parts, series=series)
+        return call
+
+    monkeypatch.setitem(receiver.DECODERS, "native", failing)
+    caplog.set_level(logging.WARNING)
+    sim = _sim()
+    cfg = config(tmp_path)
+    async with running(cfg) as (service, sub):
+        await asyncio.to_thread(_send, cfg.source.endpoint, [[b"boom"]] * 5)
+        await received(service, 5)
+        await asyncio.to_thread(stream_series, sim, cfg.source.endpoint)
+        end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
+        assert service.receiver.bad == 5 and service.receiver.messages == 5 + sim.n_frames + 2
+    assert end["received"] == end["processed"] == sim.n_frames and end["bad"] == 0
+    lines = [r for r in caplog.records if type(error).__name__ in r.getMessage()]
+    assert len(lines) == 1 and lines[0].getMessage().startswith(
+        f"bad message #1 skipped: the decoder raised {type(error).__name__}")
