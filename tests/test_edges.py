@@ -1,5 +1,5 @@
-"""Issue 18's smaller edges, sources side: anything a decoder raises is one counted bad
-message and the service runs on."""
+"""Issue 18's smaller edges, sources side: a malformed endpoint in the config is a config
+error (exit 2); anything a decoder raises is one counted bad message and the service runs on."""
 from __future__ import annotations
 
 import asyncio
@@ -9,6 +9,9 @@ import struct
 import pytest
 
 from harness import config, running
+from livediff.cli import main
+from livediff.config import parse
+from livediff.errors import ConfigError
 from livediff.sources import receiver
 from livediff.sources.sender import stream_series
 from simulators import DiffractionSimulator
@@ -17,6 +20,30 @@ from test_bad_headers import _send, received
 
 def _sim(**kw) -> DiffractionSimulator:
     return DiffractionSimulator(**{"shape": (24, 30), "n_frames": 3, "n_spots": 2, "seed": 4, **kw})
+
+
+# ---------------------------------------------------------------------- malformed endpoints
+@pytest.mark.parametrize("section,endpoint", [("source", "tcp//127.0.0.1:9999"), ("source", "tcp://detector"),
+                                              ("source", "tcp://detector:70000"), ("publisher", "127.0.0.1:5557"),
+                                              ("publisher", "ipc://"), ("source", "udp://x:1")])
+def test_malformed_endpoint_is_a_config_error(section, endpoint):
+    with pytest.raises(ConfigError) as info:
+        parse({section: {"endpoint": endpoint}}, origin="x.toml")
+    assert str(info.value) == (f"x.toml: {section}: endpoint {endpoint!r} is not a ZeroMQ endpoint: expected "
+                               "tcp://HOST:PORT (PORT a number or *), ipc://PATH or inproc://NAME")
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://*:9999", "tcp://[::1]:31001", "tcp://eiger-dcu.local:9999",
+                                      "tcp://127.0.0.1:*", "ipc:///tmp/livediff.sock", "inproc://frames"])
+def test_wellformed_endpoints_are_accepted(endpoint):
+    assert parse({"source": {"endpoint": endpoint}, "publisher": {"endpoint": endpoint}}).source.endpoint == endpoint
+
+
+def test_serve_with_a_malformed_endpoint_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[source]\nendpoint = 'tcp://detector'\n")
+    assert main(["serve", "--config", str(bad)]) == 2
+    assert capsys.readouterr().err.startswith(f"{bad}: source: endpoint 'tcp://detector' is not a ZeroMQ endpoint")
 
 
 # ---------------------------------------------------------------------- nothing escapes a decoder

@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from .. import schema
+from ..endpoints import check_endpoint
 from ..outputs import FrameOutput, Reductions, SeriesContext
 from ..params import param
 
@@ -32,6 +33,9 @@ class PublisherSettings:
     sndhwm: int = param(1000, ge=1)
     status_period: float = param(1.0, gt=0, doc="seconds between status heartbeats")
     linger_s: float = param(5.0, ge=0, doc="at shutdown, seconds to let subscribers take what was published")
+
+    def __post_init__(self) -> None:
+        check_endpoint(self.endpoint)
 
 
 class Publisher:

@@ -27,6 +27,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from ..endpoints import check_endpoint
 from ..errors import DecodeError
 from ..model import SeriesEnd
 from ..params import param
@@ -57,6 +58,10 @@ class SourceSettings:
                                   "2**26, 64 Mpixel): a series start or image beyond it is refused, from its header")
     max_frame_mb: int = param(MAX_FRAME_MB, ge=1, doc="largest decoded frame accepted, MiB of rows x cols x "
                               "bytes per pixel, checked from the header before anything is decompressed")
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None:
+            check_endpoint(self.endpoint)
 
     @property
     def limits(self) -> Limits:
