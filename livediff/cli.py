@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--encoding", default="raw", choices=["raw", "bslz4", "lz4"],
                    help="pixel payload encoding (default %(default)s)")
     m.add_argument("--truth", help="write the ground truth (JSON) here")
+    m.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for a receiver before giving up (default %(default)s)")
     m.set_defaults(run=_simulate)
 
     r = sub.add_parser("replay", help="stream a recorded series (livediff HDF5 or NXmx / EIGER master file) "
@@ -91,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--scan", type=_shape, help="ROWSxCOLS scan of a stack (default: a 4D stack's first two axes)")
     r.add_argument("--scan-order", choices=["raster", "serpentine"], default="raster")
     r.add_argument("--flyback", type=int, default=0, help="fly-back frames at the end of each scan line")
+    r.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for a receiver before giving up (default %(default)s)")
     r.set_defaults(run=_replay)
 
     b = sub.add_parser("bench", help="time our kernels against their peers on the same frames")
@@ -161,7 +165,7 @@ def _simulate(args: argparse.Namespace) -> int:
         sim.write_truth(args.truth)
         log.info("ground truth written to %s", args.truth)
     sent = stream_series(sim, args.endpoint, rate=args.rate, bind=args.bind, protocol=args.protocol,
-                         encoding=args.encoding)
+                         encoding=args.encoding, peer_timeout=args.timeout)
     print(f"series {args.series}: {sent} of {args.frames} frames sent to {args.endpoint}")
     return 0 if sent == args.frames else 1
 
@@ -172,7 +176,8 @@ def _replay(args: argparse.Namespace) -> int:
 
     scan = None if args.scan is None else Scan(args.scan, order=args.scan_order, flyback=args.flyback)
     sent, recorded = replay(args.file, args.endpoint, rate=args.rate, protocol=args.protocol,
-                            encoding=args.encoding, bind=args.bind, series=args.series, scan=scan)
+                            encoding=args.encoding, bind=args.bind, series=args.series, scan=scan,
+                            peer_timeout=args.timeout)
     print(f"{args.file}: {sent} of {recorded} recorded frames sent to {args.endpoint}")
     return 0 if sent == recorded else 1
 

@@ -23,14 +23,14 @@ import zmq
 from .model import Scan
 from .readers.series import open_series
 from .readers.stack import StackSeries, is_stack
-from .sources.sender import stream_series
+from .sources.sender import PEER_TIMEOUT, stream_series
 
 
 def replay(path: str | Path, endpoint: str, *, rate: float = 0.0, protocol: str = "native",
            encoding: str = "bslz4", bind: bool = False, series: int | None = None,
            stop: threading.Event | None = None, context: zmq.Context | None = None,
            on_bound: Callable[[str], None] | None = None, sndhwm: int = 16,
-           scan: Scan | None = None) -> tuple[int, int]:
+           scan: Scan | None = None, peer_timeout: float = PEER_TIMEOUT) -> tuple[int, int]:
     """Stream the series recorded in ``path`` to ``endpoint``.
 
     Parameters
@@ -49,6 +49,7 @@ def replay(path: str | Path, endpoint: str, *, rate: float = 0.0, protocol: str 
     on_bound : called with the actual endpoint once bound (for ``tcp://...:*``).
     sndhwm : send high-water mark, in messages.
     scan : the scan of a stack (required for an (N, H, W) one to make maps).
+    peer_timeout : seconds to wait for a receiver to be connected.
 
     Returns
     -------
@@ -62,9 +63,12 @@ def replay(path: str | Path, endpoint: str, *, rate: float = 0.0, protocol: str 
         No frames in the file, unusable metadata, or an unknown protocol or encoding.
     zmq.ZMQError
         The endpoint cannot be bound or connected.
+    TimeoutError
+        No receiver connected within ``peer_timeout`` seconds.
     """
     source = StackSeries(path, scan=scan, series=series or 1) if is_stack(path) else open_series(path, series=series)
     with source:
         sent = stream_series(source, endpoint, rate=rate, bind=bind, protocol=protocol, encoding=encoding,
-                             stop=stop, context=context, on_bound=on_bound, sndhwm=sndhwm)
+                             stop=stop, context=context, on_bound=on_bound, sndhwm=sndhwm,
+                             peer_timeout=peer_timeout)
         return sent, len(source.indices)

@@ -1,14 +1,16 @@
-"""Issue 18's smaller edges, sources side: a malformed endpoint in the config is a config
-error (exit 2); anything a decoder raises is one counted bad message and the service runs on."""
+"""Issue 18's smaller edges, sources side: a sender with nobody to receive says so and
+exits non-zero; a malformed endpoint in the config is a config error (exit 2); anything a
+decoder raises is one counted bad message and the service runs on."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import struct
+import time
 
 import pytest
 
-from harness import config, running
+from harness import config, free_endpoint, running
 from livediff.cli import main
 from livediff.config import parse
 from livediff.errors import ConfigError
@@ -20,6 +22,33 @@ from test_bad_headers import _send, received
 
 def _sim(**kw) -> DiffractionSimulator:
     return DiffractionSimulator(**{"shape": (24, 30), "n_frames": 3, "n_spots": 2, "seed": 4, **kw})
+
+
+# ---------------------------------------------------------------------- nobody listening
+@pytest.mark.parametrize("bind", [False, True])
+def test_stream_to_an_endpoint_nobody_listens_on_raises_after_the_timeout(bind):
+    endpoint = free_endpoint()
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=f"nobody receives at {endpoint}: no receiver .* within 0.5 s"):
+        stream_series(_sim(), endpoint, bind=bind, peer_timeout=0.5)
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("command", ["simulate", "replay"])
+def test_cli_to_an_endpoint_nobody_listens_on_says_so_in_one_line_and_fails(command, tmp_path, capsys):
+    endpoint = free_endpoint()
+    if command == "simulate":
+        args = ["simulate", "--endpoint", endpoint, "--frames", "3", "--shape", "16x20", "--timeout", "0.5"]
+    else:
+        from test_replay import _nxmx  # a recorded series to replay
+
+        import numpy as np
+        frames = np.zeros((2, 8, 12), np.uint16)
+        args = ["replay", str(_nxmx(tmp_path, frames, np.zeros((8, 12), np.uint32), per_file=[2])),
+                "--endpoint", endpoint, "--timeout", "0.5"]
+    assert main(["--log-level", "error", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"livediff {command}: nobody receives at {endpoint}") and err.count("\n") == 1
 
 
 # ---------------------------------------------------------------------- malformed endpoints
