@@ -114,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     e2e.add_argument("--overflow", choices=["block", "drop"], help="override pipeline.overflow")
     e2e.add_argument("--max-rate", action="store_true",
                      help="find the highest rate with no frame dropped (overflow = drop)")
+    fuzz = b.add_argument_group("service-level fuzzing (--fuzz N)")
+    fuzz.add_argument("--fuzz", type=int, metavar="N",
+                      help="send N random and mutated messages per protocol into a running service, checking "
+                           "after every batch that it runs and counts every message; exit 1 on a problem")
+    fuzz.add_argument("--fuzz-seed", type=int, default=0, help="seed of the messages (default %(default)s)")
     b.set_defaults(run=_bench)
 
     i = sub.add_parser("inspect", help="subscribe to a service's PUB socket and print messages")
@@ -190,6 +195,10 @@ def _bench(args: argparse.Namespace) -> int:
     if any(k in os.environ for k in _BENCH_UNSET_ENV):  # OpenBLAS reads them when loaded: start afresh
         env = {k: v for k, v in os.environ.items() if k not in _BENCH_UNSET_ENV}
         os.execve(sys.executable, [sys.executable, "-m", "livediff", *sys.argv[1:]], env)
+    if args.fuzz is not None:
+        from .bench import fuzz_run
+
+        return 1 if fuzz_run.run(args.fuzz, seed=args.fuzz_seed) else 0
     if args.e2e:
         return _bench_e2e(args)
     from . import bench
