@@ -72,9 +72,9 @@ class FuzzRun:
         return self
 
     def _warm_up(self) -> None:
-        """Compile the chain for every pixel type, with and without a mask, on small frames: the
-        executor warms up once per (pixel type, mask) on frames of the first such series' shape,
-        which for a fuzzed or real EIGER header takes a minute (see the report of issue 18)."""
+        """Compile the chain for every pixel type, with and without a mask, before the fuzzing: the
+        executor warms up once per (pixel type, mask), so the batches' timing does not depend on
+        which fuzzed header first brings a new pixel type."""
         from ..model import FRAME_DTYPES, SeriesStart
 
         for dtype in FRAME_DTYPES:
