@@ -71,11 +71,12 @@ def synthetic_frames(series: SeriesStart, n: int, *, seed: int = 0) -> list[np.n
     rng = np.random.default_rng(seed)
     rows, cols = series.shape
     centres = rng.integers((2, 2), (max(rows - 6, 3), max(cols - 6, 3)), (8, 2))
+    peak = min(400, np.iinfo(series.dtype).max // 2) if np.dtype(series.dtype).kind in "ui" else 400
     frames = []
     for i in range(n):
         frame = rng.integers(0, 10, series.shape).astype(series.dtype)
         for cy, cx in centres:
             y, x = (cy + i) % max(rows - 3, 1), (cx + i) % max(cols - 3, 1)
-            frame[y:y + 3, x:x + 3] += np.array(400, dtype=series.dtype)
+            frame[y:y + 3, x:x + 3] += np.array(peak, dtype=series.dtype)
         frames.append(frame)
     return frames
