@@ -11,7 +11,8 @@ from harness import config, running
 from livediff.config import parse
 from livediff.executors import ThreadExecutor
 from livediff.executors.runloop import STOP, RunLoop
-from livediff.model import Frame, Scan, SeriesEnd
+from livediff.errors import DecodeError
+from livediff.model import Frame, Scan, SeriesEnd, SeriesStart
 from livediff.operators.virtual import Detector, MaskSet, apply_masks, center_of_mass, detector_mask
 from livediff.queues import EventQueue
 from livediff.replay import replay
@@ -229,3 +230,34 @@ async def test_a_4d_stack_replays_to_the_maps_of_the_live_scan(tmp_path):
     for name in live:
         np.testing.assert_array_equal(replayed[name], live[name], err_msg=name)
     assert not np.isnan(live["virtual/bf"]).any()
+
+
+@pytest.mark.parametrize("protocol", ["native", "dectris-stream2"])
+async def test_the_scan_reaches_the_service_from_the_native_start_or_the_config(tmp_path, protocol):
+    """Native: the start message carries order and fly-back; DECTRIS sends none: [source] scan gives it."""
+    sim = ScanSimulator(scan=(4, 5), shape=(40, 44), order="serpentine", flyback=1, seed=7)
+    source = {} if protocol == "native" else {"scan": list(sim.scan), "scan_order": "serpentine", "scan_flyback": 1}
+    cfg = config(tmp_path, source={"protocol": protocol, **source}, pipeline={"snapshot_period": 0},
+                 operators=_CHAIN)
+    async with running(cfg) as (service, sub):
+        await asyncio.to_thread(stream_series, sim, cfg.source.endpoint, protocol=protocol)
+        end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
+    with h5py.File(end["file"], "r") as f:
+        bf = f["entry/livediff/maps/virtual/bf"][:]
+    expected = (await asyncio.to_thread(_run, sim, _CHAIN, list(range(sim.n_frames)))).final.maps["virtual"]["bf"]
+    np.testing.assert_array_equal(bf, expected)
+    assert end["map_holes"] == 0 and not np.isnan(bf).any()
+
+
+def test_native_start_and_image_carry_the_scan_and_explicit_positions():
+    from livediff.sources import native
+
+    start = ScanSimulator(scan=(3, 4), order="serpentine", flyback=2).series_start()
+    decoded = native.decode(native.encode_start(start))
+    assert decoded.scan == start.scan and decoded.scan.step == 1.5 and decoded.scan.unit == "nm"
+    assert native.decode(native.encode_start(SeriesStart(1, (8, 8), "uint16", scan=Scan((3, 4))))).scan == Scan((3, 4))
+    series = SeriesStart(1, (40, 44), "uint16", scan=start.scan)
+    image = native.decode(native.encode_image(1, 5, np.zeros((40, 44), np.uint16), position=(2, 1)), series=series)
+    assert image.position == (2, 1)
+    with pytest.raises(DecodeError, match=r"'position' must be \[row, col\] within the scan \[3, 4\]"):
+        native.decode(native.encode_image(1, 5, np.zeros((40, 44), np.uint16), position=(3, 0)), series=series)

@@ -10,7 +10,7 @@ Each message is a ZeroMQ multipart message.  Part 1 is a msgpack map with ``"v"`
 (1 = valid, livediff's convention) of ``shape``.
 
 ``image``: ``frame`` (0-based), ``timestamp`` (s since the epoch), ``shape``, ``dtype``,
-``encoding``; part 2 the pixels, C order: ``"raw"`` little-endian, or compressed as
+``encoding``, optionally ``position`` [row, col] in the scan; part 2 the pixels, C order: ``"raw"`` little-endian, or compressed as
 ``"bslz4"`` (bitshuffle-LZ4) or ``"lz4"``, both in the HDF5 filter chunk layout (see
 :mod:`livediff.sources.codecs`).  A compressed payload reaches the pipeline as
 ``Frame.raw`` too, so a writer can store it without recompressing.
@@ -54,7 +54,7 @@ def encode_start(start: SeriesStart) -> list[bytes]:
     header = {
         "v": VERSION, "type": "start", "series": start.series, "shape": list(start.shape),
         "dtype": start.dtype, "n_frames": start.n_frames, "geometry": start.geometry.to_dict(),
-        "scan": list(start.scan.shape) if start.scan else None, "count_time": start.count_time,
+        "scan": _scan_header(start.scan), "count_time": start.count_time,
         "saturation": start.saturation, "meta": start.meta, "mask": start.mask is not None,
     }
     parts = [msgpack.packb(header, use_bin_type=True)]
@@ -64,11 +64,14 @@ def encode_start(start: SeriesStart) -> list[bytes]:
 
 
 def encode_image(series: int, index: int, data: np.ndarray, *, timestamp: float | None = None,
-                 encoding: str = "raw", blob: bytes | None = None) -> list[bytes]:
+                 encoding: str = "raw", blob: bytes | None = None,
+                 position: tuple[int, int] | None = None) -> list[bytes]:
     """Multipart message carrying frame ``index`` of ``series``, its pixels encoded as ``encoding``.
 
     ``blob``, when given, is the frame already encoded as ``encoding`` (e.g. a stored
     bitshuffle-LZ4 chunk): it is sent as is, and ``data`` only gives the shape and dtype.
+    ``position``, when given, is the frame's (row, col) in the series' scan, sent for a
+    scan whose frames do not follow its order.
 
     Raises
     ------
@@ -82,6 +85,8 @@ def encode_image(series: int, index: int, data: np.ndarray, *, timestamp: float 
         "timestamp": time.time() if timestamp is None else timestamp,
         "shape": list(data.shape), "dtype": data.dtype.name, "encoding": encoding,
     }
+    if position is not None:
+        header["position"] = [int(v) for v in position]
     if blob is not None:
         payload = blob
     elif encoding == "raw":
@@ -162,10 +167,23 @@ def _decode_image(header: dict[str, Any], parts: list[bytes], series_no: int,
         raise DecodeError(f"{where}: unknown encoding {show(encoding)} (expected one of {ENCODINGS})")
     timestamp = number(header, "timestamp", where)
     check_fits(series, shape, dtype, where)
+    position = _position(header.get("position"), series, where)
     data = _buffer(parts[1], shape, dtype, f"frame {index}", encoding)
     raw = None if encoding == "raw" else parts[1]
     return Frame(series=series_no, index=index, data=data, raw=raw, encoding=encoding,
-                 timestamp=0.0 if timestamp is None else timestamp)
+                 timestamp=0.0 if timestamp is None else timestamp, position=position)
+
+
+def _position(value: Any, series: SeriesStart | None, where: str) -> tuple[int, int] | None:
+    """``position``: absent, nil, or [row, col] within the open series' scan."""
+    if value is None:
+        return None
+    scan = series.scan if series is not None else None
+    if (not isinstance(value, list) or len(value) != 2 or not all(is_int(v) and v >= 0 for v in value)
+            or scan is None or not (value[0] < scan.shape[0] and value[1] < scan.shape[1])):
+        within = f"within the scan {list(scan.shape)}" if scan is not None else "(the series has no scan)"
+        raise DecodeError(f"{where}: 'position' must be [row, col] {within}, got {show(value)}")
+    return value[0], value[1]
 
 
 def _expect_parts(parts: list[bytes], n: int, kind: str) -> None:
@@ -201,17 +219,39 @@ def _geometry(value: Any, where: str) -> Geometry:
                     distance=positive(value, "distance", where), wavelength=positive(value, "wavelength", where))
 
 
+def _scan_header(scan: Scan | None) -> Any:
+    """``scan`` as sent: [rows, cols] for a plain raster, else the map with every field."""
+    if scan is None:
+        return None
+    if (scan.order, scan.flyback, scan.step, scan.unit) == ("raster", 0, None, None):
+        return list(scan.shape)
+    return scan.to_dict()
+
+
 def _scan(value: Any, where: str, limits: Limits) -> Scan | None:
-    """``scan``: nil, or [rows, cols] of positive integers; its maps are images, so within ``limits``."""
+    """``scan``: nil, [rows, cols] of positive integers (a raster), or a map with ``shape`` [rows,
+    cols], ``order`` ("raster" | "serpentine"), ``flyback`` (frames >= 0), ``step`` (> 0) and
+    ``unit`` (a string), each optional but the shape; its maps are images, so within ``limits``."""
     if value is None:
         return None
-    shape = sides(value)
+    fields = value if isinstance(value, dict) else {"shape": value}
+    shape = sides(fields.get("shape"))
     if shape is None:
-        raise DecodeError(f"{where}: 'scan' must be [rows, cols] of positive integers, got {show(value)}")
+        raise DecodeError(f"{where}: 'scan' must be [rows, cols] of positive integers or a map with them as "
+                          f"'shape', got {show(value)}")
     if shape[0] * shape[1] > limits.max_pixels:
         raise DecodeError(f"{where} refused: 'scan' of {shape[0] * shape[1]} positions, more than "
                           f"source.max_frame_pixels = {limits.max_pixels} (a scan map is an image)")
-    return Scan(shape)
+    order = fields.get("order", "raster")
+    if order not in ("raster", "serpentine"):
+        raise DecodeError(f"{where}: scan 'order' must be 'raster' or 'serpentine', got {show(order)}")
+    unit = fields.get("unit")
+    if unit is not None and not isinstance(unit, str):
+        raise DecodeError(f"{where}: scan 'unit' must be a string, got {show(unit)}")
+    flyback = integer(fields, "flyback", f"{where}: scan", required=False) or 0
+    if flyback > 1 << 20:
+        raise DecodeError(f"{where}: scan 'flyback' of {flyback} frames per line is not plausible")
+    return Scan(shape, order=order, flyback=flyback, step=positive(fields, "step", f"{where}: scan"), unit=unit)
 
 
 def _saturation(header: dict[str, Any], where: str) -> int | float | None:

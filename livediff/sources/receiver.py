@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import zmq
@@ -29,7 +29,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ..endpoints import check_endpoint
 from ..errors import DecodeError
-from ..model import SeriesEnd
+from ..model import Scan, SeriesEnd, SeriesStart
 from ..params import param
 from ..queues import EventQueue
 from ..throttle import Throttle
@@ -58,10 +58,19 @@ class SourceSettings:
                                   "2**26, 64 Mpixel): a series start or image beyond it is refused, from its header")
     max_frame_mb: int = param(MAX_FRAME_MB, ge=1, doc="largest decoded frame accepted, MiB of rows x cols x "
                               "bytes per pixel, checked from the header before anything is decompressed")
+    scan: tuple[int, int] | None = param(None, ge=1, doc="the scan (rows, cols) of every series, for streams that "
+                                                          "do not send one (DECTRIS); overrides the header's")
+    scan_order: Literal["raster", "serpentine"] = "raster"
+    scan_flyback: int = param(0, ge=0, doc="frames recorded at the end of each scan line while the beam flies back")
 
     def __post_init__(self) -> None:
         if self.endpoint is not None:
             check_endpoint(self.endpoint)
+
+    @property
+    def scan_grid(self) -> Scan | None:
+        """The configured scan, or None."""
+        return None if self.scan is None else Scan(self.scan, order=self.scan_order, flyback=self.scan_flyback)
 
     @property
     def limits(self) -> Limits:
@@ -113,6 +122,7 @@ class Receiver:
         self._log_bad = Throttle()
         self._context = context
         self._decode = DECODERS[config.protocol](config)
+        self._scan = config.scan_grid
         # decompressing a 4M frame takes milliseconds: off the loop, on one thread (in order,
         # and the DECTRIS decoders keep state across messages)
         self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-decode")
@@ -189,6 +199,8 @@ class Receiver:
                     self.silent += 1
             self.events += len(events)
             for event in events:   # a failed first image follows the start it opens: count it there
+                if self._scan is not None and isinstance(event, SeriesStart):
+                    event = replace(event, scan=self._scan)
                 for ev in self.tracker.feed(event):
                     await self.queue.put(ev)
             if failed:
