@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import resource
 import math
@@ -106,7 +107,9 @@ class Service:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.executor.close()
+            closing = self.executor.close()
+            if inspect.isawaitable(closing):
+                await closing
             self.publisher.close()  # closed with a linger: what is still queued goes out while the file closes
             self.writer.close()
             context.destroy(linger=0)  # the publisher's socket is closed: this waits for its linger only
@@ -190,6 +193,7 @@ class Service:
             "published": self.publisher.sent,
             "cpu_s": time.process_time(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **self.executor.status(),
         }
 
     async def _heartbeat(self) -> None:
