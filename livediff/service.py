@@ -37,6 +37,7 @@ from .model import Frame, Geometry, SeriesStart
 from .queues import EventQueue
 from .sinks.hdf5 import HDF5Writer
 from .sinks.publisher import Publisher
+from .sources import codecs
 from .sources.receiver import Receiver
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Service:
         self.receiver = Receiver(context, source, self.queue)
         self.publisher = Publisher(zmq.Context.shadow(context.underlying), cfg.publisher)
         self.writer = HDF5Writer(cfg.output)
-        self.executor = executors.create(cfg.pipeline, cfg.operators)
+        self.executor = executors.create(cfg.pipeline, cfg.operators, decode=codecs.decode)
         self.run_loop = RunLoop(self.queue, self.executor, [self.writer, self.publisher],
                                snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.effective,
                                config_hash=cfg.digest, on_series_end=self._series_ended)
