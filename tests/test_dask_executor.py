@@ -18,6 +18,7 @@ pytest.importorskip("distributed")
 
 from dask_cluster import DaskProcesses  # noqa: E402
 from harness import config, running  # noqa: E402
+from livediff.executors.dask_cluster import Slot  # noqa: E402
 from livediff.pipeline import OperatorSpec  # noqa: E402
 from livediff.sources.sender import stream_series  # noqa: E402
 from simulators import DiffractionSimulator  # noqa: E402
@@ -57,7 +58,8 @@ async def _run(tmp_path, name, pipeline, *, n_frames=23, rate=0.0, operators=CHA
         await sending
         end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end", timeout=120)
         stats = [m["frame"] for m in sub.of("stats")]
-    return end, _contents(end["file"]), service, stats
+        ledger = max(m["ledger_frames"] for m in sub.of("status"))
+    return end, _contents(end["file"]), service, stats, ledger
 
 
 def _contents(path):
@@ -93,12 +95,10 @@ async def test_threads_and_dask_with_1_and_2_workers_give_the_same_tables_and_re
         runs[executor, workers] = await _run(tmp_path, f"{executor}{workers}", pipeline)
     ref = runs["threads", 1][1]
     assert len(ref["spots"]) > 20 and ref["frames"]["aligned"].sum() > 10
-    for key, (end, got, service, _) in runs.items():
+    for key, (end, got, service, _, _) in runs.items():
         assert (end["processed"], end["failed"], end["resent"]) == (23, 0, 0), key
         _same(got, ref, 23)
-    executor = runs["dask", 2][2].executor
-    assert executor.checkpoints > 0  # the ledger filled: states pulled mid-series, the answer unchanged
-    assert executor.batches < 23  # frames travelled several to a call
+    assert runs["dask", 2][2].executor.checkpoints > 0  # the ledger filled: states pulled mid-series, same answer
 
 
 async def test_a_worker_killed_mid_series_the_series_completes_with_the_same_answer(dask, tmp_path):
@@ -111,11 +111,12 @@ async def test_a_worker_killed_mid_series_the_series_completes_with_the_same_ans
         await sub.wait_for(lambda t, m: t == "stats" and m["frame"] >= 15, timeout=60)
         os.kill(victim.pid, signal.SIGKILL)
 
-    end, got, _, stats = await _run(tmp_path, "killed", {"executor": "dask", "workers": 2, "scheduler": dask.address},
+    end, got, _, stats, ledger = await _run(tmp_path, "killed", {"executor": "dask", "workers": 2, "scheduler": dask.address},
                                     n_frames=n, rate=30.0, during=kill_after_some_frames)
     assert victim.wait(10) == -signal.SIGKILL
     assert (end["processed"], end["failed"], end["dropped"]) == (n, 0, 0)
     assert end["resent"] > 0  # the killed worker's contributions were processed again elsewhere
+    assert ledger > 0  # the status said how many frames were kept for that
     assert stats == list(range(n))  # published once each, in order
     _same(got, ref, n)
 
@@ -123,10 +124,55 @@ async def test_a_worker_killed_mid_series_the_series_completes_with_the_same_ans
 async def test_slow_frames_finish_out_of_order_and_are_still_published_and_written_in_order(dask, tmp_path):
     dask.ensure(2)
     slow = OperatorSpec("slow", Slow, Slow.Params(every=4, seconds=0.3))
-    end, got, _, stats = await _run(tmp_path, "slow", {"executor": "dask", "workers": 2, "scheduler": dask.address},
+    end, got, _, stats, _ = await _run(tmp_path, "slow", {"executor": "dask", "workers": 2, "scheduler": dask.address},
                                     n_frames=12, rate=40.0, operators={"summary": {}}, extra=(slow,))
     done = got["frames"]["done"]
     assert end["processed"] == 12
     assert stats == list(range(12))
     np.testing.assert_array_equal(got["frames"]["frame"], np.arange(12))
     assert np.any(np.diff(done) < 0)  # some frame was done before an earlier one
+
+
+class _Calls:
+    """Stands for the cluster: two chains ready on the series, calls recorded and answered by the test."""
+
+    def __init__(self, context):
+        self.context, self.starting = context, []
+        self.slots = [Slot(f"tcp://w{i}", None, None) for i in range(2)]
+        for slot in self.slots:
+            slot.context = context
+        self.calls = []
+
+    def call(self, slot, method, records, versions, timeout):
+        future = asyncio.get_running_loop().create_future()
+        self.calls.append((slot, records, future))
+        return future
+
+
+async def test_frames_wait_for_a_credit_and_then_travel_together_up_to_batch_mb():
+    from livediff.config import parse
+    from livediff.executors.dask import DaskExecutor
+    from livediff.executors.dask_actor import FrameResult
+    from livediff.model import Frame, SeriesStart
+    from livediff.sources import codecs
+
+    series = SeriesStart(1, (64, 64), "uint16")
+    executor = DaskExecutor(parse({"operators": {"summary": {}}}).operators, 2, decode=codecs.decode, credits=2,
+                            batch_mb=5 * 64 * 64 * 2 / 2**20)  # five raw frames a call
+    try:
+        executor._series = series
+        executor._local.start(series)
+        executor._inorder.start(series, executor._local.inputs)
+        executor._cluster = calls = _Calls((series, False))
+        jobs = [executor.process(Frame(1, i, np.full((64, 64), i, "u2"))) for i in range(16)]
+        assert [len(r) for _, r, _ in calls.calls] == [1, 1, 1, 1]  # a free credit: at once, alone
+        assert {s.inflight for s in calls.slots} == {2}  # then no worker has more than its credits
+        slot, records, future = calls.calls[0]
+        future.set_result([FrameResult(r.seq, {"summary": {"sum": 1.0}}, {}) for r in records])
+        await asyncio.sleep(0)
+        assert [len(r) for _, r, _ in calls.calls[4:]] == [5]  # the credit back: the waiting frames, five a call
+        assert calls.calls[4][0] is slot and slot.inflight == 2
+        assert jobs[0].future.done() and not jobs[1].future.done()
+        assert executor.status()["ledger_frames"] == 16  # every frame kept until its worker's state is pulled
+    finally:
+        executor._fold_pool.shutdown()

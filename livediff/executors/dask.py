@@ -50,7 +50,7 @@ from ..model import Frame, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
 from .base import InOrder, Job, report
-from .dask_actor import Decoder, FrameRecord
+from .dask_actor import Decoder, FrameRecord, FrameResult
 from .dask_cluster import Cluster, Slot, is_loss
 from .ledger import Entry, Ledger
 
@@ -91,7 +91,6 @@ class DaskExecutor:
         self.workers = workers
         self.resent = 0
         self.checkpoints = 0  # forced pulls of the partial states (the ledger was full)
-        self.batches = 0  # calls that carried frames
         self._specs = list(specs)
         self._credits = credits
         self._batch_bytes = batch_mb * 2**20
@@ -109,7 +108,6 @@ class DaskExecutor:
         self._ready: deque[Entry] = deque()  # to send; re-sent frames go first
         self._retired: list[dict[str, dict[str, Any]]] = []  # last pulled states of lost chains
         self._series: SeriesStart | None = None
-        self._output = True
         self._used: dict[int, dict[str, int]] = {}  # seq -> the versions it uses, until collected
         self._low: dict[str, int] = {}  # the versions the last collected frame used
         self._payload = 0.0  # mean payload bytes per frame
@@ -134,11 +132,12 @@ class DaskExecutor:
         """Connect, create the chains, and compile the kernels for frames like ``series``'
         here (the in-order side) and on every worker."""
         await self._prepare(series)
-        await asyncio.gather(*(self._cluster.start(s, series, self._output) for s in list(self._cluster.slots)))
+        context = (series, False)
+        await asyncio.gather(*(self._cluster.start(s, context) for s in list(self._cluster.slots)))
 
     async def start(self, series: SeriesStart, *, output: bool = True) -> Layout:
         """Start the chains on a new series (``output``: ship the output frames back)."""
-        self._series, self._output = series, output
+        self._series = series
         self._ledger.clear()
         self._waiting.clear()
         self._ready.clear()
@@ -147,12 +146,12 @@ class DaskExecutor:
         self._low = {}
         self.resent = 0
         self._payload = float(np.prod(series.shape) * np.dtype(series.dtype).itemsize)
-        self._cluster.context = (series, output)
+        self._cluster.context = context = (series, output)
         await self._prepare(series)
         await self._run(self._local.start, series)
         await self._run(self._inorder.start, series, self._local.inputs)
-        await asyncio.gather(*(self._cluster.start(s, series, output) for s in list(self._cluster.slots)
-                               if s.series is not series))
+        await asyncio.gather(*(self._cluster.start(s, context) for s in list(self._cluster.slots)
+                               if s.context is not context))
         if not self._cluster.slots:
             raise RuntimeError(f"no Dask worker could start the chain for series {series.series} "
                                f"(scheduler {self._cluster.scheduler})")
@@ -233,7 +232,7 @@ class DaskExecutor:
         """Send queued frames while some worker has a free credit: to the one with the most."""
         while self._ready:
             free = [s for s in self._cluster.slots
-                    if s.series is self._series and not s.draining and s.inflight < self._credits]
+                    if s.context is self._cluster.context and not s.draining and s.inflight < self._credits]
             if not free:
                 return
             slot = max(free, key=lambda s: (-s.inflight, -s.sent))
@@ -257,7 +256,6 @@ class DaskExecutor:
             slot.has[name] = max(slot.has.get(name, -1), *(e.record.keys[name] for e in batch))
         slot.inflight += 1
         slot.sent += len(batch)
-        self.batches += 1
         task = self._cluster.call(slot, "process", [e.record for e in batch], versions, timeout=self._wait)
         task.add_done_callback(functools.partial(self._returned, slot, batch))
 
@@ -275,30 +273,33 @@ class DaskExecutor:
                       type(exc).__name__, exc)
             for entry in batch:
                 entry.done = True
-                if not entry.job.future.done():
-                    entry.job.future.set_exception(exc)
+                self._deliver(entry, exc)
             self._pump()
             return
         for entry, result in zip(batch, task.result()):
             entry.done = True
-            future = entry.job.future
-            if future.done():  # sent again after a loss: its results went out the first time
-                if result.error is not None:
-                    frame = entry.job.frame
-                    log.error("series %d frame %d, processed again: %s: %s", frame.series, frame.index,
-                              type(result.error).__name__, result.error)
-                continue
-            if result.error is not None:
-                future.set_exception(result.error)
-                continue
-            frame = entry.job.frame
-            frame.results, frame.shared, frame.data = result.results, result.shared, result.data
-            future.set_result(frame)
+            if entry.job is not None:
+                self._deliver(entry, result)
+            elif result.error is not None:  # sent again after a loss: its results went out the first time
+                log.error("series %d frame %d, processed again: %s: %s", self._series.series, entry.record.index,
+                          type(result.error).__name__, result.error)
         self._pump()
         if (self._ledger.nbytes + self._inorder.versions_nbytes > self._ledger_bytes
                 and not self._checkpointing):
             self._checkpointing = True
             self._checkpoint = asyncio.ensure_future(self._rolling_checkpoint())
+
+    @staticmethod
+    def _deliver(entry: Entry, result: FrameResult | BaseException) -> None:
+        """Resolve ``entry``'s job with its result (or error); the ledger keeps only the payload then."""
+        job, entry.job = entry.job, None
+        error = result if isinstance(result, BaseException) else result.error
+        if error is not None:
+            job.future.set_exception(error)
+            return
+        frame = job.frame
+        frame.results, frame.shared, frame.data = result.results, result.shared, result.data
+        job.future.set_result(frame)
 
     def _forget(self) -> None:
         """Drop the versions no frame still to be processed or re-sent can use."""
@@ -332,12 +333,12 @@ class DaskExecutor:
 
     def _give_up(self, entry: Entry, why: str) -> None:
         self._ledger.remove(entry)
-        frame = entry.job.frame
-        if not entry.job.future.done():
-            entry.job.future.set_exception(FrameLost(f"frame {frame.index}: {why}; not processed"))
+        index = entry.record.index
+        if entry.job is not None:
+            self._deliver(entry, FrameLost(f"frame {index}: {why}; not processed"))
         else:
-            log.error("series %d frame %d: %s; its contribution to the reductions is lost", frame.series,
-                      frame.index, why)
+            log.error("series %d frame %d: %s; its contribution to the reductions is lost", self._series.series,
+                      index, why)
 
     async def _watch(self) -> None:
         """Give up the frames that found no worker for ``wait_s``."""

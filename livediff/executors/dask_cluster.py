@@ -35,7 +35,7 @@ class Slot:
         self.calls = 0  # calls numbered so far
         self.inflight = 0  # frame calls not yet returned
         self.sent = 0  # frames sent
-        self.series: SeriesStart | None = None  # the series its chain was started on
+        self.context: tuple[SeriesStart, bool] | None = None  # the (series, output) its chain was started on
         self.has: dict[str, int] = {}  # the version of each operator's series-wide state it holds
         self.state: dict[str, dict[str, Any]] | None = None  # its partial state as last pulled
         self.lost = False
@@ -107,8 +107,8 @@ class Cluster:
             self.starting.append(address)
             try:
                 slot = await self._new_slot(address)
-                while self.context is not None and slot.series is not self.context[0]:
-                    await self.start(slot, *self.context)
+                while self.context is not None and slot.context is not self.context:
+                    await self.start(slot, self.context)
             except Exception as exc:
                 log.error("cannot run the chain on Dask worker %s: %s: %s", address, type(exc).__name__, exc)
                 self._refused.add(address)
@@ -119,14 +119,15 @@ class Cluster:
             log.info("chain started on Dask worker %s (%d of %d)", address, len(self.slots), self.workers)
             self._on_ready(slot)
 
-    async def start(self, slot: Slot, series: SeriesStart, output: bool) -> None:
-        """Start ``slot``'s chain on ``series`` (it holds no version of series-wide state then).
+    async def start(self, slot: Slot, context: tuple[SeriesStart, bool]) -> None:
+        """Start ``slot``'s chain on ``context`` = (series, whether to ship output frames back); it
+        holds no version of series-wide state then.
 
         A lost worker is reported to ``on_lost``; a chain that cannot start on the series
         raises (the series cannot start, as with threads).
         """
         try:
-            await self.call(slot, "start", series, output, timeout=None)
+            await self.call(slot, "start", *context, timeout=None)
         except asyncio.CancelledError:
             if slot.lost:
                 return
@@ -136,7 +137,7 @@ class Cluster:
                 self._on_lost(slot, f"starting the series: {type(exc).__name__}: {exc}")
                 return
             raise
-        slot.series, slot.has, slot.state = series, {}, None
+        slot.context, slot.has, slot.state = context, {}, None
 
     def drop(self, slot: Slot) -> None:
         """``slot`` is lost: forget it, avoid its worker for a while (the scheduler may not know

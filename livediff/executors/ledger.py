@@ -22,13 +22,15 @@ from .dask_actor import FrameRecord
 class Entry:
     """One frame in the ledger.
 
-    ``epochs`` are the epochs its operators named (resolved into ``record.keys`` once the
-    frame may run); ``slot`` is the chain it was last sent to (None while queued); ``done``
-    says that chain returned it, so its contribution is in that chain's partial state;
-    ``attempts`` counts the chains lost while they held it.
+    ``job`` is the run loop's, until the frame's result goes out (then None: the ledger keeps
+    the payload as received, not the decoded frame); ``epochs`` are the epochs its operators
+    named (resolved into ``record.keys`` once the frame may run); ``slot`` is the chain it
+    was last sent to (None while queued); ``done`` says that chain returned it, so its
+    contribution is in that chain's partial state; ``attempts`` counts the chains lost while
+    they held it.
     """
 
-    job: Job
+    job: Job | None
     record: FrameRecord
     epochs: dict[str, int | None]
     slot: Any = None
