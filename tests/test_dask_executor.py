@@ -111,8 +111,9 @@ async def test_a_worker_killed_mid_series_the_series_completes_with_the_same_ans
         await sub.wait_for(lambda t, m: t == "stats" and m["frame"] >= 15, timeout=60)
         os.kill(victim.pid, signal.SIGKILL)
 
-    end, got, _, stats, ledger = await _run(tmp_path, "killed", {"executor": "dask", "workers": 2, "scheduler": dask.address},
-                                    n_frames=n, rate=30.0, during=kill_after_some_frames)
+    pipeline = {"executor": "dask", "workers": 2, "scheduler": dask.address}
+    end, got, _, stats, ledger = await _run(tmp_path, "killed", pipeline, n_frames=n, rate=30.0,
+                                            during=kill_after_some_frames)
     assert victim.wait(10) == -signal.SIGKILL
     assert (end["processed"], end["failed"], end["dropped"]) == (n, 0, 0)
     assert end["resent"] > 0  # the killed worker's contributions were processed again elsewhere
