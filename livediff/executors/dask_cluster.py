@@ -86,13 +86,16 @@ class Cluster:
         if self.scheduler == "local":
             self._local = await LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                              dashboard_address=None, asynchronous=True)
-        # the default client: the actors' handles find their client through it
-        self._client = await Client(self._local or self.scheduler, asynchronous=True, direct_to_workers=True)
+        try:  # the default client: the actors' handles find their client through it
+            self._client = await Client(self._local or self.scheduler, asynchronous=True, direct_to_workers=True,
+                                        timeout=self._wait)
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
         self._client.subscribe_topic("all", self._event)
         try:
             await self._client.wait_for_workers(1, timeout=self._wait)
         except asyncio.TimeoutError:
-            raise RuntimeError(f"no Dask worker joined the scheduler at {self.scheduler} within {self._wait:g} s "
+            raise TimeoutError(f"no Dask worker joined the scheduler at {self.scheduler} within {self._wait:g} s "
                                f"(start some: dask worker {self.scheduler})") from None
         await self._refresh()
         log.info("Dask scheduler %s: %d workers, %d threads", self.scheduler, len(self._hosts),
@@ -175,6 +178,7 @@ class Cluster:
         self.slots.clear()
         try:
             if self._client is not None:
+                self._client.unsubscribe_topic("all")  # else the scheduler writes our goodbye to a closed comm
                 await asyncio.wait_for(self._client.close(), 30)
             if self._local is not None:
                 await asyncio.wait_for(self._local.close(), 30)
