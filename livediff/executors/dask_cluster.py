@@ -2,9 +2,10 @@
 
 :class:`Cluster` connects to a scheduler (or starts a ``LocalCluster``), follows the
 scheduler's worker events (``add-worker``, ``remove-worker`` on its ``"all"`` topic),
-keeps ``workers`` chains (:class:`Slot`, each a :class:`~.dask_actor.ChainActor`) on the
-workers with the fewest chains per thread, starts each on the series before it gets a
-frame, and makes the numbered calls a chain runs in order.  Calls go straight to the
+keeps up to ``workers`` chains (:class:`Slot`, each a :class:`~.dask_actor.ChainActor`),
+one per worker thread at most, on the workers with the fewest per thread (a cluster with
+fewer threads runs fewer chains until workers join), starts each on the series before it
+gets a frame, and makes the numbered calls a chain runs in order.  Calls go straight to the
 worker (``direct_to_workers``), never through the scheduler.  What a lost chain means for
 the frames it held is the executor's business: it is told through ``on_lost``.
 """
@@ -93,7 +94,7 @@ class Cluster:
             raise ConnectionError(f"cannot reach the Dask scheduler at {self.scheduler}: {exc}") from None
         self._client.subscribe_topic("all", self._event)
         try:
-            await self._client.wait_for_workers(1, timeout=self._wait)
+            await self._client.wait_for_workers(self.workers if self._local else 1, timeout=self._wait)
         except asyncio.TimeoutError:
             raise TimeoutError(f"no Dask worker joined the scheduler at {self.scheduler} within {self._wait:g} s "
                                f"(start some: dask worker {self.scheduler})") from None
@@ -208,12 +209,13 @@ class Cluster:
             self._spawn(self._joined())
 
     def _place(self) -> str | None:
-        """The worker with the fewest chains per thread, or None when there is none; workers that
-        lost a chain in the last ``wait_s`` are avoided."""
+        """The worker with the fewest chains per thread and a thread without one, or None when
+        there is none (a chain more waits for a worker to join); workers that lost a chain in the
+        last ``wait_s`` are avoided."""
         now = time.monotonic()
         count = Counter([s.address for s in self.slots] + self.starting)
         candidates = [(count[a] / n, a) for a, n in self._hosts.items()
-                      if a not in self._refused and now - self._lost.get(a, -math.inf) > self._wait]
+                      if count[a] < n and a not in self._refused and now - self._lost.get(a, -math.inf) > self._wait]
         return min(candidates)[1] if candidates else None
 
     async def _new_slot(self, address: str) -> Slot:
