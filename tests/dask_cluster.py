@@ -41,14 +41,18 @@ class DaskProcesses:
         return subprocess.Popen([sys.executable, "-m", f"distributed.cli.{cli}", *args], env=self._env,
                                 stdout=self._log, stderr=self._log, cwd=ROOT)
 
+    def add_worker(self) -> None:
+        """Start one more worker (it joins the scheduler in a few seconds)."""
+        self.workers.append(self._spawn("dask_worker", self.address, "--nthreads", "1", "--no-nanny",
+                                        "--no-dashboard", "--host", "127.0.0.1"))
+
     def ensure(self, n: int) -> None:
         """Start workers until ``n`` are alive, and wait until the scheduler has them all."""
         from distributed import Client
 
         self.workers = [w for w in self.workers if w.poll() is None]
         while len(self.workers) < n:
-            self.workers.append(self._spawn("dask_worker", self.address, "--nthreads", "1", "--no-nanny",
-                                            "--no-dashboard", "--host", "127.0.0.1"))
+            self.add_worker()
         with Client(self.address, timeout=self._timeout) as client:
             client.wait_for_workers(n, timeout=self._timeout)
             deadline = time.monotonic() + self._timeout

@@ -103,21 +103,33 @@ async def test_threads_and_dask_with_1_and_2_workers_give_the_same_tables_and_re
 
 async def test_a_worker_killed_mid_series_the_series_completes_with_the_same_answer(dask, tmp_path):
     dask.ensure(2)
-    n = 60
+    n = 120
     ref = (await _run(tmp_path, "ref", {"executor": "threads", "workers": 1}, n_frames=n))[1]
     victim = dask.workers[0]
+    joined = []
 
-    async def kill_after_some_frames(service, sub):
+    async def kill_then_add_a_worker(service, sub):
         await sub.wait_for(lambda t, m: t == "stats" and m["frame"] >= 15, timeout=60)
+        chains = service.executor._cluster.slots
+        before = {s.address for s in chains}
         os.kill(victim.pid, signal.SIGKILL)
+        dask.add_worker()  # a chain is created on it, started on the series, sent the versions with its frames
+
+        async def new_chain():
+            while not any(s.address not in before for s in chains):
+                await asyncio.sleep(0.05)
+            return next(s for s in chains if s.address not in before)
+
+        joined.append(await asyncio.wait_for(new_chain(), 60))
 
     pipeline = {"executor": "dask", "workers": 2, "scheduler": dask.address}
     end, got, _, stats, ledger = await _run(tmp_path, "killed", pipeline, n_frames=n, rate=30.0,
-                                            during=kill_after_some_frames)
+                                            during=kill_then_add_a_worker)
     assert victim.wait(10) == -signal.SIGKILL
     assert (end["processed"], end["failed"], end["dropped"]) == (n, 0, 0)
     assert end["resent"] > 0  # the killed worker's contributions were processed again elsewhere
     assert ledger > 0  # the status said how many frames were kept for that
+    assert joined[0].sent > 0  # the new worker's chain took frames mid-series
     assert stats == list(range(n))  # published once each, in order
     _same(got, ref, n)
 
