@@ -72,8 +72,8 @@ class DaskExecutor:
     Parameters
     ----------
     specs : the configured chain.
-    workers : chains to run (one per worker while the cluster has enough; a worker with
-        several threads may hold several).
+    workers : chains to run, at most one per worker thread (fewer while the cluster has
+        fewer threads; more join as workers do).
     scheduler : ``"local"`` (a ``LocalCluster`` of ``workers`` processes on this machine) or
         the address of a running scheduler, e.g. ``"tcp://host:8786"``.
     credits : calls in flight per worker.
