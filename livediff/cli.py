@@ -1,4 +1,4 @@
-"""The ``livediff`` command: serve | simulate | inspect.
+"""The ``livediff`` command: serve | simulate | replay | bench | inspect | report.
 
 Every user error (bad config, unusable endpoint, unwritable output) ends the command
 with one line on stderr and a non-zero exit status, never a traceback.
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(run=_replay)
 
     b = sub.add_parser("bench", help="time our kernels against their peers on the same frames")
-    b.add_argument("--only", help="one family (decode, corrections, stats, align, spots, azimuthal, hdf5) "
+    b.add_argument("--only", help="one family (decode, corrections, stats, align, spots, mx, azimuthal, virtual, hdf5) "
                                   "or operators whose name contains this")
     b.add_argument("--quick", action="store_true", help="short timings (a smoke test, not a measurement)")
     b.add_argument("--json", action="store_true", help="print one JSON list of rows")
@@ -128,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--timeout", type=float, help="exit after this many seconds without a message")
     i.add_argument("--json", action="store_true", help="one JSON object per line (arrays summarised)")
     i.set_defaults(run=_inspect)
+
+    t = sub.add_parser("report", help="the per-image table of a series file (finished, or being written)")
+    t.add_argument("file", help="a livediff series file (.h5)")
+    t.add_argument("--json", action="store_true", help="print one JSON object (frames and summary)")
+    t.set_defaults(run=_report)
     return p
 
 
@@ -246,6 +251,14 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"livediff inspect: nothing received from {args.endpoint}"
               + (f" in {args.timeout:g} s" if args.timeout is not None else ""), file=sys.stderr)
         return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import format_report, load_report
+
+    report = load_report(args.file)
+    print(json.dumps(report) if args.json else format_report(report))
     return 0
 
 

@@ -34,6 +34,7 @@ from .executors.runloop import STOP, RunLoop
 from .executors.warmup import WARM_FRAMES
 from .model import Frame, Geometry, SeriesStart
 from .queues import EventQueue
+from .sinks.exports import create_exporters
 from .sinks.hdf5 import HDF5Writer
 from .sinks.publisher import Publisher
 from .sources.receiver import Receiver
@@ -80,8 +81,9 @@ class Service:
         self.receiver = Receiver(context, source, self.queue)
         self.publisher = Publisher(zmq.Context.shadow(context.underlying), cfg.publisher)
         self.writer = HDF5Writer(cfg.output)
+        self.exporters = create_exporters(cfg.output.export)
         self.executor = executors.create(cfg.pipeline, cfg.operators)
-        self.run_loop = RunLoop(self.queue, self.executor, [self.writer, self.publisher],
+        self.run_loop = RunLoop(self.queue, self.executor, [self.writer, self.publisher, *self.exporters],
                                snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.effective,
                                config_hash=cfg.digest, on_series_end=self._series_ended)
         sim_stop = threading.Event()
@@ -109,6 +111,8 @@ class Service:
             self.executor.close()
             self.publisher.close()  # closed with a linger: what is still queued goes out while the file closes
             self.writer.close()
+            for exporter in self.exporters:
+                exporter.close()
             context.destroy(linger=0)  # the publisher's socket is closed: this waits for its linger only
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):

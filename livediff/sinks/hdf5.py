@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..model import SeriesStart
 from ..outputs import FrameOutput, Reductions, SeriesContext
@@ -54,6 +54,7 @@ class OutputSettings:
     max_pending_mb: float = param(512.0, gt=0, doc="frame data buffered for the writer before frames go unsaved")
     save_raw: bool = param(False, doc="record frames as received in /entry/data/data (bitshuffle-LZ4)")
     save_corrected: bool = param(False, doc="record the chain's output frames in /entry/livediff/corrected")
+    export: tuple[Literal["refl", "cxi"], ...] = param((), doc="hand-off files beside each series file")
 
 
 @dataclass
