@@ -2,7 +2,7 @@
 
 Tasks: the receiver (owns the source socket), the run loop (runs the chain through the
 executor the config chooses, in order, and hands results to the sinks: the HDF5 writer,
-then the publisher), the heartbeat (status messages and the terminal progress line) and,
+then the publisher, then the hand-off exporters of ``[output] export``), the heartbeat (status messages and the terminal progress line) and,
 with no source endpoint configured, the embedded simulator on a thread of its own.  CPU
 work never runs on the loop.
 

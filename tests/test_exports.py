@@ -16,6 +16,7 @@ from harness import config, running
 from livediff.cli import main
 from livediff.config import parse
 from livediff.errors import ConfigError
+from livediff.model import Scan
 from livediff.outputs import Layout, SeriesContext
 from livediff.sinks.cxi import MAX_PEAKS, CxiExporter, _CxiFile
 from livediff.sinks.refl import SPILL, ReflExporter, write_reflection_table
@@ -71,7 +72,7 @@ def check_refl_against_spots(path, spots):
 
 # --------------------------------------------------------------------------- one MX series through the service
 MX = {"shape": (192, 224), "n_frames": 16, "n_spots": 40, "distance": 0.025, "b_factor": 10.0, "d_min": 2.2,
-      "ice": True, "ice_spots": 4, "hit_fraction": 0.5, "seed": 12, "background": 3.0}
+      "ice": True, "ice_spots": 4, "hit_fraction": 0.5, "seed": 12, "background": 3.0, "scan": Scan((4, 4))}
 
 
 async def _serve(tmp_path, sim, operators, export=("refl", "cxi"), encoding="raw"):
@@ -90,11 +91,20 @@ def mx_series(tmp_path_factory):
                                  encoding="bslz4"))
     with h5py.File(summary["file"], "r") as f:
         frames, spots = f["entry/livediff/frames"][:], f["entry/livediff/spots"][:]
-    return sim, summary, frames, spots
+        maps = {name: f[f"entry/livediff/maps/mx/{name}"][:] for name in f["entry/livediff/maps/mx"]}
+    return sim, summary, frames, spots, maps
+
+
+def test_a_grid_scan_fills_the_mx_maps_of_the_series_file(mx_series):
+    sim, summary, frames, _, maps = mx_series
+    assert set(maps) == {"n_spots_total", "n_spots_no_ice", "estimated_d_min", "hit"} and summary["map_holes"] == 0
+    for row in frames:
+        for name, values in maps.items():
+            np.testing.assert_array_equal(values[sim.scan.position(row["frame"])], row[name])
 
 
 def test_refl_round_trips_through_an_independent_reader(mx_series):
-    sim, summary, _, spots = mx_series
+    sim, summary, _, spots, _ = mx_series
     assert summary["refl"] == summary["file"][:-3] + ".refl"
     columns = check_refl_against_spots(summary["refl"], spots)
     z = columns["xyzobs.px.value"][:, 2]
@@ -103,7 +113,7 @@ def test_refl_round_trips_through_an_independent_reader(mx_series):
 
 
 def test_cxi_holds_the_hit_frames_as_received_and_their_spots_in_crystfels_layout(mx_series):
-    sim, summary, frames, spots = mx_series
+    sim, summary, frames, spots, _ = mx_series
     hits = np.sort(frames["frame"][frames["hit"] == 1])
     assert 0 < hits.size < sim.n_frames and summary["cxi_hits"] == hits.size
     assert hits.tolist() == [i for i in range(sim.n_frames) if sim.is_hit(i)]
@@ -129,7 +139,7 @@ def test_cxi_holds_the_hit_frames_as_received_and_their_spots_in_crystfels_layou
 
 
 def test_report_prints_the_per_image_table_and_json(mx_series, capsys):
-    sim, summary, frames, _ = mx_series
+    sim, summary, frames, _, _ = mx_series
     assert main(["report", summary["file"], "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["complete"] and [r["frame"] for r in report["frames"]] == list(range(sim.n_frames))

@@ -133,6 +133,15 @@ def test_estimated_d_min_lands_near_the_simulated_limit_and_ice_spots_are_exclud
     np.testing.assert_allclose(rates, np.cumsum(hits) / np.arange(1, len(hits) + 1))
 
 
+def test_in_3d_mode_mx_analyses_each_frames_own_spots():
+    sim = DiffractionSimulator(n_frames=3, seed=4, **MX_SIM)
+    specs = parse({"operators": {"spots": {"mode": "3d"}, "mx": {}}}).operators
+    frames, _ = process_frames(specs, sim.series_start(), [Frame(1, i, sim.frame(i)) for i in range(3)])
+    for frame in frames:
+        assert frame.results["mx"]["n_spots_total"] == frame.results["spots"]["n_spots"] > 100
+        assert abs(frame.results["mx"]["estimated_d_min"] / sim.d_min - 1) < D_MIN_TOLERANCE
+
+
 def test_missing_geometry_leaves_the_figures_out_and_says_so_once(caplog):
     sim = DiffractionSimulator(shape=(96, 128), n_frames=4, seed=2, n_spots=12)
     start = dataclasses.replace(sim.series_start(), geometry=Geometry(beam_center=(40.0, 60.0)))
