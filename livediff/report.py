@@ -28,7 +28,9 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
     Returns
     -------
-    dict: ``file``, ``complete`` (the series ended and the file was closed), ``columns``
+    dict: ``file``, ``ended`` (the series ended and the file was closed; False while it is
+    written), ``complete`` and ``incomplete`` (the file's summary: every announced frame
+    received, processed and written, else what is missing), ``columns``
     (the figures present), ``frames`` (one dict per frame: ``frame`` and the figures;
     NaN -> None) and ``summary`` (``frames``, ``hits`` and ``hit_rate`` when hits are
     known, ``best_d_min`` and ``best_frame`` when a d_min was estimated).
@@ -44,7 +46,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
         if "entry/livediff/frames" not in f:
             raise ValueError(f"{path}: not a livediff series file (no /entry/livediff/frames)")
         table = f["entry/livediff/frames"][:]
-        complete = bool(f["entry/livediff/summary"][0]["complete"]) if "entry/livediff/summary" in f else False
+        ended = "entry/end_time" in f and bool(f["entry/end_time"][()])
+        summary_row = f["entry/livediff/summary"][0]
+    complete = ended and bool(summary_row["complete"])
+    incomplete = summary_row["incomplete"].decode() if "incomplete" in summary_row.dtype.names else ""
     names = table.dtype.names
     found = {figure: column for figure, column in ((fig, _column(names, fig)) for fig, _, _ in FIGURES) if column}
     if not found:
@@ -63,7 +68,8 @@ def load_report(path: str | Path) -> dict[str, Any]:
         if np.isfinite(d).any():
             best = int(np.nanargmin(d))
             summary.update(best_d_min=float(d[best]), best_frame=int(table["frame"][best]))
-    return {"file": str(path), "complete": complete, "columns": list(found), "frames": frames, "summary": summary}
+    return {"file": str(path), "ended": ended, "complete": complete, "incomplete": incomplete if ended else "",
+            "columns": list(found), "frames": frames, "summary": summary}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -81,7 +87,8 @@ def format_report(report: dict[str, Any]) -> str:
         parts.append(f"{s['hits']} hits ({100 * s['hit_rate']:.1f} %)" if s["frames"] else "0 hits")
     if "best_d_min" in s:
         parts.append(f"best d_min {s['best_d_min']:.2f} Å (frame {s['best_frame']})")
-    state = "" if report["complete"] else " (still being written, or not closed)"
+    state = (" (still being written, or not closed)" if not report["ended"]
+             else f" (incomplete: {report['incomplete']})" if report["incomplete"] else "")
     text.append(f"{report['file']}: {', '.join(parts)}{state}")
     return "\n".join(text)
 

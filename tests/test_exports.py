@@ -3,6 +3,7 @@ and ``livediff report`` on the series file, all against the HDF5 file of the sam
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 
@@ -18,8 +19,10 @@ from livediff.config import parse
 from livediff.errors import ConfigError
 from livediff.model import Scan
 from livediff.outputs import Layout, SeriesContext
+from livediff.report import format_report, load_report
 from livediff.sinks.cxi import MAX_PEAKS, CxiExporter, _CxiFile
 from livediff.sinks.refl import SPILL, ReflExporter, write_reflection_table
+from livediff.sinks.series_file import SeriesFile
 from livediff.sources.sender import stream_series
 from simulators.diffraction import DiffractionSimulator
 
@@ -142,7 +145,8 @@ def test_report_prints_the_per_image_table_and_json(mx_series, capsys):
     sim, summary, frames, _, _ = mx_series
     assert main(["report", summary["file"], "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["complete"] and [r["frame"] for r in report["frames"]] == list(range(sim.n_frames))
+    assert report["ended"] and report["complete"] and report["incomplete"] == ""
+    assert [r["frame"] for r in report["frames"]] == list(range(sim.n_frames))
     by_frame = {row["frame"]: row for row in frames}
     for row in report["frames"]:
         mine = by_frame[row["frame"]]
@@ -157,6 +161,39 @@ def test_report_prints_the_per_image_table_and_json(mx_series, capsys):
     text = capsys.readouterr().out.splitlines()
     assert text[0].split() == ["frame", "#spots", "#spots_no_ice", "#spots_4A", "total_intensity", "d_min", "hit"]
     assert len(text) == sim.n_frames + 3 and f"{s['hits']} hits" in text[-1]
+
+
+def test_report_reads_a_series_file_while_it_is_written(tmp_path):
+    start = DiffractionSimulator(shape=(32, 32), n_frames=3).series_start()
+    layout = Layout()
+    layout.add(_Declared(columns={"n_spots_total": "i8", "hit": "u1", "estimated_d_min": "f8"}))
+    written = SeriesFile(tmp_path / "s.h5", start, layout, "", save_raw=False, save_corrected=False)
+    for i, (n, d) in enumerate(((40, 2.5), (3, np.nan))):
+        written.add_frame({"frame": i, "n_spots_total": n, "hit": int(n >= 10), "estimated_d_min": d})
+    written.flush()
+    report = load_report(tmp_path / "s.h5")  # the writer still has it open, in SWMR mode
+    assert not report["ended"] and [r["estimated_d_min"] for r in report["frames"]] == [2.5, None]
+    assert report["summary"] == {"frames": 2, "hits": 1, "hit_rate": 0.5, "best_d_min": 2.5, "best_frame": 0}
+    assert format_report(report).endswith("best d_min 2.50 Å (frame 0) (still being written, or not closed)")
+    written.close({"reason": "end", "expected": 3, "received": 2, "processed": 2, "lost": 1})
+    report = load_report(tmp_path / "s.h5")
+    assert report["ended"] and not report["complete"] and "lost 1" in report["incomplete"]
+
+
+@dataclasses.dataclass
+class _Declared:
+    """An operator's declarations (``mx`` with these columns) for a Layout."""
+
+    columns: dict
+    kind: str = "mx"
+    name: str = "mx"
+    arrays: dict = dataclasses.field(default_factory=dict)
+    rows: dict = dataclasses.field(default_factory=dict)
+    reductions: dict = dataclasses.field(default_factory=dict)
+    maps: dict = dataclasses.field(default_factory=dict)
+
+    def derive_maps(self, maps):
+        return {}
 
 
 def test_refl_of_3d_spots_holds_the_linked_spots(tmp_path):
