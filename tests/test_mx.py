@@ -2,19 +2,21 @@
 estimated d_min against the simulator's diffraction limit, hits, and grid maps through the run loop."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
 
 import numpy as np
 import pytest
-from harness import run_series
+from harness import config, run_series, running
 
 from livediff.config import parse
 from livediff.executors.offline import process_frames
 from livediff.model import Frame, Geometry, Scan
 from livediff.operators import mx
 from livediff.operators.spots import FRAME_SPOTS, Spots, SpotsParams
+from livediff.sources.sender import stream_series
 from simulators.diffraction import ICE_RINGS_D, DiffractionSimulator
 
 #: a crystal to 2.4 Å (B = 10 Å²) with spotty ice rings on a 512 x 512 detector reaching 1.94 Å
@@ -152,6 +154,30 @@ def test_missing_geometry_leaves_the_figures_out_and_says_so_once(caplog):
     lacks = [r for r in caplog.records if "the geometry lacks pixel_size, distance, wavelength" in r.message]
     assert len(lacks) == 2 and {r.name for r in lacks} == {"livediff.operators.mx",
                                                            "livediff.operators.spots.operator"}
+
+
+class _WithoutGeometry:
+    """A simulator whose header carries no geometry."""
+
+    def __init__(self, sim):
+        self.sim = sim
+
+    def series_start(self):
+        return dataclasses.replace(self.sim.series_start(), geometry=Geometry())
+
+    def __getattr__(self, name):
+        return getattr(self.sim, name)
+
+
+async def test_a_stream_without_geometry_is_said_once_per_series_warm_up_included(tmp_path, caplog):
+    sim = _WithoutGeometry(DiffractionSimulator(shape=(96, 128), n_frames=5, seed=2, n_spots=12, dtype="uint32"))
+    cfg = config(tmp_path, pipeline={"workers": 2, "snapshot_period": 0}, operators={"spots": {}, "mx": {}})
+    with caplog.at_level(logging.INFO):
+        async with running(cfg) as (service, sub):
+            await asyncio.to_thread(stream_series, sim, cfg.source.endpoint)
+            await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
+    lacks = [r.name for r in caplog.records if "the geometry lacks" in r.message]
+    assert sorted(lacks) == ["livediff.operators.mx", "livediff.operators.spots.operator"]
 
 
 def test_config_geometry_fills_what_the_stream_lacks():
