@@ -52,6 +52,19 @@ def _length(src: np.ndarray, pos: int) -> int:
         | np.int64(src[pos + 3])
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _extend(src: np.ndarray, ip: int, end: int, count: int) -> tuple[int, int]:
+    """Add LZ4's extra length bytes (255 means another follows) to ``count``: (count, ip), count -1 if cut short."""
+    while True:
+        if ip >= end:
+            return -1, ip
+        more = src[ip]
+        ip += 1
+        count += more
+        if more != 255:
+            return count, ip
+
+
 @numba.njit(nogil=True, cache=True)
 def lz4_block(src: np.ndarray, start: int, end: int, dst: np.ndarray) -> int:
     """Decode the LZ4 block ``src[start:end]`` into ``dst``; the bytes written, or -1 if corrupt.
@@ -68,14 +81,9 @@ def lz4_block(src: np.ndarray, start: int, end: int, dst: np.ndarray) -> int:
         ip += 1
         run = np.int64(token >> 4)
         if run == 15:
-            while True:
-                if ip >= end:
-                    return -1
-                more = src[ip]
-                ip += 1
-                run += more
-                if more != 255:
-                    break
+            run, ip = _extend(src, ip, end, run)
+            if run < 0:
+                return -1
         if run > end - ip or run > capacity - op:
             return -1
         if run:
@@ -95,14 +103,9 @@ def lz4_block(src: np.ndarray, start: int, end: int, dst: np.ndarray) -> int:
             return -1
         match = np.int64(token & 15)
         if match == 15:
-            while True:
-                if ip >= end:
-                    return -1
-                more = src[ip]
-                ip += 1
-                match += more
-                if more != 255:
-                    break
+            match, ip = _extend(src, ip, end, match)
+            if match < 0:
+                return -1
         match += 4
         if match > capacity - op:
             return -1
