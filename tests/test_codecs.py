@@ -190,6 +190,18 @@ def test_real_stream1_frame_decodes_to_its_known_values(backend):
     assert gaps.sum() == 1_253_074 and image[~gaps].sum(dtype=np.int64) == 9_876
 
 
+def test_decode_benchmark_cases_agree_with_every_peer_and_name_the_backend():
+    """``livediff bench --only decode --quick`` without the timing: each case's check runs (arrays equal)."""
+    from livediff.bench import decode as bench_decode
+
+    cases = bench_decode.cases(quick=True)
+    assert {c.operator for c in cases} >= {"bslz4 decode [numba]", f"stream1 image message [{codecs.backend()}]"}
+    for case in cases:
+        if case.check is not None and case.skipped is None:
+            case.check()
+        np.asarray(case.ours())
+
+
 def test_backend_is_named_and_loads():
     assert codecs.backend() in codecs.BACKENDS and codecs.backend() in codecs.describe()
     assert codecs.prepare() >= 0.0
