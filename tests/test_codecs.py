@@ -162,6 +162,21 @@ def test_lz4_stores_incompressible_blocks_as_they_are(backend):
     np.testing.assert_array_equal(codecs.decode_lz4(blob, image.shape, image.dtype, backend=backend), image)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_incompressible_bare_lz4_block_reframed_for_hdf5(backend):
+    """LZ4 expands random bytes: the reframed block is longer than its data, and hdf5plugin reads it as LZ4."""
+    image = np.random.default_rng(11).integers(0, 256, (3, 12), dtype=np.uint8)
+    framed = codecs.lz4_block_to_h5(codecs.encode_lz4_block(image), image.nbytes)
+    assert struct.unpack(">I", framed[12:16])[0] > image.nbytes
+    np.testing.assert_array_equal(codecs.decode_lz4(framed, image.shape, image.dtype, backend=backend), image)
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        ds = f.create_dataset("x", shape=image.shape, dtype=image.dtype, chunks=image.shape, **hdf5plugin.LZ4())
+        ds.id.write_direct_chunk((0, 0), framed)
+    with h5py.File(buf, "r") as f:
+        np.testing.assert_array_equal(f["x"][()], image)
+
+
 def test_bare_lz4_block_reframed_for_hdf5():
     image = _frame((37, 61), "uint16", seed=6)
     block = codecs.encode_lz4_block(image)
@@ -266,7 +281,7 @@ def test_each_block_length_is_checked_before_the_block_is_decompressed(encoding)
         "is not valid LZ4 data": blob[:pos + 4] + bytes(length) + blob[pos + 4 + length:],
         "3 bytes left where the length of block 1 belongs": blob[:12] + struct.pack(">I", len(literal)) + literal
                                                             + bytes(3),
-        "bytes after block": blob + b"x",
+        "1 bytes after the last of 8 block(s)": blob + b"x",
     }
     for message, bad in cases.items():
         with pytest.raises(DecodeError, match="corrupt or truncated data") as info:

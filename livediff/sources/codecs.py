@@ -464,7 +464,7 @@ _MESSAGES = {
     2: "block {k} claims {v} bytes, more than are left",
     3: "block {k} claims {v} bytes, impossible for an LZ4 block of that size",
     4: "block {k} ({v} bytes) is not valid LZ4 data of the block's size",
-    5: "{v} bytes after block {k}, not the chunk's uncompressed tail",
+    5: "{v} bytes after the last of {k} block(s), not what the header's size leaves",
 }
 
 

@@ -33,7 +33,7 @@ NO_LENGTH = 1        #: fewer than 4 bytes left where a block's length belongs (
 TOO_LONG = 2         #: a block's length exceeds the bytes left (value: the length)
 IMPOSSIBLE = 3       #: a block's length no LZ4 block of that size can have (value: the length)
 CORRUPT = 4          #: the LZ4 data of a block is corrupt or decodes to the wrong length (value: the length)
-TRAILING = 5         #: the bytes after the last block differ from the stored tail (value: bytes left)
+TRAILING = 5         #: the bytes after the last block are not the stored tail (bslz4) or nothing (value: bytes left)
 
 #: An LZ4 sequence of 1 + e bytes of match length and a 2-byte offset writes at most
 #: 19 + 255 e bytes, so a block of b bytes needs at least ceil(b / 255) bytes of input.
@@ -128,15 +128,18 @@ def lz4_block(src: np.ndarray, start: int, end: int, dst: np.ndarray) -> int:
 
 
 @numba.njit(nogil=True, cache=True)
-def _block_length(src: np.ndarray, pos: int, nbytes: int, stored_ok: bool) -> tuple[int, int]:
-    """The checked length of the block whose 4-byte length is at ``pos``: (code, length)."""
+def _block_length(src: np.ndarray, pos: int, nbytes: int) -> tuple[int, int]:
+    """The checked length of the block of ``nbytes`` bytes whose 4-byte length is at ``pos``: (code, length).
+
+    At least what LZ4 needs for ``nbytes`` (:func:`min_compressed`), at most ``LZ4_COMPRESSBOUND``: a block
+    LZ4 expands is longer than its data (a bare Stream v1 ``lz4<`` block reframed for HDF5 can be).
+    """
     if src.size - pos < 4:
         return NO_LENGTH, src.size - pos
     length = _length(src, pos)
     if length > src.size - pos - 4:
         return TOO_LONG, length
-    most = nbytes if stored_ok else nbytes + nbytes // MAX_RATIO + 16  # LZ4_COMPRESSBOUND
-    if length < min_compressed(nbytes) or length > most:
+    if length < min_compressed(nbytes) or length > nbytes + nbytes // MAX_RATIO + 16:  # LZ4_COMPRESSBOUND
         return IMPOSSIBLE, length
     return OK, length
 
@@ -159,7 +162,7 @@ def decode_bslz4(src: np.ndarray, dst: np.ndarray, block: int, itemsize: int,
     k = 0
     while start < full:
         m = min(block, full - start)
-        code, length = _block_length(src, pos, m * itemsize, False)
+        code, length = _block_length(src, pos, m * itemsize)
         if code != OK:
             return code, k, length
         pos += 4
@@ -189,7 +192,7 @@ def decode_lz4(src: np.ndarray, dst: np.ndarray, block: int) -> tuple[int, int, 
     k = 0
     while start < dst.size:
         size = min(block, dst.size - start)
-        code, length = _block_length(src, pos, size, True)
+        code, length = _block_length(src, pos, size)
         if code != OK:
             return code, k, length
         pos += 4
