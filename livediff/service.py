@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import resource
 import math
+import resource
 import signal
 import threading
 import time
@@ -37,6 +37,7 @@ from .queues import EventQueue
 from .sinks.exports import create_exporters
 from .sinks.hdf5 import HDF5Writer
 from .sinks.publisher import Publisher
+from .sources import codecs
 from .sources.receiver import Receiver
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Service:
             processing = asyncio.create_task(self.run_loop.run(), name="run-loop")
             tasks = [receiving, processing]
             await _first(self.receiver.ready.wait(), receiving)
+            await asyncio.to_thread(codecs.prepare)  # the chunk decoder, before the first compressed frame
             await self.executor.warm_up(self._expected_series())
             self.ready.set()  # the first heartbeat says so to subscribers
             tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
