@@ -170,6 +170,8 @@ def _as_toml(settings: Any, given: dict[str, Any]) -> dict[str, Any]:
         value = given.get(f.name) if f.metadata.get("file") else getattr(settings, f.name)
         if isinstance(value, dict):  # {name: settings}
             value = {name: _as_toml(sub, given.get(f.name, {}).get(name, {})) for name, sub in value.items()}
+        elif dataclasses.is_dataclass(value):  # a sub-table
+            value = _as_toml(value, given.get(f.name, {}))
         if value is not None:
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
@@ -210,6 +212,12 @@ def _build(cls: type, table: dict[str, Any], prefix: str, errors: list[str],
         where = f"{prefix}.{key}"
         if key not in fields:
             errors.append(f"{where}: unknown key{_suggest(key, fields)}")
+            continue
+        if dataclasses.is_dataclass(hints[key]):  # a sub-table: [prefix.KEY], checked like a section
+            if not isinstance(value, dict):
+                errors.append(f"{where}: expected a table [{where}], got {_show(value)}")
+            else:
+                values[key] = _build(hints[key], value, where, errors, read_array)
             continue
         entry = _table_of(hints[key])
         if entry is not None:  # {name: settings}: [...KEY.NAME] tables, each checked like a section

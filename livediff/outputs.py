@@ -23,7 +23,8 @@ Shape = tuple[int, ...]
 BASE_COLUMNS = {"frame": "i8", "timestamp": "f8", "received": "f8", "latency_s": "f8"}
 
 #: names under /entry/livediff that operators cannot take
-RESERVED = frozenset({"frames", "config", "summary", "reductions", "corrected"})
+RESERVED = frozenset({"frames", "config", "summary", "reductions", "corrected", "maps", "per_frame", "written",
+                      "provenance"})
 
 
 class Declaring(Protocol):

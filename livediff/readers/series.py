@@ -32,6 +32,14 @@ conventions:
   (DECTRIS): the saturation count.
 - ``/entry/instrument/beam/incident_wavelength`` (or ``/entry/sample/beam/...``): ångström
   when ``units`` is absent.
+- the instrument (:class:`~livediff.model.Instrument`): ``sensor_material``,
+  ``sensor_thickness`` (m), ``frame_time`` (s), ``description``, ``serial_number``, the
+  pixel mask flags as stored, and the rotation: the axis ``/entry/sample/depends_on``
+  names when its angles vary (start = the first, increment = the median step), or DECTRIS'
+  older ``/entry/sample/goniometer/omega`` with ``omega_range_average``.  A livediff file
+  gives its instrument exactly (``/entry/livediff@instrument``).
+- ``/entry/livediff/written`` (livediff files that have it): frames flagged 0 there are not
+  recorded, whatever their chunks hold.
 
 Nothing but the header metadata and the chunk index is read at open; each
 :meth:`RecordedSeries.frame` reads one chunk.  When frames are stored one per chunk with
@@ -60,7 +68,7 @@ import h5py
 import numpy as np
 
 from ..errors import DecodeError
-from ..model import FRAME_DTYPES, Geometry, Scan, SeriesStart
+from ..model import FRAME_DTYPES, Geometry, Instrument, Scan, SeriesStart
 from ..sources import codecs
 
 log = logging.getLogger(__name__)
@@ -155,6 +163,13 @@ class RecordedSeries:
         self.chunk_encoding = encodings.pop() if len(encodings) == 1 else None
         self._nbytes = int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
         self.indices = np.concatenate([_stored(ds) + start for ds, start in zip(self._parts, self._starts)])
+        written = own.get("written") if own is not None else None
+        if isinstance(written, h5py.Dataset):   # frames the writer flagged as not recorded are skipped
+            flags = written[()]
+            inside = self.indices < len(flags)
+            keep = np.zeros(len(self.indices), dtype=bool)
+            keep[inside] = flags[self.indices[inside]] == 1
+            self.indices = self.indices[keep]
         attrs = {} if own is None else own.attrs
         recorded_n = int(attrs.get("n_frames", -1))
         self.n_frames = recorded_n if recorded_n >= 0 else int(self._starts[-1])
@@ -241,9 +256,10 @@ class RecordedSeries:
         saturation = _quantity(det, ("saturation_value", "detectorSpecific/countrate_correction_count_cutoff"),
                                None, None, where)
         scan = attrs.get("scan")
+        flags = _flags(det, self.shape, where)
         return SeriesStart(
             series=self.series, shape=self.shape, dtype=self.dtype, n_frames=self.n_frames,
-            mask=_mask(det, self.shape, where),
+            mask=None if flags is None else flags == 0,
             geometry=Geometry(
                 beam_center=_beam_center(det, pixel_size, where), pixel_size=pixel_size,
                 distance=_quantity(det, ("distance", "detector_distance"), _LENGTH_M, "m", where),
@@ -251,8 +267,21 @@ class RecordedSeries:
             scan=Scan(tuple(int(n) for n in scan)) if scan is not None else None,
             count_time=_quantity(det, ("count_time",), _TIME_S, "s", where),
             saturation=None if saturation is None else int(saturation),
+            instrument=(Instrument.from_dict(json.loads(attrs["instrument"]), flags) if "instrument" in attrs
+                        else self._instrument(det, flags, where)),
             meta=json.loads(attrs["meta"]) if "meta" in attrs else {},
         )
+
+    def _instrument(self, det: h5py.Group | None, flags: np.ndarray | None, where: str) -> Instrument:
+        texts = {}
+        for name in ("sensor_material", "description", "serial_number"):
+            ds = det.get(name) if det is not None else None
+            if isinstance(ds, h5py.Dataset) and ds.dtype.kind in "SOU":
+                value = np.ravel(ds[()])[0] if ds.shape else ds[()]
+                texts[name] = value.decode() if isinstance(value, bytes) else str(value)
+        return Instrument(sensor_thickness=_quantity(det, ("sensor_thickness",), _LENGTH_M, "m", where),
+                          frame_time=_quantity(det, ("frame_time",), _TIME_S, "s", where),
+                          goniometer=_rotation(self._file), pixel_flags=flags, **texts)
 
 
 def _livediff_frames(f: h5py.File, path: Path) -> list[h5py.Dataset]:
@@ -369,8 +398,39 @@ def _beam_center(det: h5py.Group | None, pixel_size: tuple[float, float] | None,
     return centre[0], centre[1]
 
 
-def _mask(det: h5py.Group | None, shape: tuple[int, int], where: str) -> np.ndarray | None:
-    """True = valid, from the OR of the NXmx pixel masks (0 = good); None when there is none."""
+def _rotation(f: h5py.File) -> tuple[tuple[str, float, float], ...]:
+    """The rotation axis of the sample as ((name, start, increment),), or () for stills."""
+    target = f.get("entry/sample/depends_on")
+    ds = None
+    if isinstance(target, h5py.Dataset):
+        path = target[()]
+        path = path.decode() if isinstance(path, bytes) else str(path)
+        found = f.get(path) if path not in ("", ".") else None
+        if isinstance(found, h5py.Dataset) and _text(found.attrs.get("transformation_type")) == "rotation":
+            ds = found
+    step = None
+    if ds is None and isinstance(f.get("entry/sample/goniometer/omega"), h5py.Dataset):   # older EIGER files
+        ds = f["entry/sample/goniometer/omega"]
+        average = f.get("entry/sample/goniometer/omega_range_average")
+        step = float(np.ravel(average[()])[0]) if isinstance(average, h5py.Dataset) else None
+    if ds is None or ds.dtype.kind not in "iuf":
+        return ()
+    angles = np.ravel(ds[()]).astype(np.float64)
+    if step is None:
+        step = float(np.median(np.diff(angles))) if len(angles) > 1 else 0.0
+    if not len(angles) or step == 0 or not np.isfinite(step):
+        return ()
+    if _text(ds.attrs.get("units", "deg")).lower() in ("rad", "radian", "radians"):
+        angles, step = np.degrees(angles), float(np.degrees(step))
+    return ((ds.name.rsplit("/", 1)[-1], float(angles[0]), step),)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _flags(det: h5py.Group | None, shape: tuple[int, int], where: str) -> np.ndarray | None:
+    """The OR of the NXmx pixel masks (uint32 flags, 0 = good); None when there is none."""
     if det is None:
         return None
     names = sorted(n for n in det if n == "pixel_mask" or _EXTRA_MASK.fullmatch(n))
@@ -384,7 +444,7 @@ def _mask(det: h5py.Group | None, shape: tuple[int, int], where: str) -> np.ndar
                              f"shape {shape}")
         values = ds[()].astype(np.uint32)
         flags = values if flags is None else flags | values
-    return None if flags is None else flags == 0
+    return flags
 
 
 def _first_line(exc: BaseException) -> str:
