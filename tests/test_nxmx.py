@@ -244,3 +244,35 @@ def test_config_fills_what_the_header_lacks_and_says_so(tmp_path):
         np.testing.assert_allclose(f["entry/sample/transformations/omega"][()], 30.0 + 0.5 * np.arange(3))
     assert (provenance["sensor_material"], provenance["distance"]) == ("header", "header")
     assert (provenance["saturation_value"], provenance["rotation"]) == ("config", "config")
+
+
+@pytest.mark.parametrize("protocol", ["native", "dectris-stream1", "dectris-stream2"])
+def test_every_protocol_carries_the_instrument(protocol):
+    from livediff.sources.dectris_v1 import StreamV1Decoder
+    from livediff.sources.dectris_v2 import StreamV2Decoder
+    from livediff.sources.native import decode
+    from livediff.sources.sender import ENCODERS
+
+    sim = RotationSimulator(shape=(40, 48), n_frames=3, seed=6, n_spots=2)
+    truth = sim.series_start()
+    encoder = ENCODERS[protocol](encoding="bslz4")
+    decoder = {"native": lambda parts: [decode(parts)], "dectris-stream1": StreamV1Decoder(),
+               "dectris-stream2": StreamV2Decoder()}[protocol]
+    events = decoder(encoder.start(truth)) + decoder(encoder.image(1, 0, sim.frame(0)))
+    got = events[0].instrument
+    assert (got.sensor_material, got.sensor_thickness, got.frame_time, got.description, got.serial_number) == (
+        "Si", 450e-6, 0.01, "simulated EIGER2", "SIM-ROT")
+    assert got.rotation == ("omega", sim.omega_start, sim.omega_increment)
+    np.testing.assert_array_equal(got.pixel_flags, sim.pixel_flags)
+    assert got.pixel_flags.dtype == np.uint32 and not got.pixel_flags.flags.writeable
+
+
+def test_instrument_settings_are_checked_like_every_other_key(tmp_path):
+    from livediff.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"output.instrument.sensor_thicknes: unknown key \(did you mean "
+                                          r"'sensor_thickness'\?\)\n.*output.instrument.distance: must be > 0"):
+        config(tmp_path, output={"instrument": {"sensor_thicknes": 1e-3, "distance": -1.0}})
+    cfg = config(tmp_path, output={"instrument": {"sensor_material": "GaAs"}})
+    assert cfg.output.instrument.sensor_material == "GaAs"
+    assert 'sensor_material = "GaAs"' in cfg.effective and "[output.instrument]" in cfg.effective

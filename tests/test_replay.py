@@ -63,7 +63,7 @@ def _contents(path: Path) -> dict[str, object]:
     with h5py.File(path, "r") as f:
         def visit(name: str, obj) -> None:
             if isinstance(obj, h5py.Dataset) and name not in ("entry/start_time", "entry/end_time",
-                                                               "entry/livediff/config") \
+                                                               "entry/end_time_estimated", "entry/livediff/config") \
                     and name not in {f"entry/livediff/per_frame/{c}" for c in _TIMING} \
                     and "detectorSpecific" not in name:   # Stream v2's own detector_translation
                 value = obj[()]
