@@ -85,7 +85,8 @@ class Columns:
         names = [n for n, dtype in columns.items() if np.dtype(dtype).kind in "iuf"]
         self.columns = [Stack(group, n, (), columns[n]) for n in names]
         others = [n for n in names if n != "frame"]
-        signal = next((n for n in ("sum", "n_spots") if n in others), others[0])
+        own = [n for n in others if n not in ("timestamp", "received", "latency_s")]   # the operators' columns
+        signal = next((n for n in ("sum", "n_spots") if n in others), own[0] if own else "latency_s")
         nxdata.nxdata(group, signal, ["frame"], auxiliary=[n for n in others if n != signal])
 
     def write(self, rows: np.ndarray) -> None:
