@@ -200,7 +200,7 @@ def test_crystfel_geometry_beside_the_recording(rotation):
     geom = dict(line.split(" = ", 1) for line in path.with_suffix(".geom").read_text().splitlines()
                 if " = " in line)
     truth = sim.series_start().geometry
-    (row, col), (py, px) = truth.beam_center, truth.pixel_size
+    (row, col), (_, px) = truth.beam_center, truth.pixel_size
     assert float(geom["p0/corner_x"]) == pytest.approx(-(col + 0.5)) and float(geom["p0/corner_y"]) == pytest.approx(
         -(row + 0.5))
     assert float(geom["res"]) == pytest.approx(1 / px) and geom["clen"] == f"{truth.distance:.8g} m"

@@ -244,7 +244,7 @@ def crystfel_geometry(described: Described, shape: tuple[int, int], *, data: str
              f"data = {data}", "dim0 = %", "dim1 = ss", "dim2 = fs"]
     if d.get("pixel_mask") is not None:
         lines += [f"mask = {mask}", "mask_good = 0x0", "mask_bad = 0xffffffff"]
-    lines += ["", f"p0/min_fs = 0", f"p0/max_fs = {shape[1] - 1}", "p0/min_ss = 0", f"p0/max_ss = {shape[0] - 1}",
+    lines += ["", "p0/min_fs = 0", f"p0/max_fs = {shape[1] - 1}", "p0/min_ss = 0", f"p0/max_ss = {shape[0] - 1}",
               "p0/fs = x", "p0/ss = y", f"p0/corner_x = {-bx:.8g}", f"p0/corner_y = {-by:.8g}", ""]
     return "\n".join(lines)
 
