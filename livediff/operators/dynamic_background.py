@@ -22,16 +22,28 @@ from .base import BaseOperator, param
 from .checks import check_choice, check_image, check_mask, check_output
 from .masks import finite_mask, float32_series, store
 
-__all__ = ["DynamicBackground", "DynamicBackgroundParams", "dynamic_background"]
+__all__ = ["DynamicBackground", "DynamicBackgroundParams", "dynamic_background", "remove_background"]
 
 
 @functools.lru_cache(maxsize=32)
-def _half_gaussian(sigma: float, truncate: float) -> np.ndarray:
-    """w[0..r] of scipy.ndimage's normalised 1-D Gaussian, radius r = int(truncate * sigma + 0.5)."""
-    radius = int(truncate * sigma + 0.5)
-    x = np.arange(-radius, radius + 1)
-    w = np.exp(-0.5 / (sigma * sigma) * x.astype(np.float64) ** 2)
-    w = w[radius:] / w.sum()
+def _taps(sigma: float, truncate: float, window: str) -> np.ndarray:
+    """The normalised 1-D Gaussian, centred on tap ``len // 2`` of a correlation.
+
+    ``"scipy"``: scipy.ndimage's, radius ``int(truncate * sigma + 0.5)``.  ``"kikuchipy"``:
+    kikuchipy's dynamic-background window, ``int(truncate * sigma)`` taps of
+    ``exp(-n² / 2σ²)`` with n from the window's middle (an even count sits half a pixel off
+    the centre tap, as kikuchipy's correlation does).
+    """
+    if window == "scipy":
+        radius = int(truncate * sigma + 0.5)
+        n = np.arange(-radius, radius + 1, dtype=np.float64)
+    else:
+        taps = int(truncate * sigma)
+        if taps < 1:
+            raise ValueError(f"kikuchipy's window has int(truncate * sigma) taps: {truncate} x {sigma} gives none")
+        n = np.arange(taps, dtype=np.float64) - (taps - 1) / 2
+    w = np.exp(-0.5 / (sigma * sigma) * n ** 2)
+    w /= w.sum()
     w.setflags(write=False)
     return w
 
@@ -53,42 +65,48 @@ def _add_pair(acc, w, a, b):
 
 @numba.njit(nogil=True, cache=True)
 def _lowpass_direct(src, w, reflect, out):
+    """out[i, j] = sum_k w[k] w[l] src[i + k - h, j + l - h], h = len(w) // 2, for a symmetric ``w``:
+    taps k and len - 1 - k are added in pairs, innermost first."""
     rows, cols = src.shape
-    r = w.size - 1
-    pad = np.empty(cols + 2 * r)
-    mid = pad[r:r + cols]
+    m = w.size
+    h = m // 2
+    centre = w[h] if m % 2 else 0.0
+    pad = np.empty(cols + m - 1)
+    mid = pad[h:h + cols]
     for i in range(rows):  # columns first, into the padded row buffer, then along the row
         s = src[i]
         for c in range(cols):
-            mid[c] = w[0] * s[c]
-        for k in range(1, r + 1):
-            _add_pair(mid, w[k], src[_fold(i - k, rows, reflect)], src[_fold(i + k, rows, reflect)])
-        for j in range(1, r + 1):
-            pad[r - j] = mid[_fold(-j, cols, reflect)]
-            pad[r + cols - 1 + j] = mid[_fold(cols - 1 + j, cols, reflect)]
+            mid[c] = centre * s[c]
+        for k in range(m // 2 - 1, -1, -1):
+            _add_pair(mid, w[k], src[_fold(i + k - h, rows, reflect)], src[_fold(i + m - 1 - k - h, rows, reflect)])
+        for j in range(1, h + 1):
+            pad[h - j] = mid[_fold(-j, cols, reflect)]
+        for j in range(1, m - h):
+            pad[h + cols - 1 + j] = mid[_fold(cols - 1 + j, cols, reflect)]
         o = out[i]
         for c in range(cols):
-            o[c] = w[0] * mid[c]
-        for k in range(1, r + 1):
-            _add_pair(o, w[k], pad[r - k:r - k + cols], pad[r + k:r + k + cols])
+            o[c] = centre * mid[c]
+        for k in range(m // 2 - 1, -1, -1):
+            _add_pair(o, w[k], pad[k:k + cols], pad[m - 1 - k:m - 1 - k + cols])
 
 
 @functools.lru_cache(maxsize=16)
-def _spectrum(n: int, sigma: float, truncate: float, half: bool) -> np.ndarray:
-    """Real DFT of the Gaussian placed circularly on n samples (full, or rfft's half)."""
-    w = _half_gaussian(sigma, truncate)
-    h = np.zeros(n)
-    h[: w.size] = w
-    h[n - w.size + 1:] += w[:0:-1]
-    spec = (scipy.fft.rfft(h) if half else scipy.fft.fft(h)).real
+def _spectrum(n: int, sigma: float, truncate: float, window: str, half: bool) -> np.ndarray:
+    """DFT of the correlation with :func:`_taps` placed circularly on n samples (full, or rfft's half)."""
+    w = _taps(sigma, truncate, window)
+    h = w.size // 2
+    g = np.zeros(n)
+    g[(h - np.arange(w.size)) % n] = w  # correlation = convolution with the reversed taps
+    spec = scipy.fft.rfft(g) if half else scipy.fft.fft(g)
     spec.setflags(write=False)
     return spec
 
 
-def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, method: str) -> np.ndarray:
-    """Gaussian low-pass of a float64 frame, scipy.ndimage.gaussian_filter semantics."""
-    w = _half_gaussian(sigma, truncate)
-    r = w.size - 1
+def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, method: str,
+             window: str = "scipy") -> np.ndarray:
+    """Separable Gaussian low-pass of a float64 frame with :func:`_taps`' window (scipy's: gaussian_filter)."""
+    w = _taps(sigma, truncate, window)
+    r = w.size // 2
     rows, cols = src.shape
     lr = scipy.fft.next_fast_len(rows + 2 * r, real=True)
     lc = scipy.fft.next_fast_len(cols + 2 * r, real=True)
@@ -100,8 +118,8 @@ def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, meth
         return out
     padded = np.pad(src, r, mode="symmetric" if reflect else "edge")
     spec = scipy.fft.rfft2(padded, s=(lr, lc), workers=1)
-    spec *= _spectrum(lr, sigma, truncate, False)[:, None]
-    spec *= _spectrum(lc, sigma, truncate, True)[None, :]
+    spec *= _spectrum(lr, sigma, truncate, window, False)[:, None]
+    spec *= _spectrum(lc, sigma, truncate, window, True)[None, :]
     return scipy.fft.irfft2(spec, s=(lr, lc), workers=1)[r:r + rows, r:r + cols]
 
 
@@ -117,7 +135,7 @@ def _remove(image, num, den, mask, mode, min_weight, fill, out, valid):
             v = np.float64(x[c])
             weight = 1.0 if den is None else den[r, c]
             b = num[r, c] / weight
-            ok = (weight >= min_weight) & (np.abs(v) < np.inf)
+            ok = (weight >= min_weight) & (np.abs(v) < np.inf) & (np.abs(b) < np.inf)
             if mask is not None:
                 ok &= mask[r, c]
             if mode == 1:
@@ -129,9 +147,9 @@ def _remove(image, num, den, mask, mode, min_weight, fill, out, valid):
 
 
 def dynamic_background(image: np.ndarray, sigma: float, mask: np.ndarray | None = None, *,
-                       mode: str = "divide", truncate: float = 4.0, boundary: str = "reflect",
+                       mode: str = "divide", truncate: float = 4.0, boundary: str | None = None,
                        min_weight: float = 0.01, fill_value: float = 0.0, method: str = "auto",
-                       mask_out: np.ndarray | None = None) -> np.ndarray:
+                       mask_out: np.ndarray | None = None, window: str = "scipy") -> np.ndarray:
     """Remove a frame's own Gaussian low-pass (e.g. to extract Kikuchi bands).
 
     Parameters
@@ -142,13 +160,18 @@ def dynamic_background(image: np.ndarray, sigma: float, mask: np.ndarray | None 
         out of the background (normalised convolution) and of the result.
     mode : ``"divide"`` :math:`x / B`, ``"subtract"`` :math:`x - B` or ``"relative"``
         :math:`(x - B) / B`.
-    truncate : kernel radius in sigmas, ``int(truncate * sigma + 0.5)`` px (scipy's).
-    boundary : ``"reflect"`` (scipy's, d c b a | a b c d) or ``"nearest"`` (edge repeated).
+    truncate : kernel radius in sigmas, ``int(truncate * sigma + 0.5)`` px (scipy's); with
+        ``window="kikuchipy"`` the kernel's full width, ``int(truncate * sigma)`` taps.
+    boundary : ``"reflect"`` (scipy's, d c b a | a b c d) or ``"nearest"`` (edge repeated);
+        default ``"reflect"``, ``"nearest"`` with ``window="kikuchipy"``.
     min_weight : least fraction of the kernel's weight on valid pixels for a background.
     fill_value : value of invalid output pixels.
     method : ``"direct"`` (separable, cost ~ radius), ``"fft"`` (cost ~ log of the padded
         size) or ``"auto"`` (the cheaper); the same result to float64 rounding.
     mask_out : bool array receiving the validity of each output pixel.
+    window : ``"scipy"`` (``scipy.ndimage.gaussian_filter``'s kernel) or ``"kikuchipy"``
+        (kikuchipy's default "frequency" dynamic background: ``int(truncate * sigma)`` taps,
+        ±2σ for truncate 4, edge padding).
 
     Returns
     -------
@@ -160,14 +183,16 @@ def dynamic_background(image: np.ndarray, sigma: float, mask: np.ndarray | None 
     (sigma, ``mode="reflect"``, ``truncate=4.0``) and :math:`m` the mask (Knutsson & Westin,
     "Normalized and differential convolution", CVPR 1993).  A pixel is valid when it is, when
     :math:`G * m \\geq` ``min_weight`` and, for division, :math:`B > 0`.  kikuchipy's default
-    ("frequency") window spans ±2σ with edge padding: ``truncate=2.0, boundary="nearest"`` is
-    close (its tap count is ``int(4σ)``, not ``2 int(2σ + 0.5) + 1``).
+    ("frequency") window spans ±2σ with edge padding, ``int(4σ)`` taps: ``window="kikuchipy"``
+    is it exactly (two ``scipy.ndimage.correlate1d(mode="nearest")`` passes with those taps).
     """
     image = check_image(image)
     mask = check_mask(mask, image.shape)
     if not sigma > 0 or not truncate > 0:
         raise ValueError(f"sigma and truncate must be > 0, got sigma={sigma}, truncate={truncate}")
     check_choice(mode, tuple(_MODES), "mode")
+    check_choice(window, ("scipy", "kikuchipy"), "window")
+    boundary = boundary or ("nearest" if window == "kikuchipy" else "reflect")
     check_choice(boundary, ("reflect", "nearest"), "boundary")
     check_choice(method, ("auto", "direct", "fft"), "method")
     if not 0 <= min_weight <= 1:
@@ -175,7 +200,7 @@ def dynamic_background(image: np.ndarray, sigma: float, mask: np.ndarray | None 
     if mask_out is not None:
         check_output(mask_out, image.shape, np.bool_, "mask_out")
     use = _usable(image, mask)
-    args = (float(sigma), float(truncate), boundary == "reflect", method)
+    args = (float(sigma), float(truncate), boundary == "reflect", method, window)
     return _remove_background(image, mask, use, _weights(use, args), args, mode, min_weight, fill_value, mask_out)
 
 
@@ -200,14 +225,46 @@ def _remove_background(image: np.ndarray, mask: np.ndarray | None, use: np.ndarr
     return out
 
 
+def remove_background(image: np.ndarray, background: np.ndarray, mask: np.ndarray | None = None, *,
+                      mode: str = "divide", fill_value: float = 0.0,
+                      mask_out: np.ndarray | None = None) -> np.ndarray:
+    """Remove a given background (a static one, e.g. EBSD's mean pattern) as :func:`dynamic_background` does.
+
+    Parameters
+    ----------
+    image, background : (rows, cols), any real dtypes.
+    mask, mode, fill_value, mask_out : as :func:`dynamic_background`; a pixel whose
+        background is not finite (or, dividing, not > 0) is invalid.
+
+    Returns
+    -------
+    New float32 array.
+    """
+    image = check_image(image)
+    mask = check_mask(mask, image.shape)
+    check_choice(mode, tuple(_MODES), "mode")
+    if mask_out is not None:
+        check_output(mask_out, image.shape, np.bool_, "mask_out")
+    background = check_image(background, "background")
+    if background.shape != image.shape:
+        raise ValueError(f"background shape {background.shape} != image shape {image.shape}")
+    out = np.empty(image.shape, dtype=np.float32)
+    _remove(image, background, None, mask, _MODES[mode], 0.0, np.float32(fill_value), out, mask_out)
+    return out
+
+
 @dataclass(frozen=True)
 class DynamicBackgroundParams:
     """Parameters of :class:`DynamicBackground`."""
 
     sigma: float | None = param(None, gt=0, doc="Gaussian sigma, px; default: frame width / 8 (kikuchipy's)")
     mode: Literal["divide", "subtract", "relative"] = "divide"
-    truncate: float = param(4.0, gt=0, doc="kernel radius in sigmas (scipy's truncate)")
-    boundary: Literal["reflect", "nearest"] = "reflect"
+    truncate: float = param(4.0, gt=0, doc="kernel radius in sigmas (scipy's truncate); kikuchipy window: "
+                                           "its full width in sigmas")
+    boundary: Literal["reflect", "nearest"] | None = param(None, doc="default reflect; nearest for the "
+                                                                     "kikuchipy window")
+    window: Literal["scipy", "kikuchipy"] = param("scipy", doc="scipy's gaussian_filter kernel or kikuchipy's "
+                                                               "dynamic-background window")
     min_weight: float = param(0.01, ge=0, le=1, doc="least valid fraction of the kernel weight")
     fill_value: float = param(0.0, doc="value of invalid pixels")
 
@@ -222,7 +279,8 @@ class DynamicBackground(BaseOperator):
         super().start(series)
         p = self.params
         sigma = p.sigma if p.sigma is not None else series.shape[1] / 8
-        self._args = (float(sigma), p.truncate, p.boundary == "reflect", "auto")
+        boundary = p.boundary or ("nearest" if p.window == "kikuchipy" else "reflect")
+        self._args = (float(sigma), p.truncate, boundary == "reflect", "auto", p.window)
         self._series_weights = _weights(series.mask, self._args)  # the same for every frame with that mask
 
     def output_series(self, series: SeriesStart) -> SeriesStart:
