@@ -80,8 +80,10 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replay", help="stream a recorded series (livediff HDF5 or NXmx / EIGER master file) "
                                       "as a live detector stream")
-    r.add_argument("file", help="livediff series file (saved with save_raw), NXmx / EIGER master file, or "
-                                "FILE.h5::/dataset holding a (rows, cols, H, W) or (N, H, W) scan stack")
+    r.add_argument("file", help="livediff series file (saved with save_raw), NXmx / EIGER master file, "
+                                "FILE.h5::/dataset holding a (rows, cols, H, W) or (N, H, W) scan stack, or EBSD "
+                                "patterns: a folder or zip of TIFF / PNG / BMP files (natural order, or named "
+                                "by position like x12y7), h5ebsd, NORDIF .dat, EDAX .up1 / .up2")
     r.add_argument("--endpoint", required=True, help="where to send, e.g. tcp://127.0.0.1:9999")
     r.add_argument("--bind", action="store_true", help="bind the PUSH socket, as a detector does")
     r.add_argument("--rate", type=float, default=0.0, help="frames/s, 0 = as fast as taken (default)")
@@ -90,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--encoding", default="bslz4", help="pixel payload: bslz4 (default; stored bitshuffle-LZ4 "
                                                        "chunks are sent as they are), lz4 or raw")
     r.add_argument("--series", type=int, help="series number to announce (default: the recorded one, or 1)")
-    r.add_argument("--scan", type=_shape, help="ROWSxCOLS scan of a stack (default: a 4D stack's first two axes)")
+    r.add_argument("--scan", type=_shape, help="ROWSxCOLS scan of a stack or of EBSD patterns (default: a 4D "
+                                               "stack's first two axes, the positions in the file names, the "
+                                               "h5ebsd header)")
     r.add_argument("--scan-order", choices=["raster", "serpentine"], default="raster")
     r.add_argument("--flyback", type=int, default=0, help="fly-back frames at the end of each scan line")
     r.add_argument("--timeout", type=float, default=10.0,
