@@ -102,6 +102,24 @@ def _spectrum(n: int, sigma: float, truncate: float, window: str, half: bool) ->
     return spec
 
 
+@functools.lru_cache(maxsize=16)
+def _matrix(n: int, sigma: float, truncate: float, window: str, reflect: bool) -> np.ndarray:
+    """The (n, n) matrix of the correlation with :func:`_taps` along one axis, boundary folded in (transposed)."""
+    w = _taps(sigma, truncate, window)
+    h = w.size // 2
+    a = np.zeros((n, n))
+    for i in range(n):
+        for k in range(w.size):
+            a[i, _fold(i + k - h, n, reflect)] += w[k]
+    a = np.ascontiguousarray(a.T)
+    a.setflags(write=False)
+    return a
+
+
+#: frames up to this many pixels a side are low-passed as two small matrix products (BLAS beats the taps there)
+_MATRIX_SIDE = 160
+
+
 def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, method: str,
              window: str = "scipy") -> np.ndarray:
     """Separable Gaussian low-pass of a float64 frame with :func:`_taps`' window (scipy's: gaussian_filter)."""
@@ -112,6 +130,11 @@ def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, meth
     lc = scipy.fft.next_fast_len(cols + 2 * r, real=True)
     if method == "auto":  # measured: a direct tap costs about half an FFT's n log2 n unit
         method = "direct" if rows * cols * (r + 1) <= 2 * lr * lc * math.log2(lr * lc) else "fft"
+        if max(rows, cols) <= _MATRIX_SIDE and r > 3:
+            method = "matrix"
+    if method == "matrix":  # A_rows @ src @ A_cols^T
+        return _matrix(rows, sigma, truncate, window, reflect).T @ src @ _matrix(cols, sigma, truncate, window,
+                                                                                 reflect)
     if method == "direct":
         out = np.empty_like(src)
         _lowpass_direct(src, w, reflect, out)
@@ -167,7 +190,8 @@ def dynamic_background(image: np.ndarray, sigma: float, mask: np.ndarray | None 
     min_weight : least fraction of the kernel's weight on valid pixels for a background.
     fill_value : value of invalid output pixels.
     method : ``"direct"`` (separable, cost ~ radius), ``"fft"`` (cost ~ log of the padded
-        size) or ``"auto"`` (the cheaper); the same result to float64 rounding.
+        size), ``"matrix"`` (two matrix products with the boundary folded in, cost ~ size: small
+        frames) or ``"auto"`` (the cheapest); the same result to float64 rounding.
     mask_out : bool array receiving the validity of each output pixel.
     window : ``"scipy"`` (``scipy.ndimage.gaussian_filter``'s kernel) or ``"kikuchipy"``
         (kikuchipy's default "frequency" dynamic background: ``int(truncate * sigma)`` taps,
@@ -194,7 +218,7 @@ def dynamic_background(image: np.ndarray, sigma: float, mask: np.ndarray | None 
     check_choice(window, ("scipy", "kikuchipy"), "window")
     boundary = boundary or ("nearest" if window == "kikuchipy" else "reflect")
     check_choice(boundary, ("reflect", "nearest"), "boundary")
-    check_choice(method, ("auto", "direct", "fft"), "method")
+    check_choice(method, ("auto", "direct", "fft", "matrix"), "method")
     if not 0 <= min_weight <= 1:
         raise ValueError(f"min_weight must be in [0, 1], got {min_weight}")
     if mask_out is not None:

@@ -79,6 +79,7 @@ class EbsdStatic(BaseOperator):
         super().start(series)
         p = self.params
         self.columns = {"n_background": "i8"}
+        self._checked: tuple[np.ndarray | None, bool] = (None, False)
         if self._running:
             self.reductions = {"background": (tuple(series.shape), "f4")}
             self._sum = np.zeros(series.shape)
@@ -96,18 +97,31 @@ class EbsdStatic(BaseOperator):
     def process(self, frame: Frame) -> Frame:
         if self._running and (self.series.scan is None or _position(frame, self.series) is not None):
             frame.shared[self.name] = (frame.data, frame.mask)
+        fill = np.float32(self.params.fill_value)
         if self._current is None:
             n = 0
-            valid = self.valid(frame)
-            data = np.where(valid, frame.data, np.float32(self.params.fill_value)).astype(np.float32)
+            data = frame.data.astype(np.float32)
+            if frame.mask is not None:
+                data[~frame.mask] = fill
         else:
             background, n = self._current
-            valid = np.empty(frame.data.shape, dtype=bool)
-            data = remove_background(frame.data, background, frame.mask, mode=self.params.mode,
-                                     fill_value=self.params.fill_value, mask_out=valid)
-        frame.data, frame.mask = data, valid
+            # an integer pattern and a usable background everywhere: the mask stays the one that came (the
+            # series', whose background weights the dynamic background computes once)
+            keep = frame.data.dtype.kind in "ui" and self._usable(background)
+            valid = None if keep else np.empty(frame.data.shape, dtype=bool)
+            data = remove_background(frame.data, background, frame.mask, mode=self.params.mode, fill_value=fill,
+                                     mask_out=valid)
+            frame.mask = frame.mask if keep else valid
+        frame.data = data
         frame.results[self.name] = {"n_background": n}
         return frame
+
+    def _usable(self, background: np.ndarray) -> bool:
+        """Whether every pixel of ``background`` is finite (and > 0 for a division); cached per version."""
+        if self._checked[0] is not background:
+            ok = np.isfinite(background).all() and (self.params.mode == "subtract" or (background > 0).all())
+            self._checked = (background, bool(ok))
+        return self._checked[1]
 
     # series-wide state: the running mean, folded in arrival order
     def epoch(self, seq: int, index: int) -> int:
