@@ -102,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(run=_replay)
 
     b = sub.add_parser("bench", help="time our kernels against their peers on the same frames")
-    b.add_argument("--only", help="one family (decode, corrections, stats, align, spots, mx, azimuthal, virtual, hdf5) "
-                                  "or operators whose name contains this")
+    b.add_argument("--only", help="one family (decode, corrections, stats, align, spots, mx, azimuthal, virtual, "
+                                  "ebsd, hdf5) or operators whose name contains this")
     b.add_argument("--quick", action="store_true", help="short timings (a smoke test, not a measurement)")
     b.add_argument("--json", action="store_true", help="print one JSON list of rows")
     e2e = b.add_argument_group("end-to-end load (--e2e): simulator -> service process -> results")
