@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from livediff.model import Scan, SeriesStart
+from livediff.model import SeriesStart
+
+from .scan import ScanFrames
 
 #: the crystal's bands: (normal angle, degrees; distance from the pattern centre and half width, fractions of
 #: the pattern width)
@@ -28,7 +31,7 @@ _BANDS = ((0.0, 0.00, 0.050), (60.0, 0.12, 0.040), (120.0, -0.10, 0.045), (30.0,
 
 
 @dataclass
-class EbsdSimulator:
+class EbsdSimulator(ScanFrames):
     """An EBSD series and its ground truth.
 
     Parameters
@@ -46,8 +49,6 @@ class EbsdSimulator:
 
     scan: tuple[int, int] = (16, 20)
     shape: tuple[int, int] = (60, 60)
-    order: str = "raster"
-    flyback: int = 0
     dtype: str = "uint8"
     grains: int = 6
     counts: float = 180.0
@@ -56,13 +57,8 @@ class EbsdSimulator:
     seed: int = 0
     series: int = 1
 
-    @property
-    def grid(self) -> Scan:
-        return Scan(tuple(self.scan), order=self.order, flyback=self.flyback, step=0.5, unit="um")
-
-    @property
-    def n_frames(self) -> int:
-        return self.grid.n_frames
+    step: ClassVar[float] = 0.5
+    unit: ClassVar[str] = "um"
 
     def series_start(self) -> SeriesStart:
         return SeriesStart(series=self.series, shape=tuple(self.shape), dtype=self.dtype, n_frames=self.n_frames,
@@ -119,13 +115,6 @@ class EbsdSimulator:
                 t = u * np.cos(phi) + v * np.sin(phi) - offset
                 total[grain] += 1.0 / (1.0 + np.exp((np.abs(t) - half) / 0.006))  # a bright band, smooth edges
         return total
-
-    def position(self, index: int) -> tuple[int, int]:
-        """The position frame ``index`` was taken at (a fly-back frame: the line's last position)."""
-        rows, cols = self.scan
-        line, k = divmod(index, cols + self.flyback)
-        k = min(k, cols - 1)
-        return line, (cols - 1 - k if self.order == "serpentine" and line % 2 else k)
 
     def expected(self, index: int) -> np.ndarray:
         """The expected pattern of frame ``index`` (float64 counts)."""
