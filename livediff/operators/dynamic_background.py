@@ -92,12 +92,13 @@ def _lowpass_direct(src, w, reflect, out):
 
 @functools.lru_cache(maxsize=16)
 def _spectrum(n: int, sigma: float, truncate: float, window: str, half: bool) -> np.ndarray:
-    """DFT of the correlation with :func:`_taps` placed circularly on n samples (full, or rfft's half)."""
+    """DFT of the correlation with :func:`_taps` placed circularly on n samples (full, or rfft's half), in
+    the precision of the window's low-pass (:func:`_precision`)."""
     w = _taps(sigma, truncate, window)
     h = w.size // 2
     g = np.zeros(n)
     g[(h - np.arange(w.size)) % n] = w  # correlation = convolution with the reversed taps
-    spec = scipy.fft.rfft(g) if half else scipy.fft.fft(g)
+    spec = (scipy.fft.rfft(g) if half else scipy.fft.fft(g)).astype(np.result_type(_precision(window), 1j))
     spec.setflags(write=False)
     return spec
 
@@ -111,18 +112,26 @@ def _matrix(n: int, sigma: float, truncate: float, window: str, reflect: bool) -
     for i in range(n):
         for k in range(w.size):
             a[i, _fold(i + k - h, n, reflect)] += w[k]
-    a = np.ascontiguousarray(a.T)
+    a = np.ascontiguousarray(a.T, dtype=_precision(window))
     a.setflags(write=False)
     return a
 
 
-#: frames up to this many pixels a side are low-passed as two small matrix products (BLAS beats the taps there)
-_MATRIX_SIDE = 160
+#: frames up to this many pixels a side (by bytes per value) are low-passed as two matrix products: BLAS beats the
+#: taps and the FFT there
+_MATRIX_SIDE = {8: 160, 4: 256}
+
+
+def _precision(window: str) -> type:
+    """float64, or float32 for kikuchipy's window (kikuchipy's own precision: its backgrounds agree to 1e-6)."""
+    return np.float32 if window == "kikuchipy" else np.float64
 
 
 def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, method: str,
              window: str = "scipy") -> np.ndarray:
-    """Separable Gaussian low-pass of a float64 frame with :func:`_taps`' window (scipy's: gaussian_filter)."""
+    """Separable Gaussian low-pass of a frame with :func:`_taps`' window (scipy's: gaussian_filter), in
+    :func:`_precision`."""
+    src = np.asarray(src, dtype=_precision(window))
     w = _taps(sigma, truncate, window)
     r = w.size // 2
     rows, cols = src.shape
@@ -130,7 +139,7 @@ def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, meth
     lc = scipy.fft.next_fast_len(cols + 2 * r, real=True)
     if method == "auto":  # measured: a direct tap costs about half an FFT's n log2 n unit
         method = "direct" if rows * cols * (r + 1) <= 2 * lr * lc * math.log2(lr * lc) else "fft"
-        if max(rows, cols) <= _MATRIX_SIDE and r > 3:
+        if max(rows, cols) <= _MATRIX_SIDE[src.dtype.itemsize] and r > 3:
             method = "matrix"
     if method == "matrix":  # A_rows @ src @ A_cols^T
         return _matrix(rows, sigma, truncate, window, reflect).T @ src @ _matrix(cols, sigma, truncate, window,
@@ -237,13 +246,13 @@ def _usable(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
 
 def _weights(use: np.ndarray | None, args: tuple) -> np.ndarray | None:
     """G * m, the normaliser of the convolution (None when every pixel is used: it is 1)."""
-    return None if use is None else _lowpass(use.astype(np.float64), *args)
+    return None if use is None else _lowpass(use, *args)
 
 
 def _remove_background(image: np.ndarray, mask: np.ndarray | None, use: np.ndarray | None,
                        weights: np.ndarray | None, args: tuple, mode: str, min_weight: float, fill_value: float,
                        mask_out: np.ndarray | None) -> np.ndarray:
-    num = _lowpass(image.astype(np.float64) if use is None else np.where(use, image, np.float64(0.0)), *args)
+    num = _lowpass(image if use is None else np.where(use, image, 0), *args)
     out = np.empty(image.shape, dtype=np.float32)
     _remove(image, num, weights, mask, _MODES[mode], float(min_weight), np.float32(fill_value), out, mask_out)
     return out

@@ -31,6 +31,7 @@ OUTPUT_RANGES = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0), "float32": (-1
 
 @numba.njit(nogil=True, cache=True)
 def _min_max(image, mask):  # pragma: no cover - compiled
+    """(min, max) of the valid finite pixels."""
     lo, hi = np.inf, -np.inf
     for r in range(image.shape[0]):
         row = image[r]
@@ -40,6 +41,15 @@ def _min_max(image, mask):  # pragma: no cover - compiled
                 lo = min(lo, v)
                 hi = max(hi, v)
     return lo, hi
+
+
+def _range(image: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
+    """:func:`_min_max`, by numpy's vectorised reductions when every pixel counts and none is NaN or infinite."""
+    if mask is None and image.size:
+        lo, hi = image.min(), image.max()  # a NaN or an infinity shows in one of them
+        if np.isfinite(lo) and np.isfinite(hi):
+            return float(lo), float(hi)
+    return _min_max(image, mask)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -83,7 +93,7 @@ def rescale(image: np.ndarray, mask: np.ndarray | None = None, *, dtype: str = "
         values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
         lo, hi = np.percentile(values, percentiles) if values.size else (0.0, 0.0)
     else:
-        lo, hi = _min_max(image, mask)
+        lo, hi = _range(image, mask)
     out = np.empty(image.shape, dtype=dtype)
     _stretch(image, mask, float(lo), float(hi), *OUTPUT_RANGES[dtype], out)
     return out
@@ -184,7 +194,7 @@ def image_quality(image: np.ndarray, mask: np.ndarray | None = None, *,
     image = check_image(image)
     mask = check_mask(mask, image.shape)
     weights = weights if weights is not None else quality_weights(image.shape)
-    centred = np.empty(image.shape)
+    centred = np.empty(image.shape, dtype=np.float32)  # kikuchipy's precision; the sums are float64
     _centred(image, mask, centred)
     spectrum = scipy.fft.rfft2(centred, workers=1)
     inertia = _inertia(spectrum, weights.weight, weights.count)
