@@ -58,36 +58,32 @@ def _fold(j, n, reflect):
 
 
 @numba.njit(nogil=True, cache=True)
-def _add_pair(acc, w, a, b):
-    for c in range(acc.size):
-        acc[c] += w * (a[c] + b[c])
-
-
-@numba.njit(nogil=True, cache=True)
-def _lowpass_direct(src, w, reflect, out):
-    """out[i, j] = sum_k w[k] w[l] src[i + k - h, j + l - h], h = len(w) // 2, for a symmetric ``w``:
-    taps k and len - 1 - k are added in pairs, innermost first."""
+def _column_pass(src, w, reflect, out):
+    """out[i] = sum_k w[k] src[i + k - h] along the columns (h = len(w) // 2) for a symmetric ``w``: taps k and
+    len - 1 - k added in pairs, innermost first, each a whole row at a time (contiguous: it vectorises)."""
     rows, cols = src.shape
     m = w.size
     h = m // 2
     centre = w[h] if m % 2 else 0.0
-    pad = np.empty(cols + m - 1)
-    mid = pad[h:h + cols]
-    for i in range(rows):  # columns first, into the padded row buffer, then along the row
-        s = src[i]
+    for i in range(rows):
+        o, s = out[i], src[i]
         for c in range(cols):
-            mid[c] = centre * s[c]
+            o[c] = centre * s[c]
         for k in range(m // 2 - 1, -1, -1):
-            _add_pair(mid, w[k], src[_fold(i + k - h, rows, reflect)], src[_fold(i + m - 1 - k - h, rows, reflect)])
-        for j in range(1, h + 1):
-            pad[h - j] = mid[_fold(-j, cols, reflect)]
-        for j in range(1, m - h):
-            pad[h + cols - 1 + j] = mid[_fold(cols - 1 + j, cols, reflect)]
-        o = out[i]
-        for c in range(cols):
-            o[c] = centre * mid[c]
-        for k in range(m // 2 - 1, -1, -1):
-            _add_pair(o, w[k], pad[k:k + cols], pad[m - 1 - k:m - 1 - k + cols])
+            a, b = src[_fold(i + k - h, rows, reflect)], src[_fold(i + m - 1 - k - h, rows, reflect)]
+            wk = w[k]
+            for c in range(cols):
+                o[c] += wk * (a[c] + b[c])
+
+
+def _lowpass_direct(src: np.ndarray, w: np.ndarray, reflect: bool) -> np.ndarray:
+    """The separable correlation with ``w`` along both axes: a column pass, then one on the transpose."""
+    once = np.empty_like(src)
+    _column_pass(src, w, reflect, once)
+    once = np.ascontiguousarray(once.T)
+    out = np.empty_like(once)
+    _column_pass(once, w, reflect, out)
+    return out.T
 
 
 @functools.lru_cache(maxsize=16)
@@ -117,9 +113,9 @@ def _matrix(n: int, sigma: float, truncate: float, window: str, reflect: bool) -
     return a
 
 
-#: frames up to this many pixels a side (by bytes per value) are low-passed as two matrix products: BLAS beats the
-#: taps and the FFT there
-_MATRIX_SIDE = {8: 160, 4: 256}
+#: frames up to this many pixels a side are low-passed as two matrix products: BLAS beats the taps and the FFT
+#: there, and OpenBLAS multiplies them on the calling thread (above, its own threads contend with the workers)
+_MATRIX_SIDE = 64
 
 
 def _precision(window: str) -> type:
@@ -139,15 +135,13 @@ def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, meth
     lc = scipy.fft.next_fast_len(cols + 2 * r, real=True)
     if method == "auto":  # measured: a direct tap costs about half an FFT's n log2 n unit
         method = "direct" if rows * cols * (r + 1) <= 2 * lr * lc * math.log2(lr * lc) else "fft"
-        if max(rows, cols) <= _MATRIX_SIDE[src.dtype.itemsize] and r > 3:
+        if max(rows, cols) <= _MATRIX_SIDE and r > 3:
             method = "matrix"
     if method == "matrix":  # A_rows @ src @ A_cols^T
         return _matrix(rows, sigma, truncate, window, reflect).T @ src @ _matrix(cols, sigma, truncate, window,
                                                                                  reflect)
     if method == "direct":
-        out = np.empty_like(src)
-        _lowpass_direct(src, w, reflect, out)
-        return out
+        return _lowpass_direct(src, w, reflect)
     padded = np.pad(src, r, mode="symmetric" if reflect else "edge")
     spec = scipy.fft.rfft2(padded, s=(lr, lc), workers=1)
     spec *= _spectrum(lr, sigma, truncate, window, False)[:, None]

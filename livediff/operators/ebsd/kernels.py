@@ -147,9 +147,10 @@ def _inertia(spectrum, weight, count):  # pragma: no cover - compiled
     return num / den if den > 0 else np.nan
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz", "contract"})
 def _centred(image, mask, out):  # pragma: no cover - compiled
-    """out = image - mean over the valid pixels, 0 at invalid ones; returns the sum of squares."""
+    """out = image - mean over the valid pixels, 0 at invalid ones; returns the sum of squares (sums
+    reassociated so that they vectorise, float64)."""
     total, n = 0.0, 0
     for r in range(image.shape[0]):
         for c in range(image.shape[1]):
