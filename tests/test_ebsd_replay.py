@@ -38,7 +38,8 @@ async def _maps(tmp_path: Path, send) -> dict[str, np.ndarray]:
         end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
     with h5py.File(end["file"], "r") as f:
         maps = f["entry/livediff/maps"]
-        return {f"{op}/{name}": maps[op][name][:] for op in maps for name in maps[op]}
+        return {f"{op}/{name}": maps[op][name][:] for op in maps for name in maps[op]
+                if name not in ("scan_y", "scan_x")}  # NXdata axes
 
 
 @pytest.fixture(scope="module")
