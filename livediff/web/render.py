@@ -1,0 +1,118 @@
+"""Arrays -> what the page draws: downsampled, contrast-stretched 8-bit images and JSON-safe lists.
+
+Pure functions on numpy arrays, called off the event loop.  An image travels as its
+8-bit quantised values (0 = no data; 1..255 the stretched range), zlib-compressed and
+base64-encoded, with the pixel spacing ``k`` of the downsampled grid in original pixels
+and colour-bar ticks labelled with the original values.  The page decompresses it with
+the browser's own ``DecompressionStream`` and colours it with a perceptual colour map.
+"""
+from __future__ import annotations
+
+import base64
+import math
+import zlib
+from typing import Any, Literal
+
+import numpy as np
+
+#: percentiles of the finite values that bound the linear stretch
+PERCENTILES = (1.0, 99.5)
+
+
+def downsample(image: np.ndarray, mask: np.ndarray | None, max_side: int) -> tuple[np.ndarray, int]:
+    """Mean of the valid pixels of each k x k block, k the smallest factor fitting ``max_side``.
+
+    Parameters
+    ----------
+    image : 2-D array, any real dtype.
+    mask : bool array of ``image``'s shape, True = valid, or None (all valid).  Non-finite
+        pixels count as invalid too.
+    max_side : the longest side of the result, px.
+
+    Returns
+    -------
+    (small, k) : float32 array of ``ceil(rows / k), ceil(cols / k)`` with NaN where a block
+        holds no valid pixel (edge blocks are partial), and the block size k.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {image.shape}")
+    if mask is not None and mask.shape != image.shape:
+        raise ValueError(f"mask shape {mask.shape} != image shape {image.shape}")
+    rows, cols = image.shape
+    k = max(1, math.ceil(max(rows, cols) / max_side))
+    values = image.astype(np.float32)
+    valid = np.isfinite(values) if mask is None else mask & np.isfinite(values)
+    if k == 1:
+        return np.where(valid, values, np.float32(np.nan)), 1
+    r, c = math.ceil(rows / k), math.ceil(cols / k)
+    padded = np.zeros((r * k, c * k), np.float32)
+    padded[:rows, :cols] = np.where(valid, values, 0)
+    counts = np.zeros((r * k, c * k), np.float32)
+    counts[:rows, :cols] = valid
+    sums = padded.reshape(r, k, c, k).sum(axis=(1, 3))
+    n = counts.reshape(r, k, c, k).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, sums / n, np.float32(np.nan)).astype(np.float32), k
+
+
+def quantise(small: np.ndarray, contrast: Literal["log", "percentile"]) -> dict[str, Any]:
+    """An 8-bit picture of ``small`` (NaN = no data) and how to read its values back.
+
+    ``percentile``: linear between the 1st and 99.5th percentiles of the finite values.
+    ``log``: log(1 + v - lo) between lo = the 1st percentile and the maximum, so weak
+    rings and bright spots both show.  Returns ``{"q": uint8 array, "lo", "hi", "ticks"}``
+    with ``ticks`` a list of ``[level, label]`` for the colour bar (level in 1..255).
+    """
+    finite = small[np.isfinite(small)]
+    q = np.zeros(small.shape, np.uint8)
+    if finite.size == 0:
+        return {"q": q, "lo": None, "hi": None, "ticks": []}
+    lo, p_hi = (float(v) for v in np.percentile(finite, PERCENTILES))
+    hi = float(finite.max()) if contrast == "log" else p_hi
+    if not hi > lo:
+        hi = lo + 1.0
+    forward, inverse = _transform(contrast, lo)
+    span = forward(hi) - forward(lo)
+    ok = np.isfinite(small)
+    level = (forward(np.clip(small[ok], lo, hi)) - forward(lo)) / span
+    q[ok] = 1 + np.round(level * 254).astype(np.uint8)
+    ticks = []
+    for t in np.linspace(0.0, 1.0, 5):
+        value = inverse(forward(lo) + t * span)
+        ticks.append([1 + round(t * 254), f"{value:.3g}"])
+    return {"q": q, "lo": lo, "hi": hi, "ticks": ticks}
+
+
+def _transform(contrast: str, lo: float):
+    if contrast == "log":
+        return (lambda v: np.log1p(np.asarray(v, np.float64) - lo)), (lambda t: lo + math.expm1(t))
+    return (lambda v: np.asarray(v, np.float64)), (lambda t: t)
+
+
+def image_payload(image: np.ndarray, mask: np.ndarray | None, *, max_side: int,
+                  contrast: Literal["log", "percentile"]) -> dict[str, Any]:
+    """What the page needs to draw ``image``: shape, block size, zlib+base64 8-bit values, ticks."""
+    small, k = downsample(image, mask, max_side)
+    picture = quantise(small, contrast)
+    data = base64.b64encode(zlib.compress(picture.pop("q").tobytes(), 6)).decode("ascii")
+    return {"shape": list(image.shape), "size": list(small.shape), "k": k, "contrast": contrast,
+            "data": data, **picture}
+
+
+def finite_list(values: Any) -> list[Any]:
+    """A 1-D array as a JSON-safe list: NaN and infinities become None (JSON has neither)."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    return [v if math.isfinite(v) else None for v in a.tolist()]
+
+
+def scalar(value: Any) -> Any:
+    """A column value as JSON: numbers stay numbers (non-finite -> None), anything else its text."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None:
+        return None
+    return str(value)
