@@ -1,4 +1,4 @@
-"""The ``livediff`` command: serve | simulate | inspect.
+"""The ``livediff`` command: serve | simulate | replay | bench | inspect | view.
 
 Every user error (bad config, unusable endpoint, unwritable output) ends the command
 with one line on stderr and a non-zero exit status, never a traceback.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="live progress display on stderr, logs above it (default: when stderr is a terminal; "
                         "otherwise plain log lines)")
     s.add_argument("--json", action="store_true", help="print each series' summary as a JSON line at the end")
+    s.add_argument("--no-http", dest="http", action="store_false",
+                   help="no live page, /api/status or /metrics (the [http] section is ignored)")
     s.set_defaults(run=_serve)
 
     m = sub.add_parser("simulate", help="stream a simulated series with known ground truth")
@@ -115,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--timeout", type=float, help="exit after this many seconds without a message")
     i.add_argument("--json", action="store_true", help="one JSON object per line (arrays summarised)")
     i.set_defaults(run=_inspect)
+
+    v = sub.add_parser("view", help="serve the live page for a service running elsewhere, fed from its PUB socket")
+    v.add_argument("endpoint", help="the service's publisher, e.g. tcp://beamline-host:5557")
+    v.add_argument("--host", default="127.0.0.1", help="address to serve the page on (default %(default)s)")
+    v.add_argument("--port", type=int, default=8558, help="port of the page (default %(default)s; 0 = any free port)")
+    v.set_defaults(run=_view)
     return p
 
 
@@ -131,6 +140,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .service import Service
 
     config = load(args.config)
+    if not args.http:
+        config = dataclasses.replace(config, http=dataclasses.replace(config.http, enabled=False))
     live = sys.stderr.isatty() if args.progress is None else args.progress
     with progress.display(live, logging.getLogger().level) as shown:
         service = Service(config, max_series=args.max_series, on_status=shown.update)
@@ -226,6 +237,25 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"livediff inspect: nothing received from {args.endpoint}"
               + (f" in {args.timeout:g} s" if args.timeout is not None else ""), file=sys.stderr)
         return 1
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    import signal
+
+    from .web import HttpSettings
+    from .web.view import run
+
+    settings = HttpSettings(host=args.host, port=args.port)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(args.endpoint, settings, stop)
+
+    asyncio.run(serve())
     return 0
 
 
