@@ -13,16 +13,19 @@ import threading
 from pathlib import Path
 
 import aiohttp
-import harness
 import pytest
+import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+import harness
 from livediff import schema
 from livediff.config import parse
 from livediff.errors import ConfigError
+from livediff.sources import native
 from livediff.sources.sender import stream_series
 from livediff.web import HttpSettings
 from livediff.web import server as web_server
+from livediff.web import state as web_state
 from livediff.web import view as web_view
 from livediff.web.server import WRITER_LIMIT
 from simulators import DiffractionSimulator
@@ -342,3 +345,39 @@ async def test_livediff_view_serves_the_same_state_from_the_pub_socket(tmp_path)
     assert set(status) == set(schema.MESSAGES["status", "heartbeat"].keys)
     assert families["livediff_frames_processed"].samples[0].value == 25
     assert families["livediff_frames_received"].samples[0].value == 25
+
+
+# ---------------------------------------------------------------------- banners
+async def test_banners_say_when_the_input_is_malformed_the_stream_stops_and_the_series_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr(web_state, "STALL_S", 0.5)
+    cfg = _config(tmp_path)
+    sim = DiffractionSimulator(shape=(64, 80), n_frames=6, n_spots=4)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(cfg.source.endpoint)
+
+    async def banners_until(ws, predicate) -> list[dict]:
+        while True:
+            parts = json.loads((await ws.receive(timeout=10)).data)["parts"]
+            if "banners" in parts and predicate(parts["banners"]):
+                return parts["banners"]
+
+    try:
+        async with harness.running(cfg) as (service, collector), aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(service.web.server.url + "ws")
+            start = [native.encode_start(sim.series_start()), *(native.encode_image(1, i, sim.frame(i)) for i in (0, 1))]
+            for parts in [*start, *([b"\xc1 not msgpack", b""] for _ in range(3))]:
+                await asyncio.to_thread(push.send_multipart, parts)
+            malformed = await banners_until(ws, lambda bs: any("malformed input: 3 " in b["text"] for b in bs))
+            stalled = await banners_until(ws, lambda bs: any("stopped" in b["text"] for b in bs))
+            await asyncio.to_thread(push.send_multipart, native.encode_end(1))
+            ended = await banners_until(ws, lambda bs: any("ended" in b["text"] for b in bs))
+            await ws.close()
+    finally:
+        push.close(linger=0)
+        ctx.term()
+    assert malformed[0] == {"level": "error", "text": "malformed input: 3 messages failed to decode in this series "
+                                                      "(see the service log)"}
+    assert any(b["level"] == "warning" and b["text"].endswith("has the stream stopped?") for b in stalled)
+    assert {"level": "warning", "text": "series 1 ended (end): 2 of 6 frames processed, 4 lost, 3 bad"} in ended

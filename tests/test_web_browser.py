@@ -14,10 +14,10 @@ import os
 import shutil
 from pathlib import Path
 
-import harness
 import pytest
-from browser import Chromium, find_chromium
 
+import harness
+from browser import Chromium, find_chromium
 from livediff.sources.sender import stream_series
 from simulators import DiffractionSimulator
 
