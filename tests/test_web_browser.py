@@ -69,8 +69,8 @@ async def test_the_page_in_chromium_shows_what_the_service_published(tmp_path):
         pytest.fail("LIVEDIFF_REQUIRE_BROWSER=1 but no chromium found")
     cfg = harness.config(tmp_path, http={"port": 0, "update_period": 0.25},
                          pipeline={"snapshot_period": 0.5},
-                         operators={"summary": {}, "spots": {}, "stats": {}, "azimuthal": {}})
-    sim = WithMeta(DiffractionSimulator(shape=(256, 320), n_frames=160, n_spots=25, seed=3),
+                         operators={"summary": {}, "spots": {}, "align": {}, "stats": {}, "azimuthal": {}})
+    sim = WithMeta(DiffractionSimulator(shape=(256, 320), n_frames=160, n_spots=25, seed=3, drift=0.3),
                    {"sample": "lysozyme", "note": EVIL})
     async with harness.running(cfg) as (service, collector), Chromium(CHROMIUM) as browser:
         await browser.goto(service.web.server.url)
@@ -108,7 +108,7 @@ async def test_the_page_in_chromium_shows_what_the_service_published(tmp_path):
     assert any(b.startswith("ok: series 1 ended (end): 160 of 160") for b in seen["banners"]), seen["banners"]
     # built from the declared outputs: a plot per column, the images of the reductions, the profile
     for part in ("image:frame", "image:stats.mean", "image:stats.sem", "profile:azimuthal", "column:n_spots",
-                 "column:hit_rate", "column:sum", "column:latency_s"):
+                 "column:hit_rate", "column:sum", "column:latency_s", "column:shift_y", "column:shift_x"):
         assert part in seen["figures"], (part, seen["figures"])
     assert seen["drawn"] == len(seen["figures"])
     # escaping: the markup in meta shows as text and never ran

@@ -48,11 +48,30 @@
     }
     table.replaceChildren(body);
   }
+  // Panels keep the order the chain declared its outputs in, whatever order their data arrive in.
+  function rank(key) {
+    const d = model.parts.header?.declared;
+    if (!d) return 0;
+    const order = ["image:frame"];
+    for (const [label, names] of Object.entries(d.reductions)) for (const n of Object.keys(names)) order.push(`image:${label}.${n}`);
+    for (const [label, names] of Object.entries(d.arrays)) {
+      order.push(`profile:${label}`);
+      for (const n of Object.keys(names)) order.push(`image:${label}.${n}`);
+    }
+    for (const label of Object.keys(d.reductions)) order.push(`profile:${label}`);
+    for (const cols of Object.values(d.columns)) {
+      for (const c of cols) order.push(`column:${c}`, `column:${c.replace(/n_spots$/, "hit_rate")}`);
+    }
+    const i = order.indexOf(key);
+    return i < 0 ? order.length : i;
+  }
+
   function figure(container, key, title, note) {
     let fig = model.figures.get(key);
     if (!fig) {
       fig = el("div", "figure");
       fig.dataset.part = key;
+      fig.style.order = String(rank(key));
       fig.append(el("h3", "", title), el("p", "note", note || ""), el("div", "plot"));
       container.querySelector(".empty")?.remove();
       container.append(fig);
