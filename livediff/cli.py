@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     e2e.add_argument("--encoding", default="bslz4", choices=["raw", "bslz4", "lz4"])
     e2e.add_argument("--workers", type=int, help="override pipeline.workers")
     e2e.add_argument("--overflow", choices=["block", "drop"], help="override pipeline.overflow")
+    e2e.add_argument("--web-clients", type=int, default=0, metavar="N",
+                     help="hold N live page clients open during the run (default %(default)s)")
+    e2e.add_argument("--web-stalled", type=int, default=0, metavar="N",
+                     help="and N page clients that never read (default %(default)s)")
     e2e.add_argument("--max-rate", action="store_true",
                      help="find the highest rate with no frame dropped (overflow = drop)")
     b.set_defaults(run=_bench)
@@ -202,7 +206,8 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     from .bench import e2e
 
     common = {"detector": args.detector, "config": args.config, "protocol": args.protocol,
-              "encoding": args.encoding, "workers": args.workers}
+              "encoding": args.encoding, "workers": args.workers, "web_clients": args.web_clients,
+              "web_stalled": args.web_stalled}
     if args.max_rate:
         result = e2e.find_max_rate(start=args.rate, seconds=args.seconds, **common)
         reports = result["runs"]

@@ -276,11 +276,16 @@ async def test_a_port_in_use_stops_the_service_with_one_line(tmp_path):
         again = subprocess.run([sys.executable, "-m", "livediff", "--log-level", "warning", "serve", "--config",
                                 str(cfg_path), "--no-progress", "--no-http"], capture_output=True, text=True,
                                timeout=120)
+        viewer = subprocess.run([sys.executable, "-m", "livediff", "view", harness.free_endpoint(), "--port",
+                                 str(port)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1] == (f"livediff serve: cannot serve the live page on 127.0.0.1:{port}: address "
                                             f"already in use; set [http] port to a free port, or run without the "
                                             f"page (--no-http)")
     assert again.returncode == 0, again.stderr  # --no-http: the same config runs
+    assert viewer.returncode == 1 and viewer.stderr.splitlines()[-1] == (
+        f"livediff view: cannot serve the live page on 127.0.0.1:{port}: address already in use; choose another "
+        f"--port")
 
 
 async def test_binding_beyond_loopback_is_allowed_when_configured_and_warned_about(tmp_path, caplog):
@@ -381,3 +386,15 @@ async def test_banners_say_when_the_input_is_malformed_the_stream_stops_and_the_
                                                       "(see the service log)"}
     assert any(b["level"] == "warning" and b["text"].endswith("has the stream stopped?") for b in stalled)
     assert {"level": "warning", "text": "series 1 ended (end): 2 of 6 frames processed, 4 lost, 3 bad"} in ended
+
+
+# ---------------------------------------------------------------------- load
+def test_the_e2e_bench_holds_page_clients_open_during_the_run():
+    from livediff.bench import e2e
+
+    report = e2e.run_load(detector="small", rate=100.0, seconds=1.5, web_clients=2, web_stalled=1)
+    assert report["processed"] == report["sent"] == 150 and report["dropped"] == 0
+    assert (report["web_clients"], report["web_stalled"]) == (2, 1)
+    assert report["web_messages"] >= 4  # each reading client got updates (>= 1 per second)
+    assert report["rss_mb"]["max"] >= report["rss_mb"]["first"] > 0
+    assert "page clients: 2 reading" in e2e.format_report(report)
