@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import importlib.resources
 import json
 import logging
@@ -56,8 +57,9 @@ _HEADERS = {
 }
 
 
+@functools.cache
 def load_assets() -> dict[str, tuple[bytes, str]]:
-    """The files the page may load: name -> (content, content type)."""
+    """The files the page may load: name -> (content, content type); read once per process."""
     from plotly.offline import get_plotlyjs
 
     static = importlib.resources.files("livediff.web") / "static"
@@ -95,15 +97,14 @@ class LiveServer:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Bind and serve; raises OSError (one line, what to do) when the address is taken."""
+        """Bind and serve; raises OSError (one line) when the address is taken or unusable."""
         host, port = self.settings.host, self.settings.port
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
             sock = socket.create_server((host, port), family=family)
         except OSError as exc:
             why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-            raise OSError(f"cannot serve the live page on {host}:{port}: {why}; set [http] port to a free "
-                          f"port, or run without the page (--no-http)") from None
+            raise OSError(f"cannot serve the live page on {host}:{port}: {why}") from None
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_CLIENT_MESSAGE)
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{name}", self._static)

@@ -33,8 +33,16 @@ class LiveView:
         self.server = LiveServer(settings, self.state, self.metrics, status=status)
 
     async def start(self) -> None:
-        """Serve the page (raises OSError, one line, when the address is taken)."""
-        await self.server.start()
+        """Serve the page.
+
+        A port in use stops the service (OSError, one line): a service running without the
+        page its users expect is easily missed, and the page they would open might be another
+        service's on that port.
+        """
+        try:
+            await self.server.start()
+        except OSError as exc:
+            raise OSError(f"{exc}; set [http] port to a free port, or run without the page (--no-http)") from None
 
     async def stop(self) -> None:
         await self.server.close()

@@ -85,7 +85,10 @@ async def run(endpoint: str, settings: HttpSettings, stop: asyncio.Event) -> Non
     state = LiveState(settings, source=endpoint, remote=True, on_latency=metrics.latency.observe)
     metrics.watch(state)
     server = LiveServer(settings, state, metrics)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        raise OSError(f"{exc}; choose another --port") from None
     try:
         async with AsyncSubscriber(endpoint, rcvhwm=10_000) as sub:
             log.info("watching %s", endpoint)
