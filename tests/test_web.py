@@ -371,8 +371,8 @@ async def test_banners_say_when_the_input_is_malformed_the_stream_stops_and_the_
     try:
         async with harness.running(cfg) as (service, collector), aiohttp.ClientSession() as http:
             ws = await http.ws_connect(service.web.server.url + "ws")
-            start = [native.encode_start(sim.series_start()), *(native.encode_image(1, i, sim.frame(i)) for i in (0, 1))]
-            for parts in [*start, *([b"\xc1 not msgpack", b""] for _ in range(3))]:
+            good = [native.encode_start(sim.series_start()), *(native.encode_image(1, i, sim.frame(i)) for i in (0, 1))]
+            for parts in [*good, *([b"\xc1 not msgpack", b""] for _ in range(3))]:
                 await asyncio.to_thread(push.send_multipart, parts)
             malformed = await banners_until(ws, lambda bs: any("malformed input: 3 " in b["text"] for b in bs))
             stalled = await banners_until(ws, lambda bs: any("stopped" in b["text"] for b in bs))
