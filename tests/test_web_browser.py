@@ -75,7 +75,7 @@ async def test_the_page_in_chromium_shows_what_the_service_published(tmp_path):
     async with harness.running(cfg) as (service, collector), Chromium(CHROMIUM) as browser:
         await browser.goto(service.web.server.url)
         await browser.wait_for("!!document.querySelector('#banners .banner.info')")  # waiting for a series
-        sending = asyncio.create_task(asyncio.to_thread(stream_series, sim, cfg.source.endpoint, rate=40.0))
+        sending = asyncio.create_task(asyncio.to_thread(stream_series, sim, cfg.source.endpoint, rate=25.0))
         checked = 0
         while checked < 3:  # mid-series: the page agrees with the PUB socket frame by frame
             await asyncio.sleep(0.7)
