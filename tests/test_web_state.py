@@ -242,3 +242,23 @@ def test_a_remote_state_warns_when_heartbeats_stop():
     assert all(b["level"] != "error" for b in state.banners())
     clock[0] = 9
     assert "for 9 s: is the service running?" in state.banners()[0]["text"]
+
+
+def test_a_viewer_joining_mid_series_learns_the_outputs_from_the_messages():
+    from livediff.web.view import feed
+
+    state = _state()
+    feed(state, "stats", {"v": 1, "type": "frame", "series": 4, "frame": 17, "timestamp": 1.0, "received": 1.0,
+                          "latency_s": 0.01, "n_spots": 3, "azimuthal": {"profile": np.ones(30, "f4")}})
+    feed(state, "spots", {"v": 1, "type": "spots", "series": 4, "frame": 17, "n": 3, "x": np.ones(3),
+                          "y": np.ones(3)})
+    feed(state, "image", {"v": 1, "type": "snapshot", "series": 4, "operator": "stats", "frame": 17, "processed": 1,
+                          "final": False, "mean": np.ones((40, 50))})
+    assert state.header == {"series": 4, "note": "joined while the series ran: header not seen"}
+    d = state.declared
+    assert d.columns["n_spots"] == "i8" and d.arrays == {"azimuthal": {"profile": [30]}}
+    assert d.rows == {"spots": ["x", "y"]} and d.reductions == {"stats": {"mean": [40, 50]}}
+    parts = _built(state)
+    assert {"image:stats.mean", "profile:azimuthal", "image:frame"} <= set(parts)
+    assert parts["image:frame"]["image"] is None and parts["image:frame"]["spots"]["spots"]["n"] == 3
+    assert parts["counts"]["processed"] == 1 and parts["latest"]["frame"] == 17
