@@ -54,8 +54,14 @@ async def _raw_get(url: str, target: str, host: str | None = None) -> tuple[int,
     return int(answer.split(b" ", 2)[1]), answer
 
 
-def _messages(collected):
-    return [json.loads(m) for m in collected]
+async def _until_ended(ws: aiohttp.ClientWebSocketResponse, timeout: float = 30.0) -> dict:
+    """The page's parts, as updated message by message, once the counts say the series ended."""
+    async def scan() -> dict:
+        parts: dict = {}
+        while parts.get("counts", {}).get("state") != "ended":
+            parts.update(json.loads((await ws.receive(timeout=10)).data)["parts"])
+        return parts
+    return await asyncio.wait_for(scan(), timeout)
 
 
 # ---------------------------------------------------------------------- API and metrics
@@ -171,13 +177,11 @@ async def test_a_malformed_websocket_message_closes_that_socket_only(tmp_path):
         await good.send_str(json.dumps({"type": "resync"}))  # the one message a page may send
         sent = await _stream(cfg, 20)
         await collector.wait_for(lambda t, m: t == "series" and m["type"] == "end")
-        last = None
-        while last is None or last.get("parts", {}).get("counts", {}).get("state") != "ended":
-            last = json.loads((await good.receive(timeout=10)).data)
+        last = await _until_ended(good)
         await good.close()
     assert codes == [(aiohttp.WSMsgType.CLOSE, 1003)] * 2 + [(aiohttp.WSMsgType.CLOSE, 1009)] + \
         [(aiohttp.WSMsgType.CLOSE, 1003)]
-    assert last["parts"]["counts"]["processed"] == sent == 20
+    assert last["counts"]["processed"] == sent == 20
 
 
 # ---------------------------------------------------------------------- slow and stuck pages
@@ -231,8 +235,10 @@ async def test_a_page_that_reads_nothing_for_long_is_disconnected_and_the_others
         stop = threading.Event()
         sending = asyncio.create_task(_stream(cfg, 100_000, rate=100.0, stop=stop))
         try:
-            while server.clients == 2:
-                await reader.receive(timeout=10)
+            async def until_dropped() -> None:
+                while server.clients == 2:
+                    await reader.receive(timeout=10)
+            await asyncio.wait_for(until_dropped(), 30)
             assert server.clients == 1 and not reader.closed
             assert (await reader.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT
         finally:
@@ -332,9 +338,7 @@ async def test_livediff_view_serves_the_same_state_from_the_pub_socket(tmp_path)
             await asyncio.sleep(0.3)  # the viewer's subscription is live (a heartbeat per 0.05 s comes through)
             sent = await _stream(cfg, 25)
             end = await collector.wait_for(lambda t, m: t == "series" and m["type"] == "end")
-            parts = {}
-            while parts.get("counts", {}).get("state") != "ended":
-                parts.update(json.loads((await ws.receive(timeout=10)).data)["parts"])
+            parts = await _until_ended(ws)
             async with http.get(url + "api/status") as r:
                 status = await r.json()
             async with http.get(url + "metrics") as r:
@@ -363,10 +367,12 @@ async def test_banners_say_when_the_input_is_malformed_the_stream_stops_and_the_
     push.connect(cfg.source.endpoint)
 
     async def banners_until(ws, predicate) -> list[dict]:
-        while True:
-            parts = json.loads((await ws.receive(timeout=10)).data)["parts"]
-            if "banners" in parts and predicate(parts["banners"]):
-                return parts["banners"]
+        async def scan() -> list[dict]:
+            while True:
+                parts = json.loads((await ws.receive(timeout=10)).data)["parts"]
+                if "banners" in parts and predicate(parts["banners"]):
+                    return parts["banners"]
+        return await asyncio.wait_for(scan(), 30)
 
     try:
         async with harness.running(cfg) as (service, collector), aiohttp.ClientSession() as http:
@@ -382,7 +388,7 @@ async def test_banners_say_when_the_input_is_malformed_the_stream_stops_and_the_
     finally:
         push.close(linger=0)
         ctx.term()
-    assert malformed[0] == {"level": "error", "text": "malformed input: 3 messages failed to decode in this series "
+    assert malformed[0] == {"level": "error", "text": "malformed input: 3 messages failed to decode in the last 10 s "
                                                       "(see the service log)"}
     assert any(b["level"] == "warning" and b["text"].endswith("has the stream stopped?") for b in stalled)
     assert {"level": "warning", "text": "series 1 ended (end): 2 of 6 frames processed, 4 lost, 3 bad"} in ended

@@ -215,22 +215,27 @@ def test_counts_and_banners_tell_running_stalled_dropping_malformed_and_ended():
     state.add_frame(0, {"frame": 0}, {}, {})
     state.set_status({**status, "received": 1})
     counts = state.counts()
-    assert (counts["state"], counts["received"], counts["processed"], counts["dropped"], counts["bad"]) == \
-        ("running", 1, 1, 0, 0)  # counted from the series start
-    assert state.banners() == []
+    assert (counts["state"], counts["received"], counts["processed"], counts["dropped"], counts["bad"],
+            counts["scope"]) == ("running", 1, 1, 5, 1, "since start")
+    assert state.banners() == []  # those drops and bad messages are old news
     state.clock_value[0] += 6
     assert "has the stream stopped" in state.banners()[0]["text"]
     state.set_status({**status, "received": 2, "dropped": 8, "bad": 4})
-    levels = {b["level"]: b["text"] for b in state.banners()}
-    assert "3 dropped in this series" in levels["warning"] or any("3 dropped" in b["text"] for b in state.banners())
-    assert "malformed input: 3 messages" in levels["error"]
+    state.clock_value[0] += 3
+    state.set_status({**status, "received": 2, "dropped": 9, "bad": 4})
+    texts = [b["text"] for b in state.banners()]
+    assert "malformed input: 3 messages failed to decode in the last 10 s (see the service log)" in texts
+    assert "dropping frames: 4 dropped in the last 10 s (the chain does not keep up)" in texts
     state.clock_value[0] += 11
+    state.set_status({**status, "received": 2, "dropped": 9, "bad": 4})
+    assert not any("last 10 s" in t for t in (b["text"] for b in state.banners()))  # nothing new since
     state.end_series({"series": 7, "reason": "timeout", "expected": 10, "received": 2, "processed": 1,
                       "dropped": 3, "bad": 3, "lost": 8, "failed": 0})
     (banner,) = state.banners()
     assert banner == {"level": "warning", "text": "series 7 ended (timeout): 1 of 10 frames processed, 8 lost, "
                                                   "3 dropped, 3 bad"}
-    assert state.counts()["state"] == "ended" and state.counts()["lost"] == 8
+    counts = state.counts()
+    assert (counts["state"], counts["lost"], counts["dropped"], counts["scope"]) == ("ended", 8, 3, "series")
     assert state.totals["lost"] == 8 and state.totals["received"] == 2
 
 

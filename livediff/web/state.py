@@ -18,6 +18,7 @@ as rows since what a client already has (:attr:`LiveState.history`).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from .settings import HttpSettings
 
 #: a drop, bad message or failure this recent (s) keeps its banner up
 RECENT_S = 10.0
+#: the status counters whose rise raises a banner
+_TROUBLE = ("dropped", "bad", "total_failed")
 #: an open series with no frame for this long (s) raises the "stream stopped" banner
 STALL_S = 5.0
 #: livediff view: no heartbeat for this long (s) raises the "service silent" banner
@@ -101,7 +104,7 @@ class LiveState:
         self.status_at: float | None = None
         self.frames_total = 0  # frames processed, every series
         self.totals = dict.fromkeys(("received", "lost", "dropped", "bad", "failed", "processed"), 0)
-        self._rises: dict[str, tuple[float, float | None]] = {}  # status counter -> (value, when it last rose)
+        self._samples: dict[str, deque[tuple[float, float]]] = {k: deque() for k in _TROUBLE}  # (when, value)
         self._reset(None, Declared(), None)
 
     def _reset(self, header: dict[str, Any] | None, declared: Declared, mask: np.ndarray | None) -> None:
@@ -118,7 +121,6 @@ class LiveState:
         self.latest_rows: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
         self.image: tuple[int, np.ndarray, np.ndarray | None] | None = None
         self.reductions: dict[str, dict[str, np.ndarray]] = {}
-        self.baseline = {k: (self.status or {}).get(k, 0) for k in ("dropped", "bad", "total_failed")}
         self._dirty: set[str] = {"header", "counts", "latest"}
 
     # ------------------------------------------------------------------ updates (on the event loop)
@@ -194,11 +196,12 @@ class LiveState:
     def set_status(self, status: dict[str, Any]) -> None:
         """The service's latest status (its heartbeat's content)."""
         now = self.clock()
-        for key in ("dropped", "bad", "total_failed"):
+        for key, samples in self._samples.items():
             value = status.get(key)
             if isinstance(value, (int, float)):
-                before, rose = self._rises.get(key, (value, None))
-                self._rises[key] = (value, now if value > before else rose)
+                samples.append((now, value))
+                while len(samples) > 1 and samples[1][0] <= now - RECENT_S:
+                    samples.popleft()
         self.status = status
         self.status_at = now
         self._dirty.add("counts")
@@ -211,17 +214,17 @@ class LiveState:
         running = self.header is not None and s is None
         series = None if self.header is None else self.header.get("series")
         same = running and st.get("series") == series
-        since = {k: (st[k] - self.baseline[k] if isinstance(st.get(k), (int, float)) else None)
-                 for k in self.baseline}
+        # while a series runs, dropped / bad / failed are the service's since it started (the receiver runs
+        # ahead of the pipeline, so a per-series split would be a guess); the series' own once it ended
         out = {"state": "running" if running else "ended" if s else "idle", "series": series,
                "n_frames": None if self.header is None else self.header.get("n_frames"),
                "processed": self.processed, "last_frame": self.last_frame,
-               "received": st.get("received") if same else None, "dropped": since["dropped"],
-               "bad": since["bad"], "failed": since["total_failed"], "lost": None,
+               "received": st.get("received") if same else None, "dropped": st.get("dropped"),
+               "bad": st.get("bad"), "failed": st.get("total_failed"), "lost": None, "scope": "since start",
                "fps": st.get("fps"), "queue": st.get("queue"), "uptime_s": st.get("uptime_s")}
         if s is not None:
             out.update({k: s.get(k) for k in ("received", "processed", "dropped", "bad", "lost", "failed", "reason",
-                                              "expected")})
+                                              "expected")}, scope="series")
         return out
 
     def banners(self) -> list[dict[str, str]]:
@@ -232,20 +235,20 @@ class LiveState:
             out.append(_banner("error", f"no heartbeat from {self.source}" if self.status_at is None else
                                f"no heartbeat from {self.source} for {now - self.status_at:.0f} s: "
                                f"is the service running?"))
-        st = self.status or {}
         running = self.header is not None and self.summary is None
         if running and now - self.last_frame_at > STALL_S:
             out.append(_banner("warning", f"no frame for {now - self.last_frame_at:.0f} s: "
                                           f"has the stream stopped?"))
-        if self._rose("bad", now):
-            out.append(_banner("error", f"malformed input: {st['bad'] - self.baseline['bad']} messages failed to "
-                                        f"decode in this series (see the service log)"))
-        if self._rose("total_failed", now):
-            out.append(_banner("error", f"an operator failed on {st['total_failed'] - self.baseline['total_failed']}"
-                                        f" frames of this series (see the service log)"))
-        if self._rose("dropped", now):
-            out.append(_banner("warning", f"dropping frames: {st['dropped'] - self.baseline['dropped']} dropped in "
-                                          f"this series (the chain does not keep up)"))
+        recent = {k: self._increase(k) for k in self._samples}
+        if recent["bad"]:
+            out.append(_banner("error", f"malformed input: {recent['bad']:.0f} messages failed to decode in the last "
+                                        f"{RECENT_S:.0f} s (see the service log)"))
+        if recent["total_failed"]:
+            out.append(_banner("error", f"an operator failed on {recent['total_failed']:.0f} frames in the last "
+                                        f"{RECENT_S:.0f} s (see the service log)"))
+        if recent["dropped"]:
+            out.append(_banner("warning", f"dropping frames: {recent['dropped']:.0f} dropped in the last "
+                                          f"{RECENT_S:.0f} s (the chain does not keep up)"))
         s = self.summary
         if s is not None:
             trouble = [f"{s[k]} {k}" for k in ("lost", "dropped", "bad", "failed") if s.get(k)]
@@ -256,9 +259,10 @@ class LiveState:
             out.append(_banner("info", f"waiting for a series from {self.source}"))
         return out
 
-    def _rose(self, key: str, now: float) -> bool:
-        rose = self._rises.get(key, (0, None))[1]
-        return rose is not None and now - rose <= RECENT_S
+    def _increase(self, key: str) -> float:
+        """How much a status counter rose over the last :data:`RECENT_S` seconds (its samples)."""
+        samples = self._samples[key]
+        return samples[-1][1] - samples[0][1] if len(samples) > 1 else 0
 
     def latest(self) -> dict[str, Any]:
         rows = {label: {"frame": f, "n": _length(cols)} for label, (f, cols) in self.latest_rows.items()}

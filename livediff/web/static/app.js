@@ -186,7 +186,11 @@
       const key = tile.dataset.key;
       let value = c[key];
       if (key === "state" && c.state === "ended" && c.reason) value = `ended (${c.reason})`;
-      if (key === "processed" && c.n_frames) tile.querySelector(".label").textContent = `processed of ${c.n_frames}`;
+      const label = COUNTS.find(([k]) => k === key)[1];
+      if (key === "processed" && c.n_frames) tile.querySelector(".label").textContent = `${label} of ${c.n_frames}`;
+      if (TROUBLE.has(key) && key !== "lost") {
+        tile.querySelector(".label").textContent = c.scope === "series" ? label : `${label} (since start)`;
+      }
       tile.querySelector(".value").textContent = fmt(value, key);
       tile.classList.toggle("bad", TROUBLE.has(key) && value > 0);
     }
