@@ -1,4 +1,4 @@
-"""The ``livediff`` command: serve | simulate | replay | bench | inspect | view.
+"""The ``livediff`` command: serve | simulate | replay | bench | inspect | report | view.
 
 Every user error (bad config, unusable endpoint, unwritable output) ends the command
 with one line on stderr and a non-zero exit status, never a traceback.
@@ -77,11 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--encoding", default="raw", choices=["raw", "bslz4", "lz4"],
                    help="pixel payload encoding (default %(default)s)")
     m.add_argument("--truth", help="write the ground truth (JSON) here")
+    m.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for a receiver before giving up (default %(default)s)")
     m.set_defaults(run=_simulate)
 
     r = sub.add_parser("replay", help="stream a recorded series (livediff HDF5 or NXmx / EIGER master file) "
                                       "as a live detector stream")
-    r.add_argument("file", help="livediff series file (saved with save_raw) or NXmx / EIGER master file")
+    r.add_argument("file", help="livediff series file (saved with save_raw), NXmx / EIGER master file, or "
+                                "FILE.h5::/dataset holding a (rows, cols, H, W) or (N, H, W) scan stack")
     r.add_argument("--endpoint", required=True, help="where to send, e.g. tcp://127.0.0.1:9999")
     r.add_argument("--bind", action="store_true", help="bind the PUSH socket, as a detector does")
     r.add_argument("--rate", type=float, default=0.0, help="frames/s, 0 = as fast as taken (default)")
@@ -90,10 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--encoding", default="bslz4", help="pixel payload: bslz4 (default; stored bitshuffle-LZ4 "
                                                        "chunks are sent as they are), lz4 or raw")
     r.add_argument("--series", type=int, help="series number to announce (default: the recorded one, or 1)")
+    r.add_argument("--scan", type=_shape, help="ROWSxCOLS scan of a stack (default: a 4D stack's first two axes)")
+    r.add_argument("--scan-order", choices=["raster", "serpentine"], default="raster")
+    r.add_argument("--flyback", type=int, default=0, help="fly-back frames at the end of each scan line")
+    r.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for a receiver before giving up (default %(default)s)")
     r.set_defaults(run=_replay)
 
     b = sub.add_parser("bench", help="time our kernels against their peers on the same frames")
-    b.add_argument("--only", help="one family (decode, corrections, stats, align, spots, azimuthal, hdf5) "
+    b.add_argument("--only", help="one family (decode, corrections, stats, align, spots, mx, azimuthal, virtual, hdf5) "
                                   "or operators whose name contains this")
     b.add_argument("--quick", action="store_true", help="short timings (a smoke test, not a measurement)")
     b.add_argument("--json", action="store_true", help="print one JSON list of rows")
@@ -113,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="and N page clients that never read (default %(default)s)")
     e2e.add_argument("--max-rate", action="store_true",
                      help="find the highest rate with no frame dropped (overflow = drop)")
+    fuzz = b.add_argument_group("service-level fuzzing (--fuzz N)")
+    fuzz.add_argument("--fuzz", type=int, metavar="N",
+                      help="send N random and mutated messages per protocol into a running service, checking "
+                           "after every batch that it runs and counts every message; exit 1 on a problem")
+    fuzz.add_argument("--fuzz-seed", type=int, default=0, help="seed of the messages (default %(default)s)")
     b.set_defaults(run=_bench)
 
     i = sub.add_parser("inspect", help="subscribe to a service's PUB socket and print messages")
@@ -122,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--timeout", type=float, help="exit after this many seconds without a message")
     i.add_argument("--json", action="store_true", help="one JSON object per line (arrays summarised)")
     i.set_defaults(run=_inspect)
+
+    t = sub.add_parser("report", help="the per-image table of a series file (finished, or being written)")
+    t.add_argument("file", help="a livediff series file (.h5)")
+    t.add_argument("--json", action="store_true", help="print one JSON object (frames and summary)")
+    t.set_defaults(run=_report)
 
     v = sub.add_parser("view", help="serve the live page for a service running elsewhere, fed from its PUB socket")
     v.add_argument("endpoint", help="the service's publisher, e.g. tcp://beamline-host:5557")
@@ -172,16 +190,19 @@ def _simulate(args: argparse.Namespace) -> int:
         sim.write_truth(args.truth)
         log.info("ground truth written to %s", args.truth)
     sent = stream_series(sim, args.endpoint, rate=args.rate, bind=args.bind, protocol=args.protocol,
-                         encoding=args.encoding)
+                         encoding=args.encoding, peer_timeout=args.timeout)
     print(f"series {args.series}: {sent} of {args.frames} frames sent to {args.endpoint}")
     return 0 if sent == args.frames else 1
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from .model import Scan
     from .replay import replay
 
+    scan = None if args.scan is None else Scan(args.scan, order=args.scan_order, flyback=args.flyback)
     sent, recorded = replay(args.file, args.endpoint, rate=args.rate, protocol=args.protocol,
-                            encoding=args.encoding, bind=args.bind, series=args.series)
+                            encoding=args.encoding, bind=args.bind, series=args.series, scan=scan,
+                            peer_timeout=args.timeout)
     print(f"{args.file}: {sent} of {recorded} recorded frames sent to {args.endpoint}")
     return 0 if sent == recorded else 1
 
@@ -194,6 +215,10 @@ def _bench(args: argparse.Namespace) -> int:
     if any(k in os.environ for k in _BENCH_UNSET_ENV):  # OpenBLAS reads them when loaded: start afresh
         env = {k: v for k, v in os.environ.items() if k not in _BENCH_UNSET_ENV}
         os.execve(sys.executable, [sys.executable, "-m", "livediff", *sys.argv[1:]], env)
+    if args.fuzz is not None:
+        from .bench import fuzz_run
+
+        return 1 if fuzz_run.run(args.fuzz, seed=args.fuzz_seed) else 0
     if args.e2e:
         return _bench_e2e(args)
     from . import bench
@@ -242,6 +267,14 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"livediff inspect: nothing received from {args.endpoint}"
               + (f" in {args.timeout:g} s" if args.timeout is not None else ""), file=sys.stderr)
         return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import format_report, load_report
+
+    report = load_report(args.file)
+    print(json.dumps(report) if args.json else format_report(report))
     return 0
 
 

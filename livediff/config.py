@@ -171,6 +171,10 @@ def _as_toml(settings: Any, given: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(settings):
         value = given.get(f.name) if f.metadata.get("file") else getattr(settings, f.name)
+        if isinstance(value, dict):  # {name: settings}
+            value = {name: _as_toml(sub, given.get(f.name, {}).get(name, {})) for name, sub in value.items()}
+        elif dataclasses.is_dataclass(value):  # a sub-table
+            value = _as_toml(value, given.get(f.name, {}))
         if value is not None:
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
@@ -212,6 +216,20 @@ def _build(cls: type, table: dict[str, Any], prefix: str, errors: list[str],
         if key not in fields:
             errors.append(f"{where}: unknown key{_suggest(key, fields)}")
             continue
+        if dataclasses.is_dataclass(hints[key]):  # a sub-table: [prefix.KEY], checked like a section
+            if not isinstance(value, dict):
+                errors.append(f"{where}: expected a table [{where}], got {_show(value)}")
+            else:
+                values[key] = _build(hints[key], value, where, errors, read_array)
+            continue
+        entry = _table_of(hints[key])
+        if entry is not None:  # {name: settings}: [...KEY.NAME] tables, each checked like a section
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                errors.append(f"{where}: expected tables [{where}.NAME], got {_show(value)}")
+            else:
+                values[key] = {name: _build(entry, sub, f"{where}.{name}", errors, read_array)
+                               for name, sub in value.items()}
+            continue
         problem, converted = _check_type(value, hints[key])
         if problem is None:
             problem = _check_bounds(converted, fields[key].metadata.get("bounds", {}))
@@ -226,6 +244,14 @@ def _build(cls: type, table: dict[str, Any], prefix: str, errors: list[str],
     except (TypeError, ValueError) as exc:
         errors.append(f"{prefix}: {exc}")
         return None
+
+
+def _table_of(hint: Any) -> type | None:
+    """The settings class of a ``dict[str, SomeSettings]`` field, else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return args[1]
+    return None
 
 
 def _check_type(value: Any, hint: Any) -> tuple[str | None, Any]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
-from .model import Frame, SeriesStart
+from .model import Frame, Scan, SeriesStart
 
 Shape = tuple[int, ...]
 
@@ -22,7 +23,8 @@ Shape = tuple[int, ...]
 BASE_COLUMNS = {"frame": "i8", "timestamp": "f8", "received": "f8", "latency_s": "f8"}
 
 #: names under /entry/livediff that operators cannot take
-RESERVED = frozenset({"frames", "config", "summary", "reductions", "corrected"})
+RESERVED = frozenset({"frames", "config", "summary", "reductions", "corrected", "maps", "per_frame", "written",
+                      "provenance"})
 
 
 class Declaring(Protocol):
@@ -34,6 +36,9 @@ class Declaring(Protocol):
     arrays: dict[str, tuple[Shape, str]]
     rows: dict[str, str]
     reductions: dict[str, tuple[Shape, str]]
+    maps: dict[str, str]
+
+    def derive_maps(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
@@ -52,7 +57,10 @@ class Layout:
     arrays: dict[str, dict[str, tuple[Shape, str]]] = field(default_factory=dict)
     rows: dict[str, dict[str, str]] = field(default_factory=dict)
     reductions: dict[str, dict[str, tuple[Shape, str]]] = field(default_factory=dict)
+    maps: dict[str, dict[str, str]] = field(default_factory=dict)
+    derived: dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # label -> operator kind
+    scan: Scan | None = None
     output: SeriesStart | None = None  # what the last operator's frames look like
 
     def add(self, op: Declaring) -> None:
@@ -70,9 +78,15 @@ class Layout:
         if op.arrays and op.rows:
             raise ValueError(f"operator {op.name!r} declares both per-frame arrays and rows; "
                              f"/entry/livediff/{op.name} can hold only one")
-        for kind in ("arrays", "rows", "reductions"):
+        clash = set(op.maps) & set(op.reductions)
+        if clash:
+            raise ValueError(f"operator {op.name!r} declares {', '.join(sorted(clash))} as both a map and a "
+                             f"reduction; /entry/livediff/maps and the image topic need one name each")
+        for kind in ("arrays", "rows", "reductions", "maps"):
             if getattr(op, kind):
                 getattr(self, kind)[op.name] = dict(getattr(op, kind))
+        if op.maps:
+            self.derived[op.name] = op.derive_maps
 
     def output_of(self, frame: Frame, received: np.ndarray, done: float | None = None) -> FrameOutput:
         """The typed output of a processed ``frame``.
@@ -95,8 +109,14 @@ class Layout:
                   for label, declared in self.arrays.items() if label in frame.results}
         rows = {label: frame.results[label]["rows"] for label in self.rows
                 if "rows" in frame.results.get(label, {})}
+        position = None
+        if self.scan is not None:
+            position = frame.position if frame.position is not None else self.scan.position(frame.index)
+        maps = {label: {name: frame.results[label][name] for name in declared if name in frame.results[label]}
+                for label, declared in self.maps.items() if label in frame.results} if position else {}
         return FrameOutput(series=frame.series, index=frame.index, row=row, arrays=arrays, rows=rows,
-                           received=received, blob=frame.raw, encoding=frame.encoding, output=frame.data)
+                           received=received, blob=frame.raw, encoding=frame.encoding, output=frame.data,
+                           position=position, maps=maps)
 
 
 @dataclass
@@ -113,6 +133,8 @@ class FrameOutput:
     blob, encoding : the payload as received when it came compressed (``encoding``
         ``"bslz4"`` or ``"lz4"``), else None and ``"raw"``.
     output : the chain's output frame (float32 after a correcting operator).
+    position : (row, col) of the frame in the series' scan, or None (no scan, a fly-back frame).
+    maps : the values to place there, ``{operator label: {name: value}}`` (empty without a position).
     """
 
     series: int
@@ -124,13 +146,16 @@ class FrameOutput:
     blob: bytes | memoryview | None = None
     encoding: str = "raw"
     output: np.ndarray | None = None
+    position: tuple[int, int] | None = None
+    maps: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
 class Reductions:
-    """Running (or, with ``final``, end-of-series) results of the operators that declared reductions.
+    """Running (or, with ``final``, end-of-series) results of the operators that declared reductions or maps.
 
-    ``values`` is ``{operator label: {name: array}}``; ``frame`` is the last frame processed.
+    ``values`` is ``{operator label: {name: array}}``; ``maps`` the same for the scan maps
+    ((rows, cols) float64, NaN where no frame arrived); ``frame`` is the last frame processed.
     """
 
     series: int
@@ -138,6 +163,7 @@ class Reductions:
     processed: int
     final: bool
     values: dict[str, dict[str, Any]]
+    maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass

@@ -59,7 +59,7 @@ class Chain:
         the operators in between that change it; take them from a full chain's
         :attr:`inputs`).
         """
-        self.layout = Layout()
+        self.layout = Layout(scan=series.scan)
         self._mask = series.mask
         self.inputs = {}
         for op in self.operators:

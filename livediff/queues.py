@@ -2,14 +2,24 @@
 
 ``block``: a full queue makes the receiver wait, so ZeroMQ's high-water marks push back
 on the sender and nothing is lost.  ``drop``: a frame arriving at a full queue evicts
-the oldest queued frame (live view wants the newest), and the eviction is counted.
-Series starts and ends are never dropped.
+the oldest queued frame (live view wants the newest), and the eviction is counted and
+logged as a warning: the first drop at once, then at most one line every
+:data:`DROP_LOG_PERIOD` seconds while dropping goes on, with the count.  Series starts
+and ends are never dropped.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Generic, TypeVar
+
+from .throttle import Throttle
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two warnings about dropped frames.
+DROP_LOG_PERIOD = 5.0
 
 T = TypeVar("T")
 
@@ -23,6 +33,7 @@ class EventQueue(Generic[T]):
         self.maxsize = maxsize
         self.overflow = overflow
         self.dropped = 0
+        self._log_drops = Throttle(DROP_LOG_PERIOD, burst=1)
         self._droppable = droppable
         self._items: deque[T] = deque()
         self._changed = asyncio.Condition()
@@ -51,4 +62,6 @@ class EventQueue(Generic[T]):
             if isinstance(old, self._droppable):
                 del self._items[i]
                 self.dropped += 1
+                self._log_drops.log(log, "drop", "queue full (overflow = 'drop'): the pipeline is slower than the "
+                                    "stream; the oldest queued frame was dropped, %d so far", self.dropped)
                 return

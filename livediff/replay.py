@@ -1,7 +1,8 @@
 """Replay a recorded series as a live detector stream.
 
-A series recorded by livediff (``[output] save_raw = true``) or an NXmx / EIGER master
-file (:mod:`livediff.readers.series`) is sent over ZeroMQ PUSH exactly as a detector
+A series recorded by livediff (``[output] save_raw = true``), an NXmx / EIGER master
+file (:mod:`livediff.readers.series`) or a 4D-STEM / EBSD stack in any HDF5 file
+(:mod:`livediff.readers.stack`, with its scan) is sent over ZeroMQ PUSH exactly as a detector
 sends one: its original header (shape, pixel type, mask, geometry, count time,
 saturation, announced frame count), then every recorded frame, then the end, in any
 protocol livediff reads.  The frames are read one chunk at a time; with
@@ -19,19 +20,23 @@ from pathlib import Path
 
 import zmq
 
+from .model import Scan
 from .readers.series import open_series
-from .sources.sender import stream_series
+from .readers.stack import StackSeries, is_stack
+from .sources.sender import PEER_TIMEOUT, stream_series
 
 
 def replay(path: str | Path, endpoint: str, *, rate: float = 0.0, protocol: str = "native",
            encoding: str = "bslz4", bind: bool = False, series: int | None = None,
            stop: threading.Event | None = None, context: zmq.Context | None = None,
-           on_bound: Callable[[str], None] | None = None, sndhwm: int = 16) -> tuple[int, int]:
+           on_bound: Callable[[str], None] | None = None, sndhwm: int = 16,
+           scan: Scan | None = None, peer_timeout: float = PEER_TIMEOUT) -> tuple[int, int]:
     """Stream the series recorded in ``path`` to ``endpoint``.
 
     Parameters
     ----------
-    path : livediff series file, or NXmx / EIGER master file.
+    path : livediff series file, NXmx / EIGER master file, or ``FILE.h5::/dataset`` holding
+        a (rows, cols, H, W) or (N, H, W) stack (:mod:`livediff.readers.stack`).
     endpoint : ZeroMQ endpoint, e.g. ``tcp://127.0.0.1:9999``.
     rate : frames per second; 0 sends as fast as the receiver takes them.
     protocol : ``"native"``, ``"dectris-stream1"`` or ``"dectris-stream2"``.
@@ -43,6 +48,8 @@ def replay(path: str | Path, endpoint: str, *, rate: float = 0.0, protocol: str 
     context : ZeroMQ context; default the process' shared one.
     on_bound : called with the actual endpoint once bound (for ``tcp://...:*``).
     sndhwm : send high-water mark, in messages.
+    scan : the scan of a stack (required for an (N, H, W) one to make maps).
+    peer_timeout : seconds to wait for a receiver to be connected.
 
     Returns
     -------
@@ -56,8 +63,12 @@ def replay(path: str | Path, endpoint: str, *, rate: float = 0.0, protocol: str 
         No frames in the file, unusable metadata, or an unknown protocol or encoding.
     zmq.ZMQError
         The endpoint cannot be bound or connected.
+    TimeoutError
+        No receiver connected within ``peer_timeout`` seconds.
     """
-    with open_series(path, series=series) as source:
+    source = StackSeries(path, scan=scan, series=series or 1) if is_stack(path) else open_series(path, series=series)
+    with source:
         sent = stream_series(source, endpoint, rate=rate, bind=bind, protocol=protocol, encoding=encoding,
-                             stop=stop, context=context, on_bound=on_bound, sndhwm=sndhwm)
+                             stop=stop, context=context, on_bound=on_bound, sndhwm=sndhwm,
+                             peer_timeout=peer_timeout)
         return sent, len(source.indices)

@@ -63,8 +63,9 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "processed": "frames the chain processed",
         "failed": "frames an operator raised on",
         "dropped": "frames discarded by the drop overflow policy",
-        "not_saved": "frames the HDF5 writer could not keep up with",
-        "file": "HDF5 file of the series",
+        "not_saved": "frames processed but not in the HDF5 file (the writer fell behind, or a write failed)",
+        "file": "HDF5 file of the series, or null when it could not be created",
+        "map_holes": "scan positions no frame filled (NaN in the maps), or null without scan maps",
     }),
     ("stats", "frame"): KeySet({
         "series": "series number",
@@ -85,7 +86,7 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "frame": "last frame processed",
         "processed": "frames processed in the series so far",
         "final": "true for the snapshot at series end",
-    }, open="the operator's reductions as arrays, every snapshot_period s and at series end"),
+    }, open="the operator's reductions and scan maps as arrays, every snapshot_period s and at series end"),
     ("status", "heartbeat"): KeySet({
         "uptime_s": "seconds since the service started",
         "fps": "frames processed per second, over the last 2 s",
@@ -101,8 +102,8 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "bad": "source messages that failed to decode since start",
         "orphans": "frames that arrived with no series open",
         "open_series": "series the receiver has open, or null",
-        "hdf5_not_saved": "frames the HDF5 writer could not keep up with since start",
-        "hdf5_errors": "HDF5 write errors since start",
+        "hdf5_not_saved": "frames processed but not in an HDF5 file since start (the series' not_saved, summed)",
+        "hdf5_errors": "HDF5 write errors since start (one per file that failed, and per refused hand-over)",
         "published": "messages published since start",
         "cpu_s": "CPU seconds the service used",
         "peak_rss_mb": "peak resident memory, MiB",
@@ -240,8 +241,8 @@ def series_start(start: SeriesStart, *, config_hash: str, file: str | None) -> d
 
 
 def series_end(*, series: int, reason: str, expected: int, received: int, bad: int, duplicates: int, stray: int,
-               lost: int, processed: int, failed: int, dropped: int, not_saved: int, file: str | None
-               ) -> dict[str, Any]:
+               lost: int, processed: int, failed: int, dropped: int, not_saved: int, file: str | None,
+               map_holes: int | None) -> dict[str, Any]:
     """Body of the ``series``/``end`` message (the series' summary); keys as in :data:`MESSAGES`."""
     return _fixed(("series", "end"), locals())
 

@@ -2,22 +2,23 @@
 
 Tasks: the receiver (owns the source socket), the run loop (runs the chain through the
 executor the config chooses, in order, and hands results to the sinks: the HDF5 writer,
-then the publisher, then the live page), the live page's HTTP server, the heartbeat
-(status messages and the terminal progress line) and,
+then the publisher, then the hand-off exporters of ``[output] export``, then the live page), the
+live page's HTTP server, the heartbeat (status messages and the terminal progress line) and,
 with no source endpoint configured, the embedded simulator on a thread of its own.  CPU
 work never runs on the loop.
 
 Shutdown (SIGINT/SIGTERM, or the last series of ``max_series`` done) is ordered: stop
 receiving, end the open series as ``"shutdown"``, drain the queue (bounded), finish
-the operators, publish the series end, close the HDF5 file and the sockets.
+the operators, publish the series end, close the publisher (it lingers, bounded, so that
+subscribers still get what was published), the HDF5 file and the other sockets.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-import resource
 import math
+import resource
 import signal
 import threading
 import time
@@ -34,8 +35,10 @@ from .executors.runloop import STOP, RunLoop
 from .executors.warmup import WARM_FRAMES
 from .model import Frame, Geometry, SeriesStart
 from .queues import EventQueue
+from .sinks.exports import create_exporters
 from .sinks.hdf5 import HDF5Writer
 from .sinks.publisher import Publisher
+from .sources import codecs
 from .sources.receiver import Receiver
 from .web.sink import LiveView
 
@@ -81,9 +84,10 @@ class Service:
         self.receiver = Receiver(context, source, self.queue)
         self.publisher = Publisher(zmq.Context.shadow(context.underlying), cfg.publisher)
         self.writer = HDF5Writer(cfg.output)
+        self.exporters = create_exporters(cfg.output.export)
         self.executor = executors.create(cfg.pipeline, cfg.operators)
         self.web = LiveView(cfg.http, status=self.status, protocol=source.protocol) if cfg.http.enabled else None
-        sinks = [self.writer, self.publisher, *([self.web] if self.web else [])]
+        sinks = [self.writer, self.publisher, *self.exporters, *([self.web] if self.web else [])]
         self.run_loop = RunLoop(self.queue, self.executor, sinks,
                                snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.effective,
                                config_hash=cfg.digest, on_series_end=self._series_ended)
@@ -96,6 +100,7 @@ class Service:
             processing = asyncio.create_task(self.run_loop.run(), name="run-loop")
             tasks = [receiving, processing]
             await _first(self.receiver.ready.wait(), receiving)
+            await asyncio.to_thread(codecs.prepare)  # the chunk decoder, before the first compressed frame
             await self.executor.warm_up(self._expected_series())
             self.ready.set()  # the first heartbeat says so to subscribers
             tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
@@ -114,9 +119,11 @@ class Service:
             if self.web is not None:
                 await self.web.stop()
             self.executor.close()
+            self.publisher.close()  # closed with a linger: what is still queued goes out while the file closes
             self.writer.close()
-            self.publisher.close()
-            context.destroy(linger=0)
+            for exporter in self.exporters:
+                exporter.close()
+            context.destroy(linger=0)  # the publisher's socket is closed: this waits for its linger only
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)

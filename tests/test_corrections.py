@@ -275,6 +275,16 @@ def test_flatfield_user_mask_convention_and_header_saturation():
     assert op.process(Frame(3, 1, image)).mask.sum() == 1
 
 
+def test_flatfield_masks_the_gap_marker_whatever_the_saturation_like_summary():
+    image = np.full(SHAPE, 100, np.uint16)
+    image[2, 3] = 65535                  # DECTRIS' gap / defect marker, not in any mask
+    for params, saturation in (({}, 70000), ({"saturation": 1e9}, None), ({}, None)):
+        op = FlatField(FlatField.Params(**params))
+        op.start(_series(saturation=saturation))
+        mask = op.process(Frame(3, 0, image)).mask
+        assert not mask[2, 3] and mask.sum() == image.size - 1, (params, saturation)
+
+
 def test_flatfield_references_must_match_the_frame_shape():
     op = FlatField(FlatField.Params(flat=np.ones((10, 10))))
     with pytest.raises(ValueError, match=r"flatfield: flat shape \(10, 10\) != frame shape \(37, 61\)"):

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from checks import assert_decodes_as_declared, assert_sound
 from livediff.errors import DecodeError
 from livediff.model import Frame, Geometry, SeriesEnd, SeriesStart
 from livediff.sources import codecs
@@ -99,7 +100,9 @@ def test_conversions_at_the_edge():
     np.testing.assert_array_equal(start.mask, pixel_mask == 0)
     assert start.geometry == Geometry(beam_center=(19.75, 10.0), pixel_size=(172e-6, 75e-6), distance=0.12,
                                       wavelength=0.98)
-    assert start.count_time == 0.002 and start.saturation == 31000 and start.meta["description"] == "EIGER2 X 4M"
+    assert start.count_time == 0.002 and start.saturation == 31000
+    assert start.instrument.description == "EIGER2 X 4M"
+    np.testing.assert_array_equal(start.instrument.pixel_flags, pixel_mask)   # the bits kept as received
     np.testing.assert_array_equal(frame.data, data)
     assert frame.raw is None and frame.encoding == "raw"
 
@@ -208,9 +211,10 @@ def test_header_errors():
 @given(st.lists(st.binary(max_size=64), max_size=6))
 def test_random_bytes_only_raise_decode_error(parts):
     try:
-        StreamV1Decoder()(parts)
+        events = StreamV1Decoder()(parts)
     except DecodeError:
-        pass
+        return
+    assert_sound(events)
 
 
 _VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40), st.sampled_from([2**63, 10**400]), st.floats(),
@@ -232,9 +236,14 @@ def test_random_json_messages_only_raise_decode_error(parts, pick):
     dec(_header("basic"))
     series = [None, SeriesStart(7, (3, 5), "uint16"), SeriesStart(7, (3, 5), "uint32"), SeriesStart(1, (1, 1), "uint8")]
     try:
-        dec(parts, series=series[pick])
+        events = dec(parts, series=series[pick])
     except DecodeError:
-        pass
+        return
+    declared = None
+    if any(isinstance(e, Frame) for e in events):   # an image: part 2 declares [x, y] and the type
+        info = json.loads(parts[1])
+        declared = ((info["shape"][1], info["shape"][0]), info["type"])
+    assert_sound(events, series[pick], declared=declared)
 
 
 _GARBAGE = st.lists(st.one_of(st.binary(max_size=30), st.dictionaries(_KEYS.filter(lambda k: k != "htype"), _VALUES,
@@ -284,6 +293,20 @@ def test_corrupted_real_messages_only_raise_decode_error(part, flips, cut, heade
     try:
         if not header:
             dec(_V1_HEADER)
-        dec([bytes(p) for p in parts], series=_V1_SIM.series_start())
+        events = dec([bytes(p) for p in parts], series=_V1_SIM.series_start())
     except DecodeError:
-        pass
+        return
+    assert_sound(events, _V1_SIM.series_start())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(st.integers(1, 12), st.integers(1, 12)), st.sampled_from(["uint8", "uint16", "uint32"]),
+       st.tuples(st.integers(1, 12), st.integers(1, 12)), st.sampled_from(["uint8", "uint16", "uint32"]),
+       st.sampled_from(["raw", "bslz4", "lz4"]), st.integers(0, 2**32 - 1))
+def test_an_accepted_image_has_its_declared_shape_and_type(shape, dtype, claimed, claimed_dtype, encoding, seed):
+    data = np.random.default_rng(seed).integers(0, 200, shape).astype(dtype)
+    parts = [bytes(p) for p in StreamV1Encoder(encoding=encoding).image(7, 0, data)]
+    info = json.loads(parts[1])
+    wire_type = {"raw": "<", "lz4": "lz4<"}.get(encoding, f"bs{8 * np.dtype(claimed_dtype).itemsize}-lz4<")
+    parts[1] = _j({**info, "shape": [claimed[1], claimed[0]], "type": claimed_dtype, "encoding": wire_type})
+    assert_decodes_as_declared(StreamV1Decoder(), parts, data, (claimed, claimed_dtype))

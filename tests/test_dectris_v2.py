@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from checks import assert_decodes_as_declared, assert_sound
 from livediff.errors import DecodeError
 from livediff.model import Frame, SeriesEnd, SeriesStart
 from livediff.sources import codecs
 from livediff.sources.dectris_encoders import StreamV2Encoder
-from livediff.sources.dectris_v2 import StreamV2Decoder
+from livediff.sources.dectris_v2 import TYPED_ARRAYS, StreamV2Decoder
 from simulators import DiffractionSimulator
 
 DATA = Path(__file__).parent / "data"
@@ -53,6 +54,13 @@ def test_real_captured_series():
     assert g.pixel_size == (75e-6, 75e-6) and g.wavelength == pytest.approx(0.918381073013)
     assert g.distance == pytest.approx(0.23715919962215962)
     assert start.meta["series_unique_id"] == "01HBV3JPF9T4ZDPADX6EMK6XMZ" and start.meta["channel"] == "threshold_1"
+    ins = start.instrument   # what the detector says of itself, typed and kept
+    assert (ins.sensor_material, ins.sensor_thickness, ins.description, ins.serial_number) == (
+        "Si", 0.00045, "Dectris EIGER2 Si 16M", "E-32-0117")
+    assert ins.frame_time == pytest.approx(0.004317572232502031)
+    assert ins.goniometer == (("omega", 0.0, 0.1), ("phi", 0.0, 0.0), ("chi", 30.0, 0.0))
+    assert ins.rotation == ("omega", 0.0, 0.1)
+    assert ins.detector_translation == pytest.approx((0.15370380680006296, 0.1622715786431361, -0.23715919962215962))
     gaps = frame.data == 65535
     assert frame.index == 0 and frame.encoding == "bslz4" and len(frame.raw) == 513082
     assert gaps.sum() == 1_253_075 and frame.data[~gaps].sum(dtype=np.int64) == 13_712
@@ -184,9 +192,10 @@ def test_malformed_messages_raise_one_line(parts, message):
 @given(st.lists(st.binary(max_size=80), min_size=0, max_size=3))
 def test_random_bytes_only_raise_decode_error(parts):
     try:
-        StreamV2Decoder()(parts, series=_OPEN)
+        events = StreamV2Decoder()(parts, series=_OPEN)
     except DecodeError:
-        pass
+        return
+    assert_sound(events, _OPEN)
 
 
 _LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**70), st.sampled_from([2**64, 10**400]), st.floats(),
@@ -217,6 +226,7 @@ def test_random_cbor_only_raises_decode_error(obj, started):
     except DecodeError:
         return
     assert isinstance(out, list) and all(isinstance(e, (SeriesStart, Frame, SeriesEnd, DecodeError)) for e in out)
+    assert_sound(out, _OPEN if started else None, declared=_declared(obj))
 
 
 def test_decoded_messages_are_read_not_mutated():
@@ -242,9 +252,36 @@ def test_corrupted_real_messages_only_raise_decode_error(flips, cut, start_too):
         if at < len(image):
             image[at] ^= bits
     dec = StreamV2Decoder()
-    dec([_START])
+    series = assert_sound(dec([_START]))
     for message in ([bytes(image)], [_START[:cut]] if start_too else [_START]):
         try:
-            dec(message)
+            events = dec(message)
         except DecodeError:
-            pass
+            continue
+        series = assert_sound(events, series)
+
+
+def _declared(msg):
+    """(shape, dtype name) an image message's channel array declares, else None."""
+    try:
+        array = msg["data"][next(iter(msg["data"]))].value
+        return tuple(array[0]), np.dtype(TYPED_ARRAYS[array[1].tag]).name
+    except (TypeError, KeyError, AttributeError, IndexError, StopIteration):
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(st.integers(1, 12), st.integers(1, 12)), st.sampled_from(["uint16", "uint32"]),
+       st.tuples(st.integers(1, 12), st.integers(1, 12)), st.sampled_from([69, 70, 85]),
+       st.sampled_from(["raw", "bslz4", "lz4"]), st.integers(0, 2**32 - 1))
+def test_an_accepted_image_has_its_declared_shape_and_type(shape, dtype, claimed, tag, encoding, seed):
+    data = np.random.default_rng(seed).integers(0, 200, shape).astype(dtype)
+    msg = cbor2.loads(StreamV2Encoder(encoding=encoding).image(3, 0, data)[0])
+    typed = msg["data"]["threshold_1"].value[1]
+    if encoding == "bslz4":   # the element size travels with the blob
+        algorithm, _, blob = typed.value.value
+        typed = cbor2.CBORTag(tag, cbor2.CBORTag(56500, [algorithm, np.dtype(TYPED_ARRAYS[tag]).itemsize, blob]))
+    else:
+        typed = cbor2.CBORTag(tag, typed.value)
+    msg = {**msg, "data": {"threshold_1": cbor2.CBORTag(40, [list(claimed), typed])}}
+    assert_decodes_as_declared(StreamV2Decoder(), [cbor2.dumps(msg)], data, (claimed, np.dtype(TYPED_ARRAYS[tag]).name))

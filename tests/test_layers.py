@@ -35,11 +35,12 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("livediff.params", ("livediff.*",)),
     *((f"livediff.operators.{family}", _OPERATOR_MUST_NOT) for family in (
         "base", "registry", "spots", "align", "stats", "azimuthal", "powder_center", "flatfield", "corrections",
-        "hot_pixels", "dynamic_background", "static_background", "bin", "preview", "summary")),
+        "hot_pixels", "dynamic_background", "static_background", "bin", "preview", "summary", "mx", "geometry")),
     *((f"livediff.sources.{name}", _SOURCE_MUST_NOT) for name in (
         "receiver", "native", "dectris_v1", "dectris_v2", "codecs", "sender", "dectris_encoders", "tracker")),
     ("livediff.sources", _SOURCE_MUST_NOT),
-    *((f"livediff.sinks.{name}", _SINK_MUST_NOT) for name in ("base", "hdf5", "publisher", "series_file")),
+    *((f"livediff.sinks.{name}", _SINK_MUST_NOT) for name in ("base", "hdf5", "publisher", "series_file", "exports",
+                                                               "refl", "cxi")),
     ("livediff.sinks", _SINK_MUST_NOT),
     *((f"livediff.web.{name}", _WEB_MUST_NOT) for name in ("sink", "server", "state", "view")),
     ("livediff.web", ("aiohttp", "prometheus_client", "plotly", "zmq", "numpy", "livediff.web.server")),
@@ -53,6 +54,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("livediff.replay", ("simulators", "livediff.operators", "livediff.config")),
     ("livediff.service", ("simulators", "livediff.cli")),
     ("livediff.cli", ("simulators", "livediff.operators.registry", "numba")),
+    ("livediff.report", ("livediff.operators", "numba", "zmq", "livediff.config", "livediff.sinks", "simulators")),
     ("simulators", ("livediff.operators", "livediff.config", "livediff.service")),
     ("simulators.diffraction", ("livediff.operators",)),
     ("simulators.powder", ("livediff.operators",)),

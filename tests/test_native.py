@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from checks import assert_decodes_as_declared, assert_sound
 from livediff.errors import DecodeError
 from livediff.model import Frame, Geometry, Scan, SeriesEnd, SeriesStart
 from livediff.sources import native
@@ -87,20 +88,44 @@ def test_frame_disagreeing_with_series_header_is_refused():
 @given(st.lists(st.binary(max_size=64), min_size=0, max_size=4))
 def test_random_bytes_never_escape_as_anything_but_decode_error(parts):
     try:
-        native.decode(parts)
+        event = native.decode(parts)
     except DecodeError:
-        pass
+        return
+    assert_sound(event)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(["v", "type", "series", "frame", "shape", "dtype", "encoding", "mask",
-                                        "n_frames", "geometry", "scan", "timestamp"]),
-                       st.one_of(st.none(), st.integers(-3, 70000), st.text(max_size=8), st.booleans(),
-                                 st.lists(st.integers(-2, 12), max_size=3),
-                                 st.sampled_from(["start", "image", "end", "uint16", "raw"]))),
-       st.binary(max_size=300))
-def test_random_headers_never_escape_as_anything_but_decode_error(header, payload):
+_FIELDS = st.one_of(st.none(), st.integers(-3, 70000), st.sampled_from([2**31, 2**63 - 1, 2**63, 2**64 - 1]),
+                    st.floats(), st.text(max_size=8), st.booleans(), st.lists(st.integers(-2, 12), max_size=3),
+                    st.lists(st.floats(), max_size=3),
+                    st.sampled_from(["start", "image", "end", "uint16", "uint8", "float32", "raw", "bslz4"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({"v": st.sampled_from([1, 1, 2, None])}, optional={
+           k: _FIELDS for k in ["type", "series", "frame", "shape", "dtype", "encoding", "mask", "n_frames",
+                                "scan", "timestamp", "count_time", "saturation", "meta"]} | {
+           "geometry": st.one_of(_FIELDS, st.dictionaries(
+               st.sampled_from(["beam_center", "pixel_size", "distance", "wavelength"]), _FIELDS))}),
+       st.binary(max_size=300),
+       st.sampled_from([None, SeriesStart(4, (5, 9), "uint16"), SeriesStart(4, (3, 2), "uint8")]))
+def test_random_headers_decode_to_what_they_declare_or_raise_decode_error(header, payload, series):
     try:
-        native.decode([msgpack.packb(header), payload])
+        event = native.decode([msgpack.packb(header), payload], series=series)
     except DecodeError:
-        pass
+        return
+    declared = (header["shape"], header["dtype"]) if isinstance(event, Frame) else None
+    assert_sound(event, series, declared=declared)
+
+
+_DTYPES = st.sampled_from(["uint8", "uint16", "uint32", "int32", "float32"])
+_SIDES = st.tuples(st.integers(1, 12), st.integers(1, 12))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_SIDES, _DTYPES, _SIDES, _DTYPES, st.sampled_from(["raw", "bslz4", "lz4"]), st.integers(0, 2**32 - 1))
+def test_an_accepted_image_has_its_header_shape_and_dtype(shape, dtype, claimed, claimed_dtype, encoding, seed):
+    data = np.random.default_rng(seed).integers(0, 200, shape).astype(dtype)
+    parts = native.encode_image(4, 1, data, encoding=encoding)
+    header = msgpack.unpackb(parts[0])
+    parts[0] = msgpack.packb({**header, "shape": list(claimed), "dtype": claimed_dtype})
+    assert_decodes_as_declared(native.decode, parts, data, (claimed, claimed_dtype))

@@ -97,7 +97,7 @@ def test_unwritable_output_directory_is_a_clear_error(tmp_path):
         HDF5Writer(cfg.output)
 
 
-def test_an_existing_file_is_never_overwritten(tmp_path):
+async def test_an_existing_file_is_never_overwritten(tmp_path):
     from livediff.model import SeriesStart
     from livediff.outputs import Layout, SeriesContext
     from livediff.sinks.hdf5 import HDF5Writer
@@ -110,9 +110,9 @@ def test_an_existing_file_is_never_overwritten(tmp_path):
     writer = HDF5Writer(cfg.output)
     try:
         first = Path(writer.start_series(SeriesContext(start, Layout(), "", ""))["file"])
-        writer.end_series({"reason": "end"})
+        await writer.end_series({"reason": "end"})
         second = Path(writer.start_series(SeriesContext(start, Layout(), "", ""))["file"])
-        writer.end_series({"reason": "end"})
+        await writer.end_series({"reason": "end"})
     finally:
         writer.close()
     assert (out / "series_000007.h5").read_bytes() == b"yesterday's data"

@@ -1,12 +1,15 @@
-"""The overflow policy: block loses nothing, drop keeps the newest frames and counts."""
+"""The overflow policy: block loses nothing, drop keeps the newest frames, counts and says so (throttled)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 import numpy as np
 
 from livediff.model import Frame, SeriesEnd, SeriesStart
-from livediff.queues import EventQueue
+from livediff.queues import DROP_LOG_PERIOD, EventQueue
+from livediff.throttle import Throttle
 
 
 def _frame(i: int) -> Frame:
@@ -40,3 +43,26 @@ async def test_block_waits_for_room_and_loses_nothing():
     await q.put(SeriesEnd(1))
     await asyncio.wait_for(consumer, 5)
     assert received == [*range(9), -1] and q.dropped == 0
+
+
+async def test_drop_warns_at_the_first_drop_then_at_most_once_per_period(caplog):
+    caplog.set_level(logging.WARNING, logger="livediff.queues")
+    q = EventQueue(2, "drop", Frame)
+    for i in range(50):
+        await q.put(_frame(i))
+    assert q.dropped == 48
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("queue full (overflow = 'drop')") and line.endswith("frame was dropped, 1 so far")
+    q._log_drops._clock = lambda: time.monotonic() + DROP_LOG_PERIOD   # as if the period had passed
+    await q.put(_frame(50))
+    assert "49 so far (47 more like it not logged)" in caplog.records[-1].getMessage()
+    assert len(caplog.records) == 2
+
+
+def test_throttle_first_of_each_kind_then_one_per_period_and_a_burst_cap():
+    now = [0.0]
+    throttle = Throttle(10.0, burst=3, clock=lambda: now[0])
+    assert [throttle("a"), throttle("a"), throttle("b"), throttle("a")] == [0, None, 0, None]
+    assert throttle("c") == 0 and throttle("d") is None   # 3 lines in this window already
+    now[0] = 10.0
+    assert [throttle("a"), throttle("d"), throttle("a")] == [2, 1, None]

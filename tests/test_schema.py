@@ -68,7 +68,7 @@ def _bodies() -> dict[tuple[str, str], tuple[dict, set[str]]]:
         ("series", "start"): (schema.series_start(start, config_hash="ab", file="/data/s.h5"), set()),
         ("series", "end"): (schema.series_end(series=2, reason="timeout", expected=5, received=4, bad=1, duplicates=0,
                                               stray=0, lost=1, processed=3, failed=1, dropped=0, not_saved=2,
-                                              file="/data/s.h5"), set()),
+                                              file="/data/s.h5", map_holes=3), set()),
         ("stats", "frame"): (schema.stats_frame(
             series=2, row={"frame": 3, "timestamp": 1.5e9, "received": 1.6e9, "latency_s": 0.01, "sum": 12.0,
                            "n_spots": 4},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import h5py
 import msgpack
@@ -10,6 +11,7 @@ import numpy as np
 import zmq
 
 from harness import config, running
+from livediff.client import Subscriber
 from livediff.sources import native
 from livediff.sources.sender import stream_series
 from simulators import DiffractionSimulator
@@ -111,6 +113,24 @@ async def test_lost_duplicate_and_timeout_accounting(tmp_path):
         summary = f["entry/livediff/summary"][0]
         assert sorted(f["entry/livediff/frames"]["frame"]) == [0, 1, 2, 5, 6, 9]
     assert summary["lost"] == 4 and summary["reason"] == b"timeout"
+    assert summary["complete"] == 0 and summary["incomplete"] == b"reason timeout, lost 4"
+
+
+async def test_complete_is_1_only_when_every_announced_frame_was_written(tmp_path):
+    sim, short = _sim(n_frames=6), _sim(n_frames=6, series=2)
+    short.indices = (0, 2, 5)  # what stream_series sends of it
+    cfg = config(tmp_path)
+    async with running(cfg) as (service, sub):
+        await asyncio.to_thread(stream_series, sim, cfg.source.endpoint)
+        whole = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
+        await asyncio.to_thread(stream_series, short, cfg.source.endpoint)
+        cut = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end" and m["series"] == 2)
+    with h5py.File(whole["file"], "r") as f:
+        summary = f["entry/livediff/summary"][0]
+    assert summary["complete"] == 1 and summary["incomplete"] == b"" and summary["processed"] == 6
+    with h5py.File(cut["file"], "r") as f:
+        summary = f["entry/livediff/summary"][0]
+    assert summary["complete"] == 0 and summary["incomplete"] == b"lost 3" and summary["processed"] == 3
 
 
 async def test_embedded_default_runs_one_series_and_stops(tmp_path):
@@ -131,3 +151,43 @@ async def test_unreachable_source_endpoint_is_reported_once(tmp_path, caplog):
                 break
             await asyncio.sleep(0.01)
     assert caplog.text.count(f"cannot reach {cfg.source.endpoint}") == 1
+
+
+async def test_the_last_series_reaches_subscribers_when_the_service_stops_right_after_it(tmp_path):
+    """Issue 18, row 11: a large final snapshot and the series end are flushed before the PUB socket closes.
+
+    The subscriber (a thread of its own) starts reading only once the service is closing,
+    as a subscriber busy with the large snapshots would; what it has not taken yet must
+    still reach it.
+    """
+    sim = DiffractionSimulator(shape=(1024, 1024), n_frames=3, n_spots=5, seed=11)
+    cfg = config(tmp_path, operators={"summary": {}, "stats": {}})
+    closing = threading.Event()
+    got: list[tuple[str, dict]] = []
+
+    def subscribe(endpoint: str, ready: threading.Event) -> None:
+        with Subscriber(endpoint, rcvhwm=1) as sub:
+            while sub.recv(timeout=10) is None:
+                pass
+            ready.set()
+            closing.wait(60)
+            while (message := sub.recv(timeout=10)) is not None:
+                got.append(message)
+                if message[0] == "series" and message[1]["type"] == "end":
+                    return
+
+    async with running(cfg, max_series=1) as (service, _):
+        close = service.writer.close
+        service.writer.close = lambda: (close(), closing.set())
+        ready = threading.Event()
+        reader = threading.Thread(target=subscribe, args=(service.publisher.endpoint, ready))
+        reader.start()
+        await asyncio.to_thread(ready.wait, 10)
+        await asyncio.to_thread(stream_series, sim, cfg.source.endpoint)
+        await asyncio.wait_for(service.stopping.wait(), 60)
+    closing.set()
+    await asyncio.to_thread(reader.join, 30)
+    ends = [m for t, m in got if t == "series" and m["type"] == "end"]
+    final = [m for t, m in got if t == "image" and m["final"]]
+    assert ends and ends[0]["processed"] == 3, f"the series end never arrived ({len(got)} messages did)"
+    assert final and final[0]["mean"].shape == (1024, 1024)

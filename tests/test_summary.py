@@ -1,11 +1,14 @@
 """The per-frame summary kernel against plain numpy."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from livediff.model import Frame, SeriesStart
 from livediff.operators.summary import Summary, summarise
+from livediff.sources import codecs
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "uint32", "float32"])
@@ -24,10 +27,23 @@ def test_summary_matches_numpy_over_valid_pixels(dtype):
     assert got["n_saturated"] == (valid >= 10060).sum()
 
 
-def test_default_saturation_is_top_of_integer_dtype_and_none_for_floats():
+def test_top_of_an_integer_dtype_is_a_gap_marker_not_a_count():
     image = np.array([[65535, 65534], [0, 65535]], dtype=np.uint16)
-    assert summarise(image)["n_saturated"] == 2
-    assert summarise(image.astype("f4"))["n_saturated"] == 0
+    got = summarise(image)
+    assert (got["sum"], got["max"], got["n_valid"], got["n_saturated"]) == (65534, 65534, 2, 0)
+    assert summarise(image, saturation=65534)["n_saturated"] == 1
+    before = summarise(image, top_invalid=False)   # the top as a count, saturated by default
+    assert (before["sum"], before["n_valid"], before["n_saturated"]) == (3 * 65535 - 1, 4, 2)
+    as_float = summarise(image.astype("f4"))
+    assert as_float["n_valid"] == 4 and as_float["n_saturated"] == 0
+    assert summarise(np.array([[2**31 - 1, 5]], np.int32))["sum"] == 5
+
+
+def test_real_eiger_frame_sums_its_counts_not_its_gap_markers():
+    blob = (Path(__file__).parent / "data" / "stream1_frame_bs16-lz4.bin").read_bytes()
+    frame = codecs.decode(blob, "bslz4", (4362, 4148), "uint16")   # no header mask: gaps only marked 65535
+    got = summarise(frame)
+    assert got["sum"] == 9_876 and got["n_valid"] == frame.size - 1_253_074 and got["max"] < 65535
 
 
 def test_fully_masked_frame_gives_nan_not_an_error():

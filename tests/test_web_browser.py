@@ -38,7 +38,8 @@ READ = """(() => {
           dropped: count("dropped"), lost: count("lost"), bad: count("bad"),
           frame: latest("frame"), n_spots: latest("n_spots"), spots_rows: latest("rows:spots"),
           series: document.getElementById("series").textContent,
-          banners: [...document.querySelectorAll("#banners .banner")].map((b) => `${b.dataset.level}: ${b.textContent}`),
+          banners: [...document.querySelectorAll("#banners .banner")]
+            .map((b) => `${b.dataset.level}: ${b.textContent}`),
           figures: [...document.querySelectorAll(".figure")].map((f) => f.dataset.part),
           drawn: [...document.querySelectorAll(".figure")].filter((f) => f.querySelector(".main-svg")).length,
           scripts: document.scripts.length, pwned: window.__pwned ?? null};

@@ -165,7 +165,7 @@ def _layout() -> Layout:
             ("stats", "stats", {}, {}, {}, {"mean": ((40, 50), "f4")}),
             ("powder_center", "powder_center", {}, {}, {}, {"center": ((2,), "f8")})):
         op = type("Op", (), {"kind": kind, "name": name, "columns": columns, "arrays": arrays, "rows": rows,
-                             "reductions": reductions})
+                             "reductions": reductions, "maps": {}, "derive_maps": staticmethod(lambda maps: {})})
         layout.add(op)
     return layout
 
@@ -267,3 +267,27 @@ def test_a_viewer_joining_mid_series_learns_the_outputs_from_the_messages():
     assert {"image:stats.mean", "profile:azimuthal", "image:frame"} <= set(parts)
     assert parts["image:frame"]["image"] is None and parts["image:frame"]["spots"]["spots"]["n"] == 3
     assert parts["counts"]["processed"] == 1 and parts["latest"]["frame"] == 17
+
+
+def test_scan_maps_show_as_images_of_the_scan_shape():
+    from livediff.model import Scan
+    from livediff.outputs import Reductions
+    from livediff.web.sink import LiveView
+
+    layout = _layout()
+    layout.scan = Scan(shape=(6, 9))
+    layout.maps = {"virtual": {"bright": "f8"}}
+    assert Declared.of(layout).reductions["virtual"] == {"bright": [6, 9]}
+    view = LiveView.__new__(LiveView)  # the sink's mapping only, no server
+    view.state = _state()
+    view.state.start_series({"series": 1}, Declared.of(layout))
+    bright = np.full((6, 9), np.nan)
+    bright[0, :4] = [1.0, 2.0, 3.0, 4.0]  # the map fills in as the scan runs
+    view.write_reductions(Reductions(1, 3, 4, False, {"stats": {"mean": np.ones((40, 50))}},
+                                     {"virtual": {"bright": bright}}))
+    parts = _built(view.state)
+    assert {"image:virtual.bright", "image:stats.mean"} <= set(parts)
+    image = parts["image:virtual.bright"]
+    assert image["shape"] == [6, 9] and image["k"] == 1 and image["source"] == "reduction"
+    q = np.frombuffer(zlib.decompress(base64.b64decode(image["data"])), np.uint8).reshape(6, 9)
+    assert (q[0, :4] > 0).all() and (q[1:] == 0).all()  # holes stay empty

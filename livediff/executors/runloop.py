@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import time
 from collections import deque
@@ -21,6 +22,7 @@ from ..outputs import Reductions, SeriesContext
 from ..queues import EventQueue
 from ..sinks.base import Sink
 from .base import Executor, Job
+from .maps import MapAssembler
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class SeriesProgress:
 
     start: SeriesStart
     facts: dict[str, Any]
+    maps: MapAssembler | None = None
     processed: int = 0
     failed: int = 0
     last_frame: int = -1
@@ -109,7 +112,11 @@ class RunLoop:
         context = SeriesContext(start, layout, self.config_text, self.config_hash)
         for sink in self.sinks:
             context.facts.update(sink.start_series(context) or {})
-        self.current = SeriesProgress(start, context.facts)
+        if layout.maps and layout.scan is None:
+            log.warning("series %d: %s declare maps but the series has no scan (set one in the source or in "
+                        "[source] scan): no maps", start.series, ", ".join(layout.maps))
+        maps = MapAssembler(layout) if layout.maps and layout.scan is not None else None
+        self.current = SeriesProgress(start, context.facts, maps)
         self._last_snapshot = time.monotonic()
         log.info("series %d started: %s %s, %s frames -> %s", start.series, start.dtype, start.shape,
                  start.n_frames if start.n_frames is not None else "?", context.facts.get("file", "no file"))
@@ -129,12 +136,15 @@ class RunLoop:
         self.totals["processed"] += 1
         self.rate.add(1)
         out = self.executor.layout.output_of(frame, job.received)
+        if cur.maps is not None:
+            cur.maps.place(out)
         for sink in self.sinks:
             sink.add_frame(out)
 
     def _snapshot_due(self) -> bool:
         period = self.snapshot_period
-        return (self.current is not None and period > 0 and bool(self.executor.layout.reductions)
+        return (self.current is not None and period > 0
+                and bool(self.executor.layout.reductions or self.current.maps is not None)
                 and time.monotonic() - self._last_snapshot >= period)
 
     async def _snapshot(self, *, final: bool) -> None:
@@ -151,9 +161,10 @@ class RunLoop:
         values = {label: {k: v for k, v in found.items() if k in layout.reductions.get(label, {})}
                   for label, found in results.items()}
         values = {label: found for label, found in values.items() if found}
-        if not values:
+        maps = cur.maps.snapshot() if cur.maps is not None else {}
+        if not values and not maps:
             return
-        reductions = Reductions(cur.start.series, cur.last_frame, cur.processed, final, values)
+        reductions = Reductions(cur.start.series, cur.last_frame, cur.processed, final, values, maps)
         for sink in self.sinks:
             sink.write_reductions(reductions)
 
@@ -163,9 +174,11 @@ class RunLoop:
         self.current = None
         summary = {"series": end.series, "reason": end.reason, **end.counts,
                    "processed": cur.processed, "failed": cur.failed,
-                   "dropped": end.counts.get("received", 0) - cur.processed - cur.failed, **cur.facts}
+                   "dropped": end.counts.get("received", 0) - cur.processed - cur.failed, **cur.facts,
+                   "map_holes": None if cur.maps is None else cur.maps.holes}
         for sink in self.sinks:
-            summary.update(sink.end_series(summary) or {})
+            facts = sink.end_series(summary)
+            summary.update((await facts if inspect.isawaitable(facts) else facts) or {})
         log.info("series %d ended (%s): %s", end.series, end.reason,
                  ", ".join(f"{k} {summary[k]}" for k in ("expected", "received", "processed", "dropped",
                                                          "lost", "bad", "failed", "not_saved") if k in summary))

@@ -26,6 +26,12 @@ first frame, as SWMR requires):
                 ``/entry/livediff/<operator>`` and the topic named like the operator.
 ``reductions``  ``{name: (shape, dtype)}`` what ``snapshot()``/``finish()`` return ->
                 ``/entry/livediff/reductions/<operator>/<name>`` and the ``image`` topic.
+``maps``        ``{name: dtype}`` per-frame scalars of ``frame.results[name]`` placed at the
+                frame's scan position -> ``/entry/livediff/maps/<operator>/<name>`` ((rows,
+                cols), NaN where no frame arrived) and the ``image`` topic; only when the
+                series has a scan.  ``derive_maps(maps)`` fills the declared maps that
+                are computed from the others (a pure function of them, called at each
+                snapshot); a declared name no frame result carries is such a map.
 
 ``frame.results[name]`` holds the scalars and arrays under their names and, for
 ``rows``, one 1-D array per column under the key ``"rows"``.
@@ -132,6 +138,7 @@ class BaseOperator:
         self.arrays: dict[str, tuple[Shape, str]] = {}
         self.rows: dict[str, str] = {}
         self.reductions: dict[str, tuple[Shape, str]] = {}
+        self.maps: dict[str, str] = {}
 
     def start(self, series: SeriesStart) -> None:
         self.series = series
@@ -163,6 +170,9 @@ class BaseOperator:
 
     def finish(self) -> dict[str, Any]:
         return self.snapshot()
+
+    def derive_maps(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {}
 
     def epoch(self, seq: int, index: int) -> int | None:
         return 0

@@ -141,7 +141,7 @@ class FlatField(BaseOperator):
 
     The frame's mask becomes the header (or upstream) mask AND the user mask file AND a
     finite nonzero flat AND raw value < saturation (``saturation``, else the header's,
-    else 2**bits - 1) AND a finite result.
+    else 2**bits - 1; never above 2**bits - 1, DECTRIS' gap marker) AND a finite result.
 
     ``dark_frames = N``: the frames with index < N of each series are darks; their mean is
     the dark for the rest.  They leave uncorrected (float32) with an all-invalid mask, so
@@ -175,7 +175,9 @@ class FlatField(BaseOperator):
         valid.setflags(write=False)
         self._valid = valid
         self._dark = None if p.dark is None else np.ascontiguousarray(p.dark, dtype=np.float32)
-        self._saturation = saturation_level(series.dtype, series.saturation if p.saturation is None else p.saturation)
+        given = series.saturation if p.saturation is None else p.saturation
+        # the top of an integer dtype is a gap / defect marker whatever the saturation (as in ``summary``)
+        self._saturation = min(saturation_level(series.dtype, given), saturation_level(series.dtype))
         if self.series_state:
             self._darks_through = 0  # dispatching side: frames up to and including the last dark so far
             self._total: np.ndarray | None = None  # folding side: sum and count of the darks

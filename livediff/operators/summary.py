@@ -2,6 +2,12 @@
 
 This is what the ``stats`` topic and the frames table show for every frame, so that a
 user sees at a glance whether the beam is on and whether the detector saturates.
+
+In an integer frame, the top value of its dtype (2**bits - 1, 2**31 - 1 for int32) is not
+a count: DECTRIS detectors send it for gap, defective and overflowing pixels, whether or
+not the header's pixel mask marks them.  Such pixels are invalid here by default (not
+summed, not counted valid or saturated), so that the sum of a real EIGER frame is the sum
+of its counts, not of a million gap markers; ``flatfield`` masks them too.
 """
 from __future__ import annotations
 
@@ -36,10 +42,11 @@ def _summarise_float(data: np.ndarray, mask: np.ndarray, saturation: float) -> t
 
 
 _LOWEST = np.int64(-(2**62))  # below any int32 pixel: the max of a row with no valid pixel
+_NO_TOP = 2**63 - 1           # above any uint32 pixel: no value is a marker
 
 
 @numba.njit(nogil=True, cache=True)
-def _summarise_int(data: np.ndarray, mask: np.ndarray, saturation: float) -> tuple[float, float, int, int]:
+def _summarise_int(data: np.ndarray, mask: np.ndarray, saturation: float, top: int) -> tuple[float, float, int, int]:
     # branch-free int64 row sums, so LLVM vectorises the inner loop (~3x the branchy float loop)
     total = 0.0
     peak = -np.inf
@@ -54,7 +61,7 @@ def _summarise_int(data: np.ndarray, mask: np.ndarray, saturation: float) -> tup
         row_valid = 0
         row_saturated = 0
         for c in range(cols):
-            m = mrow[c]
+            m = mrow[c] & (np.int64(drow[c]) < top)
             v = np.int64(drow[c]) * m
             row_sum += v
             row_valid += m
@@ -69,7 +76,7 @@ def _summarise_int(data: np.ndarray, mask: np.ndarray, saturation: float) -> tup
 
 
 def summarise(image: np.ndarray, mask: np.ndarray | None = None, *,
-              saturation: float | None = None) -> dict[str, float | int]:
+              saturation: float | None = None, top_invalid: bool = True) -> dict[str, float | int]:
     """Sum, mean, maximum, valid and saturated pixel counts of one frame.
 
     Parameters
@@ -78,6 +85,10 @@ def summarise(image: np.ndarray, mask: np.ndarray | None = None, *,
     mask : bool array of the same shape, True = valid; None = all valid.
     saturation : value at and above which a valid pixel counts as saturated;
         None = the top of an integer dtype (2**bits - 1), never for floats.
+    top_invalid : in an integer frame, pixels at the top of the dtype (DECTRIS' gap,
+        defect and overflow marker) are invalid as well as those ``mask`` excludes.  So
+        with the default ``saturation`` none is counted saturated; pass the detector's
+        saturation level (the series header's) for that.
 
     Returns
     -------
@@ -95,10 +106,13 @@ def summarise(image: np.ndarray, mask: np.ndarray | None = None, *,
     mask = check_mask(mask, image.shape)
     if mask is None:
         mask = all_valid(image.shape)
-    if saturation is None:
-        saturation = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else np.inf
-    kernel = _summarise_int if image.dtype.kind in "ui" else _summarise_float
-    total, peak, n_valid, n_saturated = kernel(image, mask, float(saturation))
+    if image.dtype.kind in "ui":
+        top = int(np.iinfo(image.dtype).max)
+        total, peak, n_valid, n_saturated = _summarise_int(
+            image, mask, float(top if saturation is None else saturation), top if top_invalid else _NO_TOP)
+    else:
+        total, peak, n_valid, n_saturated = _summarise_float(
+            image, mask, np.inf if saturation is None else float(saturation))
     return {
         "sum": total,
         "mean": total / n_valid if n_valid else np.nan,
@@ -109,7 +123,8 @@ def summarise(image: np.ndarray, mask: np.ndarray | None = None, *,
 
 
 class Summary(BaseOperator):
-    """Adds ``results["summary"]`` = :func:`summarise` of each frame (over its valid pixels)."""
+    """Adds ``results["summary"]`` = :func:`summarise` of each frame (over its valid pixels, the
+    top value of an integer dtype invalid; saturated at the header's ``saturation``)."""
 
     kind = "summary"
 

@@ -8,6 +8,7 @@ to what the sinks after it receive.
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from ..outputs import FrameOutput, Reductions, SeriesContext
@@ -32,8 +33,12 @@ class Sink(Protocol):
         """Running results now (``reductions.final``: the series' last word)."""
         ...
 
-    def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """The series ended with ``summary`` (counts, reason, facts so far); return facts to add."""
+    def end_series(self, summary: dict[str, Any]) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """The series ended with ``summary`` (counts, reason, facts so far); return facts to add.
+
+        A sink that must wait for a thread of its own before its facts are final (the HDF5
+        writer) returns an awaitable, which the run loop awaits: the event loop never blocks.
+        """
         ...
 
     def close(self) -> None:

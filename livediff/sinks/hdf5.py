@@ -2,30 +2,48 @@
 
 :class:`HDF5Writer` is a sink (:class:`~livediff.sinks.base.Sink`): it decides what of
 each frame it records (``save_raw``: the frames as received, bitshuffle-LZ4 blobs stored
-as they are; ``save_corrected``: the chain's output frames).  The event loop only enqueues.  Rows are flushed every ``flush_frames`` frames or
-``flush_seconds``, so a reader in SWMR mode follows the file live and a killed process
-leaves a valid file holding every row flushed before the kill.  The queue is bounded in
-items and in bytes of frame data: if the disk falls behind, frames are dropped from the
-file and counted (``not_saved``), never silently and never by blocking the loop.
+as they are; ``save_corrected``: the chain's output frames).  The event loop only
+enqueues.  Rows are flushed every ``flush_frames`` frames or ``flush_seconds``, so a
+reader in SWMR mode follows the file live and a killed process leaves a valid file
+holding every row flushed before the kill.  The queue is bounded in items and in bytes of
+frame data: if the disk falls behind, frames are dropped from the file and counted
+(``not_saved``), never silently and never by blocking the loop.
+
+With ``save_raw`` the file is an NXmx recording (:mod:`.nxmx`; ``[output.instrument]``
+fills what the series header lacks) and a CrystFEL ``.geom`` is written beside it.
+
+A write error (a full disk, a file size limit, an I/O error) ends the writing of that
+series' file, never the service: the error is logged once, every frame of the series not
+in the file is counted in ``not_saved``, the summary row is written if the disk takes it
+by the series' end, and the next series starts a fresh file.  :meth:`HDF5Writer.end_series`
+waits (bounded) until the thread has handled the whole series, so the ``not_saved`` it
+reports is final and the heartbeat's ``hdf5_not_saved`` already includes it.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..model import SeriesStart
 from ..outputs import FrameOutput, Reductions, SeriesContext
 from ..params import param
+from .h5errors import describe
+from .nxmx import InstrumentSettings
 from .series_file import SeriesFile
 
 log = logging.getLogger(__name__)
 
 _CONTROL_TIMEOUT_S = 10.0
+_END_TIMEOUT_S = 15.0   # how long a series end waits for the thread to write what was queued
+_CLOSE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,20 @@ class OutputSettings:
     max_pending_mb: float = param(512.0, gt=0, doc="frame data buffered for the writer before frames go unsaved")
     save_raw: bool = param(False, doc="record frames as received in /entry/data/data (bitshuffle-LZ4)")
     save_corrected: bool = param(False, doc="record the chain's output frames in /entry/livediff/corrected")
+    export: tuple[Literal["refl", "cxi"], ...] = param((), doc="hand-off files beside each series file")
+    instrument: InstrumentSettings = field(default_factory=InstrumentSettings)
+
+
+@dataclass
+class _Series:
+    """One series' frames as the writer accounts for them."""
+
+    series: int
+    path: Path
+    frames: int = 0       # handed to add_frame (loop thread)
+    saved: int = 0        # in the file, flushed (writer thread)
+    counted: int = 0      # already in HDF5Writer.not_saved (either thread, under the lock)
+    reported: bool = False
 
 
 class HDF5Writer:
@@ -66,17 +98,18 @@ class HDF5Writer:
         self._max_bytes = int(config.max_pending_mb * 2**20)
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
-        self._file: SeriesFile | None = None
         self._handed_out: set[Path] = set()
-        self._series_not_saved = 0
+        self._series: _Series | None = None   # the series being handed out (loop thread)
+        self._file: SeriesFile | None = None  # the writer thread's
+        self._writing: _Series | None = None  # the series the thread writes
         self._thread = threading.Thread(target=self._run, name="livediff-hdf5", daemon=True)
         self._thread.start()
 
     def start_series(self, series: SeriesContext) -> dict[str, Any]:
         """Open the series' file (never overwriting one); reports its path as ``file``."""
         path = self._free_path(series.start)
-        self._series_not_saved = self.not_saved
-        self._control("start", (path, series.start, series.layout, series.config_text))
+        self._series = _Series(series.start.series, path)
+        self._control("start", (self._series, series.start, series.layout, series.config_text))
         return {"file": str(path)}
 
     def add_frame(self, out: FrameOutput) -> None:
@@ -89,6 +122,8 @@ class HDF5Writer:
             corrected = out.output
         size = _nbytes(raw) + _nbytes(corrected)
         with self._lock:
+            if self._series is not None:
+                self._series.frames += 1
             full = self._pending_bytes + size > self._max_bytes
             if not full:
                 self._pending_bytes += size
@@ -99,7 +134,7 @@ class HDF5Writer:
             except queue.Full:
                 with self._lock:
                     self._pending_bytes -= size
-        self.not_saved += 1
+        self._count_not_saved(self._series)
         if self.not_saved == 1 or self.not_saved % 1000 == 0:
             log.error("HDF5 writer is behind: %d frames not saved so far", self.not_saved)
 
@@ -109,18 +144,31 @@ class HDF5Writer:
 
     def write_reductions(self, reductions: Reductions) -> None:
         """Overwrite the series' reductions with ``reductions.values`` ({operator: {name: array}})."""
-        self._control("reductions", reductions.values)
+        self._control("reductions", (reductions.values, reductions.maps))
 
-    def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Write the summary row (with this series' ``not_saved``) and close the file."""
-        facts = {"not_saved": self.not_saved - self._series_not_saved}
-        self._control("end", {**summary, **facts})
-        return facts
+    async def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Write the summary row and close the file, once the thread has written what the series
+        queued (waiting at most a few seconds); reports the series' final ``not_saved``, and
+        ``file`` None when the file could not be created."""
+        series, self._series = self._series, None
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        await asyncio.to_thread(self._control, "end", (summary, done))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(done), _END_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.error("HDF5 writer: series %d not written after %.0f s (disk too slow?): its not_saved counts "
+                      "the frames not yet flushed; the file's summary will have the final count",
+                      series.series, _END_TIMEOUT_S)
+            with self._lock:
+                return {"not_saved": series.frames - series.saved}
 
     def close(self) -> None:
         """Flush and close any open file, then stop the thread."""
         self._control("stop", None)
-        self._thread.join()
+        self._thread.join(_CLOSE_TIMEOUT_S)
+        if self._thread.is_alive():
+            log.error("HDF5 writer: still busy after %.0f s; its open file is left as a killed writer leaves it",
+                      _CLOSE_TIMEOUT_S)
 
     def _free_path(self, start: SeriesStart) -> Path:
         name = self.config.template.format(series=start.series, date=time.strftime("%Y%m%d-%H%M%S"))
@@ -139,6 +187,14 @@ class HDF5Writer:
             self.errors += 1
             log.error("HDF5 writer did not accept %r within %.0f s (disk too slow?)", kind, _CONTROL_TIMEOUT_S)
 
+    def _count_not_saved(self, series: _Series | None) -> None:
+        """One frame of ``series`` will not be in its file."""
+        with self._lock:
+            self.not_saved += 1
+            if series is not None:
+                series.counted += 1
+
+    # ------------------------------------------------------------------ the writer thread
     def _run(self) -> None:
         while True:
             try:
@@ -148,9 +204,9 @@ class HDF5Writer:
             try:
                 if self._step(kind, payload):
                     return
-            except Exception as exc:  # a disk error must not kill the thread: report, count, go on
+            except Exception as exc:  # a bug, not the disk (SeriesFile keeps those): report, go on
                 self.errors += 1
-                log.error("HDF5 writer: %s failed: %s: %s", kind, type(exc).__name__, exc)
+                log.exception("HDF5 writer: %s failed: %s: %s", kind, type(exc).__name__, exc)
 
     def _step(self, kind: str, payload: Any) -> bool:
         """Handle one queued operation; True when the thread should stop."""
@@ -159,30 +215,82 @@ class HDF5Writer:
             out, raw, corrected, size = payload
             with self._lock:
                 self._pending_bytes -= size
-            if f is None:
-                self.not_saved += 1
-            else:
-                f.add_frame(out.row, arrays=out.arrays, rows=out.rows, raw=raw, corrected=corrected)
+            if f is None or not f.add_frame(out.row, arrays=out.arrays, rows=out.rows, raw=raw, corrected=corrected):
+                self._count_not_saved(self._writing)
         elif kind == "reductions" and f is not None:
-            f.write_reductions(payload)
+            f.write_reductions(*payload)
         elif kind == "rows" and f is not None:
             f.add_rows(*payload)
-        elif kind in ("start", "end", "stop") and f is not None:
-            self._file = None
-            self.rows_written += f.close(payload if kind == "end" else None)
-            log.info("closed %s", f.path)
+        elif kind == "end":
+            summary, done = payload
+            done.set_result(self._finish(summary))
+        elif kind in ("start", "stop"):
+            self._finish(None)
         if kind == "start":
-            path, start, layout, text = payload
-            self._file = SeriesFile(path, start, layout, text, save_raw=self.config.save_raw,
-                                    save_corrected=self.config.save_corrected)
-            log.info("writing %s", path)
+            self._open(*payload)
         if kind == "stop":
             return True
         f = self._file
         if f is not None and (f.pending >= self.config.flush_frames
                               or time.monotonic() - f.last_flush >= self.config.flush_seconds):
-            self.rows_written += f.flush()
+            f.flush()
+            with self._lock:
+                self._writing.saved = f.saved
+        self._check(f, self._writing)
         return False
+
+    def _open(self, series: _Series, start: SeriesStart, layout: Any, config_text: str) -> None:
+        self._writing = series
+        try:
+            self._file = SeriesFile(series.path, start, layout, config_text, save_raw=self.config.save_raw,
+                                    save_corrected=self.config.save_corrected, instrument=self.config.instrument)
+        except Exception as exc:
+            self.errors += 1
+            series.reported = True
+            with contextlib.suppress(OSError):  # it holds nothing: leave no half-made file behind
+                series.path.unlink()
+            log.error("HDF5 writer: cannot create %s: %s; the series' frames are counted in not_saved",
+                      series.path, describe(exc))
+            return
+        log.info("writing %s", series.path)
+        if self._file.geometry is not None:   # CrystFEL's view of the recording, beside it
+            geom = series.path.with_suffix(".geom")
+            try:
+                geom.write_text(self._file.geometry)
+            except OSError as exc:
+                log.error("HDF5 writer: cannot write %s: %s", geom, exc.strerror or exc)
+
+    def _check(self, f: SeriesFile | None, series: _Series | None) -> None:
+        """Report the first write error of ``series``' file, once."""
+        if f is not None and f.error is not None and not series.reported:
+            series.reported = True
+            self.errors += 1
+            log.error("HDF5 writer: %s: %s; nothing more is written to this file, the series' frames not in "
+                      "it are counted in not_saved", f.path, f.error)
+
+    def _finish(self, summary: dict[str, Any] | None) -> dict[str, Any]:
+        """Close the series' file (writing ``summary`` if given); returns the series' final facts:
+        ``not_saved``, and ``file`` None when it could not be created."""
+        series, f = self._writing, self._file
+        if series is None:
+            return {"not_saved": 0}
+        self._writing = self._file = None
+        not_saved = series.frames if f is None else f.close(summary, frames=series.frames)
+        with self._lock:
+            self.not_saved += not_saved - series.counted
+            series.counted, series.saved = not_saved, series.frames - not_saved
+        self.rows_written += series.saved
+        if f is None:
+            log.error("HDF5 writer: %s not created: %d frames not saved", series.path, not_saved)
+            return {"not_saved": not_saved, "file": None}
+        if f.error is None:
+            log.info("closed %s", f.path)
+        else:
+            self._check(f, series)
+            log.error("HDF5 writer: %s: %d of %d frames not saved; summary %s", f.path, not_saved, series.frames,
+                      "written" if f.summary_written else
+                      "not written (the file opens with swmr=True, as a killed writer's does)")
+        return {"not_saved": not_saved}
 
 
 def _nbytes(value: Any) -> int:

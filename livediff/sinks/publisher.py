@@ -4,7 +4,8 @@
 messages, per-frame statistics, operator rows and snapshots, and publishes the service's
 heartbeat too.  PUB never blocks: a subscriber that cannot keep up loses messages at its
 high-water mark, and the pipeline never waits for it.  Messages the socket refuses are
-counted.
+counted.  Closing is the exception: what was published before :meth:`close` (a series'
+large final snapshots, its end) still goes out, for up to ``linger_s`` seconds.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import zmq
 
 from .. import schema
+from ..endpoints import check_endpoint
 from ..outputs import FrameOutput, Reductions, SeriesContext
 from ..params import param
 
@@ -30,6 +32,10 @@ class PublisherSettings:
     endpoint: str = "tcp://127.0.0.1:5557"
     sndhwm: int = param(1000, ge=1)
     status_period: float = param(1.0, gt=0, doc="seconds between status heartbeats")
+    linger_s: float = param(5.0, ge=0, doc="at shutdown, seconds to let subscribers take what was published")
+
+    def __post_init__(self) -> None:
+        check_endpoint(self.endpoint)
 
 
 class Publisher:
@@ -39,6 +45,7 @@ class Publisher:
         self.sent = 0
         self.refused = 0
         self._kinds: dict[str, str] = {}
+        self._linger_ms = int(config.linger_s * 1000)
         self._sock = context.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, config.sndhwm)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -46,7 +53,7 @@ class Publisher:
             self._sock.bind(config.endpoint)
         except zmq.ZMQError as exc:
             self._sock.close(linger=0)
-            raise OSError(f"cannot publish on {config.endpoint}: {exc}") from None
+            raise OSError(f"cannot publish on {config.endpoint}: {exc.strerror}") from None
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("publishing on %s", self.endpoint)
 
@@ -78,7 +85,8 @@ class Publisher:
                 self.publish(label, kind, schema.spots(series=series, frame=index, columns=columns))
 
     def write_reductions(self, reductions: Reductions) -> None:
-        for label, values in reductions.values.items():
+        for label in {**reductions.values, **reductions.maps}:
+            values = {**reductions.values.get(label, {}), **reductions.maps.get(label, {})}
             self.publish("image", "snapshot", schema.image_snapshot(
                 series=reductions.series, operator=label, frame=reductions.frame, processed=reductions.processed,
                 final=reductions.final, values=values))
@@ -94,4 +102,5 @@ class Publisher:
         return kind if kind in schema.TOPICS else None
 
     def close(self) -> None:
-        self._sock.close(linger=0)
+        """Close the socket; terminating the context then waits up to ``linger_s`` for what is queued."""
+        self._sock.close(linger=self._linger_ms)

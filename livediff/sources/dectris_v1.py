@@ -20,8 +20,13 @@ appendix part after a header or an image, a ``hash`` that is no md5 (never check
 ``header_detail = "none"``, whose series start is made from the first image.  A header is
 passed on once complete for its detail level, else with the first image or end of its
 series.  So the decoder has state: each receiver owns one :class:`StreamV1Decoder`.  The
-field readers shared with :mod:`livediff.sources.dectris_v2` are in
-:mod:`livediff.sources.dectris_common`.
+conversions shared with :mod:`livediff.sources.dectris_v2` are in
+:mod:`livediff.sources.dectris_common`, the field readers in :mod:`livediff.sources.fields`.
+
+The schema of the detector configuration is in :func:`_start`; an image's ``series`` is
+an integer in 0..2**63 - 1, its ``frame`` in 0..2**31 - 1, its ``shape`` two sides in
+1..2**20 - 1 within the receiver's :class:`~livediff.sources.fields.Limits` (as are the
+header's arrays), checked before anything is decompressed.
 """
 from __future__ import annotations
 
@@ -35,20 +40,22 @@ from typing import Any
 import numpy as np
 
 from ..errors import DecodeError
-from ..model import FRAME_DTYPES, Frame, Geometry, SeriesEnd, SeriesStart
+from ..model import FRAME_DTYPES, Frame, Geometry, Instrument, SeriesEnd, SeriesStart
+from ..throttle import Throttle
 from . import codecs
-from .dectris_common import (MAX_FRAMES, MAX_SIDE, Event, beam_center, check_fits, frame_index, integer, number,
-                             scalars, show, side, valid_mask)
+from .dectris_common import Event, beam_center, goniometer_v1, pixel_flags, valid_mask
+from .fields import (MAX_FRAMES, Limits, check_fits, frame_index, integer, is_int, number, positive, scalars, show,
+                     side, sides, text)
 
 log = logging.getLogger(__name__)
+_WARN = Throttle()  # a stream may repeat a tolerated oddity thousands of times: warnings throttled by kind
 
 PROTOCOL = "dectris-stream1"
 
 _ARRAY_PARTS = {"dflatfield-1.0": "flatfield", "flatfield-1.0": "flatfield",
                 "dpixelmask-1.0": "pixel_mask", "dcountrate_table-1.0": "countrate_table"}
 _BIT_DEPTHS = {8: "uint8", 16: "uint16", 32: "uint32"}
-_META_KEYS = ("description", "detector_number", "software_version", "sensor_material", "sensor_thickness",
-              "frame_time", "omega_start", "omega_increment", "photon_energy", "data_collection_date")
+_META_KEYS = ("software_version", "photon_energy", "data_collection_date")
 
 
 @dataclass
@@ -87,7 +94,8 @@ class StreamV1Decoder:
         usable.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, limits: Limits = Limits()) -> None:
+        self.limits = limits
         self._pending: _Header | None = None
         self._extras_ok = False  # header parts may still trail a header already passed on
 
@@ -117,7 +125,7 @@ class StreamV1Decoder:
         if detail not in ("all", "basic", "none"):
             raise DecodeError(f"{PROTOCOL}: header_detail {show(detail)}, expected 'all', 'basic' or 'none'")
         header = _Header(series_no, detail)
-        _absorb(header, parts[1:])
+        _absorb(header, parts[1:], self.limits)
         self._drop_pending("another header came")
         self._pending = header
         return self._emit_if_complete()
@@ -129,7 +137,7 @@ class StreamV1Decoder:
                 return []
             raise DecodeError(f"{PROTOCOL}: header part (detector configuration or array) "
                               "with no dheader-1.0 before it")
-        _absorb(self._pending, parts)
+        _absorb(self._pending, parts, self.limits)
         return self._emit_if_complete()
 
     def _image(self, first: dict[str, Any], parts: list[Any],
@@ -143,13 +151,14 @@ class StreamV1Decoder:
         if info.get("htype") != "dimage_d-1.0":
             raise DecodeError(f"{where}: part 2 htype {show(info.get('htype'))}, expected 'dimage_d-1.0'")
         shape, dtype = _shape(info, where), _dtype(info.get("type"), where)
+        self.limits.check(shape, dtype, where)
         timing = _json(parts[3], "part 4")
         if timing.get("htype") != "dconfig-1.0":
             raise DecodeError(f"{where}: part 4 htype {show(timing.get('htype'))}, expected 'dconfig-1.0'")
         events: list[Event | DecodeError] = []
         if self._pending is not None and self._pending.series == series_no:
             header, self._pending = self._pending, None
-            series = _start(header, shape, dtype.name)
+            series = _start(header, self.limits, shape, dtype.name)
             events.append(series)
         self._extras_ok = False
         if series is not None and series.series != series_no:
@@ -168,10 +177,10 @@ class StreamV1Decoder:
         events: list[Event | DecodeError] = []
         if self._pending is not None and self._pending.series == series_no:
             header, self._pending = self._pending, None
-            start = _start(header)
+            start = _start(header, self.limits)
             if start is None:
-                log.warning("%s: series %d ended before its header said what its frames look like",
-                            PROTOCOL, series_no)
+                _WARN.log(log, "shapeless", "%s: series %d ended before its header said what its frames look like",
+                          PROTOCOL, series_no)
             else:
                 events.append(start)
         self._extras_ok = False
@@ -181,7 +190,7 @@ class StreamV1Decoder:
         if self._pending is None or not self._pending.complete:
             return []
         try:
-            start = _start(self._pending)
+            start = _start(self._pending, self.limits)
         except DecodeError:
             self._pending = None
             raise
@@ -192,12 +201,13 @@ class StreamV1Decoder:
 
     def _drop_pending(self, why: str) -> None:
         if self._pending is not None:
-            log.warning("%s: incomplete header of series %d dropped: %s", PROTOCOL, self._pending.series, why)
+            _WARN.log(log, "incomplete", "%s: incomplete header of series %d dropped: %s", PROTOCOL,
+                      self._pending.series, why)
             self._pending = None
 
 
 # ---------------------------------------------------------------------- header
-def _absorb(header: _Header, parts: list[Any]) -> None:
+def _absorb(header: _Header, parts: list[Any], limits: Limits) -> None:
     """Take the detector configuration and the array parts from ``parts``; the rest is appendix."""
     i = 0
     while i < len(parts):
@@ -206,7 +216,7 @@ def _absorb(header: _Header, parts: list[Any]) -> None:
         if isinstance(htype, str) and htype in _ARRAY_PARTS:
             if i + 1 == len(parts):
                 raise DecodeError(f"{PROTOCOL}: {htype} part without its data part")
-            _header_array(header, _ARRAY_PARTS[htype], obj, parts[i + 1])
+            _header_array(header, _ARRAY_PARTS[htype], obj, parts[i + 1], limits)
             i += 2
             continue
         if obj is not None and "htype" not in obj and header.config is None and header.detail != "none":
@@ -214,11 +224,12 @@ def _absorb(header: _Header, parts: list[Any]) -> None:
         i += 1
 
 
-def _header_array(header: _Header, kind: str, info: dict[str, Any], data: Any) -> None:
+def _header_array(header: _Header, kind: str, info: dict[str, Any], data: Any, limits: Limits) -> None:
     if kind == "countrate_table":
         return  # not used by livediff
     where = f"{PROTOCOL}: series {header.series}: {kind}"
     shape, dtype = _shape(info, where), _dtype(info.get("type"), where, kinds=("uint32", "float32"))
+    limits.check(shape, dtype, where)
     try:
         array = codecs.decode(data, "raw", shape, dtype)
     except DecodeError as exc:
@@ -229,38 +240,60 @@ def _header_array(header: _Header, kind: str, info: dict[str, Any], data: Any) -
         header.flatfield = True  # checked, not kept: SeriesStart has no flat-field slot
 
 
-def _start(header: _Header, shape: tuple[int, int] | None = None, dtype: str | None = None) -> SeriesStart | None:
-    """The series start ``header`` describes; the first image's shape and type fill gaps."""
+def _start(header: _Header, limits: Limits, shape: tuple[int, int] | None = None,
+           dtype: str | None = None) -> SeriesStart | None:
+    """The series start ``header`` describes; the first image's shape and type fill gaps.
+
+    The configuration's schema: ``x/y_pixels_in_detector`` in 1..2**20 - 1 within
+    ``limits``; ``bit_depth_image`` 8, 16 or 32; ``nimages`` and ``ntrigger`` integers
+    >= 0, their product at most 2**31; ``x/y_pixel_size`` positive finite; ``beam_center_x/y``
+    finite; ``detector_distance`` and ``wavelength`` positive finite (0 = not set: unknown);
+    ``count_time`` finite >= 0; ``countrate_correction_count_cutoff`` an integer >= 0;
+    ``sensor_material``, ``description``, ``detector_number`` strings (256 characters at
+    most); ``sensor_thickness`` and ``frame_time`` positive finite (0 = not set);
+    ``<axis>_start`` and ``<axis>_increment`` (omega, phi, chi, kappa, two_theta) finite; each
+    may be absent.  A beam centre or pixel size with one coordinate absent is unknown.
+    """
     where = f"{PROTOCOL}: series {header.series}"
     config = header.config or {}
     if "x_pixels_in_detector" in config or "y_pixels_in_detector" in config:
         shape = (side(config, "y_pixels_in_detector", where), side(config, "x_pixels_in_detector", where))
     if "bit_depth_image" in config:
         depth = config["bit_depth_image"]
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth not in _BIT_DEPTHS:
+        if not is_int(depth) or depth not in _BIT_DEPTHS:
             raise DecodeError(f"{where}: bit_depth_image {show(depth)}, expected 8, 16 or 32")
         dtype = _BIT_DEPTHS[depth]
     if shape is None or dtype is None:
+        if shape is not None:
+            limits.check(shape, None, f"{where} refused")
         return None
-    mask = None
+    limits.check(shape, dtype, f"{where} refused")
+    mask = flags = None
     if header.pixel_mask is not None:
         if header.pixel_mask.shape != shape:
             raise DecodeError(f"{where}: pixel mask shape {header.pixel_mask.shape} != image shape {shape}")
-        mask = valid_mask(header.pixel_mask)
+        mask, flags = valid_mask(header.pixel_mask), pixel_flags(header.pixel_mask)
     nimages = integer(config, "nimages", where, required=False)
     n_frames = None if nimages is None else nimages * (integer(config, "ntrigger", where, required=False) or 1)
     if n_frames is not None and n_frames > MAX_FRAMES:
         raise DecodeError(f"{where}: nimages x ntrigger = {n_frames}, more than {MAX_FRAMES} frames")
-    pixel = (number(config, "y_pixel_size", where), number(config, "x_pixel_size", where))
+    pixel = (positive(config, "y_pixel_size", where), positive(config, "x_pixel_size", where))
     epoch = _epoch(config.get("data_collection_date"))
     return SeriesStart(
         series=header.series, shape=shape, dtype=dtype, mask=mask, n_frames=n_frames,
         geometry=Geometry(
             beam_center=beam_center(number(config, "beam_center_x", where), number(config, "beam_center_y", where)),
             pixel_size=None if None in pixel else pixel,
-            distance=number(config, "detector_distance", where), wavelength=number(config, "wavelength", where)),
-        count_time=number(config, "count_time", where),
+            distance=positive(config, "detector_distance", where, zero_unset=True),
+            wavelength=positive(config, "wavelength", where, zero_unset=True)),
+        count_time=number(config, "count_time", where, minimum=0),
         saturation=integer(config, "countrate_correction_count_cutoff", where, required=False),
+        instrument=Instrument(
+            sensor_material=text(config, "sensor_material", where),
+            sensor_thickness=positive(config, "sensor_thickness", where, zero_unset=True),
+            frame_time=positive(config, "frame_time", where, zero_unset=True),
+            description=text(config, "description", where), serial_number=text(config, "detector_number", where),
+            goniometer=goniometer_v1(config, where), pixel_flags=flags),
         meta={"protocol": PROTOCOL, "header_detail": header.detail, **scalars(config, _META_KEYS),
               **({} if epoch is None else {"series_epoch": epoch})},
     )
@@ -305,7 +338,8 @@ def _epoch(date: Any) -> float | None:
     try:
         return datetime.fromisoformat(date).timestamp()
     except (ValueError, OverflowError, OSError):
-        log.warning("%s: data_collection_date %r is not an ISO 8601 date: frame times unknown", PROTOCOL, date)
+        _WARN.log(log, "date", "%s: data_collection_date %s is not an ISO 8601 date: frame times unknown", PROTOCOL,
+                  show(date))
         return None
 
 
@@ -327,14 +361,13 @@ def _json(part: Any, what: str) -> dict[str, Any]:
 
 def _shape(info: Mapping[str, Any], where: str) -> tuple[int, int]:
     """DECTRIS ``shape`` [x, y] -> (rows, cols) = (y, x)."""
-    shape = info.get("shape")
-    if (not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < MAX_SIDE for n in shape)):
-        raise DecodeError(f"{where}: 'shape' must be [x, y] of positive integers, got {show(shape)}")
+    shape = sides(info.get("shape"))
+    if shape is None:
+        raise DecodeError(f"{where}: 'shape' must be [x, y] of positive integers, got {show(info.get('shape'))}")
     return (shape[1], shape[0])
 
 
 def _dtype(name: Any, where: str, *, kinds: tuple[str, ...] = FRAME_DTYPES) -> np.dtype:
-    if name not in kinds:
+    if not isinstance(name, str) or name not in kinds:
         raise DecodeError(f"{where}: type {show(name)}, expected one of {', '.join(kinds)}")
     return np.dtype(name)

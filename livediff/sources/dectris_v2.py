@@ -15,6 +15,21 @@ origin -> pixel-centre origin, see :mod:`livediff.sources.dectris_v1`); pixel si
 count, ``number_of_images`` the frame count.  Stream v2 has no detector distance: it is
 ``|detector_translation[2]|`` (m), unless a sender adds ``detector_distance`` (m).
 
+The schema (anything else is a :class:`~livediff.errors.DecodeError`, one bad message):
+``series_id`` an integer in 0..2**63 - 1; ``image_size_x/y`` in 1..2**20 - 1 and within
+the receiver's :class:`~livediff.sources.fields.Limits` (the byte limit is checked with
+the first image's pixel type, which refuses the series when exceeded); ``channels`` a
+list of names; ``number_of_images`` an integer in 0..2**31; ``beam_center_x/y`` finite;
+``pixel_size_x/y`` positive finite; ``detector_distance`` (or ``|detector_translation[2]|``)
+and ``incident_wavelength`` positive finite, 0 meaning not set; ``count_time`` finite
+>= 0; ``saturation_value`` an integer >= 0; ``sensor_material``, ``detector_description``,
+``detector_serial_number`` strings of at most 256 characters; ``sensor_thickness`` and
+``frame_time`` positive finite (0 = not set); ``goniometer`` a map of axis ->
+``{start, increment}`` (finite, degrees); ``detector_translation`` three finite numbers (m);
+``image_id`` in 0..2**31 - 1; every array's shape two sides in 1..2**20 - 1 within the
+limits, checked before it is decompressed.  The pixel mask's flags are kept as received
+(:attr:`livediff.model.Instrument.pixel_flags`, uint32) beside the boolean mask.
+
 Multi-channel (multi-threshold) images: one channel is processed, by default the first
 of the start message's ``channels``, else the one configured (``source.channel``).
 
@@ -38,20 +53,22 @@ import cbor2
 import numpy as np
 
 from ..errors import DecodeError
-from ..model import FRAME_DTYPES, Frame, Geometry, SeriesEnd, SeriesStart
+from ..model import FRAME_DTYPES, Frame, Geometry, Instrument, SeriesEnd, SeriesStart
+from ..throttle import Throttle
 from . import codecs
-from .dectris_common import (MAX_FRAMES, MAX_SIDE, Event, beam_center, check_fits, frame_index, integer, number,
-                             scalars, side, valid_mask)
+from .dectris_common import Event, beam_center, goniometer_v2, pixel_flags, valid_mask
+from .fields import (Limits, check_fits, frame_count, frame_index, integer, number, positive, scalars, show, side,
+                     sides, text, vector)
 
 log = logging.getLogger(__name__)
+_WARN = Throttle()  # a stream may repeat a tolerated oddity thousands of times: warnings throttled by kind
 
 PROTOCOL = "dectris-stream2"
 
 #: RFC 8746 typed-array tags livediff reads (little-endian, and bytes).
 TYPED_ARRAYS = {64: "uint8", 69: "uint16", 70: "uint32", 71: "uint64", 77: "int16", 78: "int32", 85: "float32"}
 _MULTI_DIM, _COMPRESSED = 40, 56500
-_META_KEYS = ("series_unique_id", "detector_description", "detector_serial_number", "sensor_material",
-              "sensor_thickness", "frame_time", "incident_energy", "countrate_correction_enabled",
+_META_KEYS = ("series_unique_id", "incident_energy", "countrate_correction_enabled",
               "flatfield_enabled", "pixel_mask_enabled", "virtual_pixel_interpolation_enabled")
 
 
@@ -75,6 +92,9 @@ class StreamV2Decoder:
     Parameters
     ----------
     channel : name of the channel (threshold) to process; None = the first announced.
+    limits : the largest frame accepted, checked before anything is decoded: a start beyond
+        the pixel limit is refused, and so is a start whose first image's pixel type takes
+        it beyond the byte limit (its frames are then refused one by one).
 
     Calling it returns the events a message completes: ``[]`` for a start (it waits for
     its first image), ``[start, frame]`` or ``[start, DecodeError]`` for that image,
@@ -86,8 +106,9 @@ class StreamV2Decoder:
         With a one-line reason, when nothing in the message decodes.
     """
 
-    def __init__(self, *, channel: str | None = None) -> None:
+    def __init__(self, *, channel: str | None = None, limits: Limits = Limits()) -> None:
         self.channel = channel
+        self.limits = limits
         self._pending: _Pending | None = None
 
     def __call__(self, parts: list[Any], *, series: SeriesStart | None = None) -> list[Event | DecodeError]:
@@ -105,36 +126,44 @@ class StreamV2Decoder:
         if isinstance(kind, str):
             log.debug("%s: message type %r ignored", PROTOCOL, kind)
             return []
-        raise DecodeError(f"{PROTOCOL}: 'type' must be a string, got {kind!r:.60}")
+        raise DecodeError(f"{PROTOCOL}: 'type' must be a string, got {show(kind)}")
 
     # ------------------------------------------------------------------ messages
     def _start(self, msg: Mapping[str, Any]) -> _Pending:
         series_no = integer(msg, "series_id", PROTOCOL)
         where = f"{PROTOCOL}: start of series {series_no}"
         shape = (side(msg, "image_size_y", where), side(msg, "image_size_x", where))
+        self.limits.check(shape, None, f"{where} refused")
         channels = msg.get("channels")
         if not isinstance(channels, (list, tuple)) or not channels or not all(isinstance(c, str) for c in channels):
-            raise DecodeError(f"{where}: 'channels' must be a list of names, got {channels!r:.60}")
+            raise DecodeError(f"{where}: 'channels' must be a list of names, got {show(channels)}")
         channel = channels[0] if self.channel is None else self.channel
         if channel not in channels:
             raise DecodeError(f"{where}: channel {channel!r} (source.channel) is not one of {list(channels)}")
-        n_frames = integer(msg, "number_of_images", where, required=False)
-        if n_frames is not None and n_frames > MAX_FRAMES:
-            raise DecodeError(f"{where}: number_of_images {n_frames} is more than {MAX_FRAMES}")
-        pixel = (number(msg, "pixel_size_y", where), number(msg, "pixel_size_x", where))
+        n_frames = frame_count(msg, "number_of_images", where)
+        pixel = (positive(msg, "pixel_size_y", where), positive(msg, "pixel_size_x", where))
         meta = {"protocol": PROTOCOL, "channel": channel, "channels": list(channels),
                 **scalars(msg, _META_KEYS), **_threshold(msg, channel, where)}
         epoch = _date(msg.get("arm_date"))
         if epoch is not None:
             meta["arm_epoch"] = epoch
+        flags = _pixel_mask(msg, channel, shape, where, self.limits)
         return _Pending(series_no, _unique_id(msg, where), shape, channel, {
-            "n_frames": n_frames, "mask": _mask(msg, channel, shape, where),
+            "n_frames": n_frames, "mask": None if flags is None else valid_mask(flags),
             "geometry": Geometry(
                 beam_center=beam_center(number(msg, "beam_center_x", where), number(msg, "beam_center_y", where)),
                 pixel_size=None if None in pixel else pixel, distance=_distance(msg, where),
-                wavelength=number(msg, "incident_wavelength", where)),
-            "count_time": number(msg, "count_time", where),
+                wavelength=positive(msg, "incident_wavelength", where, zero_unset=True)),
+            "count_time": number(msg, "count_time", where, minimum=0),
             "saturation": integer(msg, "saturation_value", where, required=False), "meta": meta,
+            "instrument": Instrument(
+                sensor_material=text(msg, "sensor_material", where),
+                sensor_thickness=positive(msg, "sensor_thickness", where, zero_unset=True),
+                frame_time=positive(msg, "frame_time", where, zero_unset=True),
+                description=text(msg, "detector_description", where),
+                serial_number=text(msg, "detector_serial_number", where),
+                goniometer=goniometer_v2(msg, where),
+                detector_translation=vector(msg, "detector_translation", where), pixel_flags=flags),
         })
 
     def _image(self, msg: Mapping[str, Any], series: SeriesStart | None) -> list[Event | DecodeError]:
@@ -143,13 +172,14 @@ class StreamV2Decoder:
         unique_id = _unique_id(msg, where)
         data = msg.get("data")
         if not isinstance(data, Mapping) or not data:
-            raise DecodeError(f"{where}: 'data' must be a map of channel -> array, got {data!r:.60}")
+            raise DecodeError(f"{where}: 'data' must be a map of channel -> array, got {show(data)}")
         events: list[Event | DecodeError] = []
         pending = self._pending
         if pending is not None and pending.series == series_no and unique_id in (None, pending.unique_id):
             channel = pending.channel
             dtype = _pixel_type(_typed_array(data.get(channel), f"{where}: channel {channel!r}")[1], where)
             self._pending = None
+            self.limits.check(pending.shape, dtype, f"{PROTOCOL}: series {series_no} refused")
             series = pending.start(dtype.name)
             events.append(series)
         else:
@@ -161,7 +191,8 @@ class StreamV2Decoder:
             if series is not None and unique_id not in (None, series.meta.get("series_unique_id", unique_id)):
                 raise DecodeError(f"{where}: series unique id {unique_id!r}, the open series is "
                                   f"{series.meta.get('series_unique_id')!r}")
-            frame = _frame(series_no, index, data.get(channel), f"{where}: channel {channel!r}", series)
+            frame = _frame(series_no, index, data.get(channel), f"{where}: channel {channel!r}", series,
+                           self.limits)
         except DecodeError as exc:
             if not events:
                 raise
@@ -177,31 +208,33 @@ class StreamV2Decoder:
             saturation = pending.fields["saturation"]
             dtype = "uint32" if saturation is None or saturation >= 1 << 16 else (
                 "uint16" if saturation >= 1 << 8 else "uint8")
-            log.warning("%s: series %d ended before any image: its pixel type is taken as %s",
-                        PROTOCOL, series_no, dtype)
+            _WARN.log(log, "imageless", "%s: series %d ended before any image: its pixel type is taken as %s",
+                      PROTOCOL, series_no, dtype)
             events.append(pending.start(dtype))
         return [*events, SeriesEnd(series_no)]
 
 
 # ---------------------------------------------------------------------- arrays
-def _typed_array(value: Any, where: str) -> tuple[tuple[int, int], np.dtype, Any, str]:
-    """(shape, dtype, payload, encoding) of a tag-40 [[rows, cols], typed array] value."""
+def _typed_array(value: Any, where: str, limits: Limits | None = None) -> tuple[tuple[int, int], np.dtype, Any, str]:
+    """(shape, dtype, payload, encoding) of a tag-40 [[rows, cols], typed array] value, within ``limits`` if given."""
     if not isinstance(value, cbor2.CBORTag) or value.tag != _MULTI_DIM:
         raise DecodeError(f"{where}: expected a tag-40 multi-dimensional array, got {_kind(value)}")
     body = value.value
     if not isinstance(body, (list, tuple)) or len(body) != 2:
         raise DecodeError(f"{where}: tag 40 must hold [shape, typed array], got {_kind(body)}")
     dims, typed = body
-    if (not isinstance(dims, (list, tuple)) or len(dims) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < MAX_SIDE for n in dims)):
-        raise DecodeError(f"{where}: array shape must be [rows, cols] of positive integers, got {dims!r:.60}")
+    shape = sides(dims)
+    if shape is None:
+        raise DecodeError(f"{where}: array shape must be [rows, cols] of positive integers, got {show(dims)}")
     if not isinstance(typed, cbor2.CBORTag) or typed.tag not in TYPED_ARRAYS:
         raise DecodeError(f"{where}: expected a typed array (RFC 8746 tag, little-endian: "
                           f"{sorted(TYPED_ARRAYS)}), got {_kind(typed)}")
     dtype = np.dtype(TYPED_ARRAYS[typed.tag])
+    if limits is not None:
+        limits.check(shape, dtype, where)
     payload = typed.value
     if isinstance(payload, bytes):
-        return (dims[0], dims[1]), dtype, payload, "raw"
+        return shape, dtype, payload, "raw"
     if not isinstance(payload, cbor2.CBORTag) or payload.tag != _COMPRESSED:
         raise DecodeError(f"{where}: typed array must hold bytes or tag {_COMPRESSED}, got {_kind(payload)}")
     spec = payload.value
@@ -209,14 +242,15 @@ def _typed_array(value: Any, where: str) -> tuple[tuple[int, int], np.dtype, Any
         raise DecodeError(f"{where}: tag {_COMPRESSED} must hold [algorithm, element size, bytes]")
     algorithm, elem_size, blob = spec
     if algorithm not in ("bslz4", "lz4"):
-        raise DecodeError(f"{where}: compression {algorithm!r:.40} is not supported (expected 'bslz4' or 'lz4')")
+        raise DecodeError(f"{where}: compression {show(algorithm)} is not supported (expected 'bslz4' or 'lz4')")
     if algorithm == "bslz4" and elem_size != dtype.itemsize:
-        raise DecodeError(f"{where}: bslz4 element size {elem_size!r:.20} != {dtype.itemsize} of {dtype.name}")
-    return (dims[0], dims[1]), dtype, blob, algorithm
+        raise DecodeError(f"{where}: bslz4 element size {show(elem_size)} != {dtype.itemsize} of {dtype.name}")
+    return shape, dtype, blob, algorithm
 
 
-def _frame(series_no: int, index: int, value: Any, where: str, series: SeriesStart | None) -> Frame:
-    shape, dtype, blob, encoding = _typed_array(value, where)
+def _frame(series_no: int, index: int, value: Any, where: str, series: SeriesStart | None,
+           limits: Limits) -> Frame:
+    shape, dtype, blob, encoding = _typed_array(value, where, limits)
     _pixel_type(dtype, where)
     check_fits(series, shape, dtype, where)
     try:
@@ -232,21 +266,24 @@ def _pixel_type(dtype: np.dtype, where: str) -> np.dtype:
     return dtype
 
 
-def _mask(msg: Mapping[str, Any], channel: str, shape: tuple[int, int], where: str) -> np.ndarray | None:
+def _pixel_mask(msg: Mapping[str, Any], channel: str, shape: tuple[int, int], where: str,
+                limits: Limits) -> np.ndarray | None:
+    """The channel's pixel mask flags (uint32, 0 = good), or None."""
     masks = msg.get("pixel_mask")
     value = masks.get(channel) if isinstance(masks, Mapping) else None
     if value is None:
         return None
     if not isinstance(value, cbor2.CBORTag):
-        log.warning("%s: pixel_mask of channel %r is %s, not an array: no mask", where, channel, _kind(value))
+        _WARN.log(log, "mask", "%s: pixel_mask of channel %r is %s, not an array: no mask", where, channel,
+                  _kind(value))
         return None
-    mask_shape, dtype, blob, encoding = _typed_array(value, f"{where}: pixel_mask")
+    mask_shape, dtype, blob, encoding = _typed_array(value, f"{where}: pixel_mask", limits)
     if mask_shape != shape:
         raise DecodeError(f"{where}: pixel_mask shape {mask_shape} != image shape {shape}")
     if dtype.kind not in "ui":
         raise DecodeError(f"{where}: pixel_mask must be integers, got {dtype.name}")
     try:
-        return valid_mask(codecs.decode(blob, encoding, shape, dtype))
+        return pixel_flags(codecs.decode(blob, encoding, shape, dtype))
     except DecodeError as exc:
         raise DecodeError(f"{where}: pixel_mask: {exc}") from None
 
@@ -265,20 +302,20 @@ def _loads(part: Any) -> Mapping[str, Any]:
 def _unique_id(msg: Mapping[str, Any], where: str) -> str | None:
     value = msg.get("series_unique_id")
     if value is not None and not isinstance(value, str):
-        raise DecodeError(f"{where}: 'series_unique_id' must be a string, got {value!r:.60}")
+        raise DecodeError(f"{where}: 'series_unique_id' must be a string, got {show(value)}")
     return value
 
 
 def _distance(msg: Mapping[str, Any], where: str) -> float | None:
     if msg.get("detector_distance") is not None:
-        return number(msg, "detector_distance", where)
+        return positive(msg, "detector_distance", where, zero_unset=True)
     translation = msg.get("detector_translation")
     if translation is None:
         return None
     if not isinstance(translation, (list, tuple)) or len(translation) != 3:
-        raise DecodeError(f"{where}: 'detector_translation' must be [x, y, z] in m, got {translation!r:.60}")
+        raise DecodeError(f"{where}: 'detector_translation' must be [x, y, z] in m, got {show(translation)}")
     z = number({"z": translation[2]}, "z", f"{where}: detector_translation")
-    return abs(z)
+    return abs(z) or None  # 0: not set
 
 
 def _threshold(msg: Mapping[str, Any], channel: str, where: str) -> dict[str, float]:

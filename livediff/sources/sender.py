@@ -56,6 +56,8 @@ ENCODERS: dict[str, Callable[..., NativeEncoder | StreamV1Encoder | StreamV2Enco
 }
 
 _SEND_POLL_MS = 200
+#: Default seconds :func:`stream_series` waits for a receiver before it gives up.
+PEER_TIMEOUT = 10.0
 
 
 class SeriesSource(Protocol):
@@ -77,7 +79,7 @@ class SeriesSource(Protocol):
 def stream_series(source: SeriesSource, endpoint: str, *, rate: float = 0.0, bind: bool = False,
                   protocol: str = "native", encoding: str = "raw", stop: threading.Event | None = None,
                   context: zmq.Context | None = None, on_bound: Callable[[str], None] | None = None,
-                  sndhwm: int = 16, linger_s: float = 60.0) -> int:
+                  sndhwm: int = 16, linger_s: float = 60.0, peer_timeout: float = PEER_TIMEOUT) -> int:
     """Send ``source``'s series (start, every frame, end) to ``endpoint``; returns frames sent.
 
     Parameters
@@ -93,11 +95,16 @@ def stream_series(source: SeriesSource, endpoint: str, *, rate: float = 0.0, bin
     on_bound : called with the actual endpoint once bound (for ``tcp://...:*``).
     linger_s : how long closing waits for a slow receiver to take what is still queued
         (frames and the end message); a detector's stream does not vanish either.
+    peer_timeout : seconds to wait for a receiver to be connected before the series start
+        is sent (nothing is queued for a receiver that is not there).
 
     Raises
     ------
     ValueError
         Unknown protocol or encoding.
+    TimeoutError
+        No receiver connected within ``peer_timeout`` seconds (nobody listens at
+        ``endpoint``, or nobody connects to it when bound).
     """
     if protocol not in ENCODERS:
         raise ValueError(f"protocol must be one of {', '.join(ENCODERS)}, got {protocol!r}")
@@ -112,6 +119,7 @@ def stream_series(source: SeriesSource, endpoint: str, *, rate: float = 0.0, bin
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
     sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
+    sock.setsockopt(zmq.IMMEDIATE, 1)  # room to send only on a completed connection: a receiver is there
     try:
         if bind:
             sock.bind(endpoint)
@@ -119,8 +127,12 @@ def stream_series(source: SeriesSource, endpoint: str, *, rate: float = 0.0, bin
                 on_bound(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         else:
             sock.connect(endpoint)
-        if not _send(sock, encoder.start(start), stop):
-            return 0
+        if not _send(sock, encoder.start(start), stop, timeout_s=peer_timeout):
+            if stop.is_set():
+                return 0
+            raise TimeoutError(f"nobody receives at {endpoint}: no receiver "
+                               f"{'connected to it' if bind else 'accepted the connection'} within {peer_timeout:g} s "
+                               f"(is the service running, with this source endpoint?)")
         t0 = time.perf_counter()
         sent = 0
         for k, i in enumerate(map(int, indices)):
@@ -133,7 +145,8 @@ def stream_series(source: SeriesSource, endpoint: str, *, rate: float = 0.0, bin
             if not _send(sock, encoder.image(source.series, i, data, blob=blob), stop):
                 break
             sent += 1
-        _send(sock, encoder.end(source.series), threading.Event(), timeout_s=5.0)
+        if not _send(sock, encoder.end(source.series), threading.Event(), timeout_s=5.0):
+            log.warning("stream: receiver gone, series end not sent")
         log.info("stream: series %d, %d of %d frames sent (%s, %s%s)", source.series, sent, len(indices), protocol,
                  encoding, ", stored chunks forwarded" if forward else "")
         return sent
@@ -149,6 +162,5 @@ def _send(sock: zmq.Socket, parts: list, stop: threading.Event, timeout_s: float
             sock.send_multipart(parts, copy=False)
             return True
         if deadline is not None and time.monotonic() > deadline:
-            log.warning("stream: receiver gone, message not sent")
             return False
     return False

@@ -9,9 +9,11 @@ the pipeline's to count.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 from ..model import Frame, SeriesEnd, SeriesStart
+from ..throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +70,33 @@ class SeriesTracker:
         self.counts = SeriesCounts()
         self._seen = SeenFrames()
         self.orphans = 0  # frames that arrived with no series open
+        #: every event's fate since the tracker was made: starts, ends (that closed a series),
+        #: ends_ignored, received, duplicates, stray, orphans (frames), bad_in_series (bad messages
+        #: counted against an open series), bad_outside (with none open), closed (series ended, any reason)
+        self.totals: Counter[str] = Counter()
+        self._log = Throttle()  # a stream may send thousands of stray frames or starts: warnings throttled by kind
 
     def feed(self, event: Event) -> list[Event]:
         """Account for ``event``; return the events to pass on (possibly none)."""
         if isinstance(event, SeriesStart):
             out: list[Event] = []
             if self.open is not None:
-                log.warning("series %d started while series %d was open: ending %d as interrupted",
-                            event.series, self.open.series, self.open.series)
+                self._log.log(log, "interrupted", "series %d started while series %d was open: ending %d as "
+                              "interrupted", event.series, self.open.series, self.open.series)
                 out.append(self.close("interrupted"))
             self.open = event
             self.counts = SeriesCounts()
             self._seen = SeenFrames()
+            self.totals["starts"] += 1
             out.append(event)
             return out
         if isinstance(event, SeriesEnd):
             if self.open is None or event.series != self.open.series:
-                log.warning("end of series %d ignored: %s", event.series,
-                            "no series is open" if self.open is None else f"series {self.open.series} is open")
+                self._log.log(log, "end ignored", "end of series %d ignored: %s", event.series,
+                              "no series is open" if self.open is None else f"series {self.open.series} is open")
+                self.totals["ends_ignored"] += 1
                 return []
+            self.totals["ends"] += 1
             return [self.close("end")]
         return self._frame(event)
 
@@ -96,23 +106,33 @@ class SeriesTracker:
                                                                        and frame.index >= n_frames):
             if self.open is None:
                 self.orphans += 1
+                self.totals["orphans"] += 1
                 why = "no series is open"
             else:
                 self.counts.stray += 1
+                self.totals["stray"] += 1
                 why = (f"series {self.open.series} is open" if frame.series != self.open.series
                        else f"the series announced {n_frames} frames")
-            log.warning("frame %d of series %d discarded: %s", frame.index, frame.series, why)
+            self._log.log(log, "orphan" if self.open is None else "stray", "frame %d of series %d discarded: %s",
+                          frame.index, frame.series, why)
             return []
         if not self._seen.add(frame.index):
             self.counts.duplicates += 1
-            log.warning("frame %d of series %d received twice: second copy discarded", frame.index, frame.series)
+            self.totals["duplicates"] += 1
+            self._log.log(log, "twice", "frame %d of series %d received twice: second copy discarded", frame.index,
+                          frame.series)
             return []
         self.counts.received += 1
+        self.totals["received"] += 1
         return [frame]
 
     def bad_message(self) -> None:
         """Count a message that failed to decode against the open series, if any."""
+        if self.open is None:
+            self.totals["bad_outside"] += 1
+            return
         self.counts.bad += 1
+        self.totals["bad_in_series"] += 1
 
     def close(self, reason: str) -> SeriesEnd:
         """End the open series (``reason`` as in :class:`SeriesEnd`) with its accounting."""
@@ -124,6 +144,8 @@ class SeriesTracker:
         end = SeriesEnd(start.series, reason, self.counts.as_dict(expected=expected, unique=self._seen.count))
         lost = end.counts["lost"]
         if lost or reason != "end":
-            log.warning("series %d ended (%s): %d of %d frames never arrived", start.series, reason, lost, expected)
+            self._log.log(log, reason, "series %d ended (%s): %d of %d frames never arrived", start.series, reason,
+                          lost, expected)
         self.open = None
+        self.totals["closed"] += 1
         return end

@@ -126,7 +126,8 @@ def image_payload(image: np.ndarray, mask: np.ndarray | None, *, max_side: int,
     """What the page needs to draw ``image``: shape, block size, zlib+base64 8-bit values, ticks."""
     small, k = downsample(image, mask, max_side)
     picture = quantise(small, contrast)
-    data = base64.b64encode(zlib.compress(picture.pop("q").tobytes(), 1)).decode("ascii")  # level 1: 10x faster than 6, 5 % larger
+    # zlib level 1: ten times faster than level 6 on detector noise, 5 % larger
+    data = base64.b64encode(zlib.compress(picture.pop("q").tobytes(), 1)).decode("ascii")
     return {"shape": list(image.shape), "size": list(small.shape), "k": k, "contrast": contrast,
             "data": data, **picture}
 

@@ -68,8 +68,8 @@ class LiveView:
             self.state.add_rows(label, index, columns)
 
     def write_reductions(self, reductions: Reductions) -> None:
-        for label, values in reductions.values.items():
-            self.state.add_reductions(label, values)
+        for label in {**reductions.values, **reductions.maps}:
+            self.state.add_reductions(label, {**reductions.values.get(label, {}), **reductions.maps.get(label, {})})
 
     def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
         self.state.end_series(summary)

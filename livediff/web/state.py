@@ -63,11 +63,15 @@ class Declared:
 
     @classmethod
     def of(cls, layout: Any) -> Declared:
-        """From a :class:`~livediff.outputs.Layout`."""
+        """From a :class:`~livediff.outputs.Layout`; scan maps show as reductions of the scan's shape."""
+        reductions = {lb: {n: list(s) for n, (s, _) in d.items()} for lb, d in layout.reductions.items()}
+        scan = getattr(layout, "scan", None)
+        for label, names in (getattr(layout, "maps", None) or {}).items():
+            if scan is not None:
+                reductions.setdefault(label, {}).update({n: list(scan.shape) for n in names})
         return cls(columns=dict(layout.columns), owners={c: layout.owners.get(c, ("",))[0] for c in layout.columns},
                    arrays={lb: {n: list(s) for n, (s, _) in d.items()} for lb, d in layout.arrays.items()},
-                   reductions={lb: {n: list(s) for n, (s, _) in d.items()} for lb, d in layout.reductions.items()},
-                   rows={lb: list(d) for lb, d in layout.rows.items()})
+                   reductions=reductions, rows={lb: list(d) for lb, d in layout.rows.items()})
 
     def plotted(self) -> list[str]:
         """Numeric columns worth a plot over the series."""
