@@ -9,7 +9,8 @@ error naming the file, the dotted key, what was expected and what was found::
 Each section is a settings dataclass defined beside the code that uses it (the receiver's
 :class:`~livediff.sources.receiver.SourceSettings`, the executors'
 :class:`~livediff.executors.PipelineSettings`, the sinks' ``OutputSettings`` and
-``PublisherSettings``); nothing below this module imports it.  The operator chain is
+``PublisherSettings``, the live page's :class:`~livediff.web.HttpSettings`); nothing below
+this module imports it.  The operator chain is
 ``[operators.LABEL]`` tables in order, each with an optional ``kind`` (default: the label),
 so one kind may appear several times under different labels.  The operator registry and
 the array-file reader are handed to :func:`parse` by the caller (the built-in ones by
@@ -45,6 +46,7 @@ from .pipeline import OperatorSpec
 from .sinks.hdf5 import OutputSettings
 from .sinks.publisher import PublisherSettings
 from .sources.receiver import SourceSettings
+from .web import HttpSettings
 
 #: an operator label: it names HDF5 groups and topics
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -74,6 +76,7 @@ class Config:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     publisher: PublisherSettings = field(default_factory=PublisherSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     operators: tuple[OperatorSpec, ...] = ()
     text: str = ""
     path: str = "<default>"
