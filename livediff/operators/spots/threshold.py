@@ -195,7 +195,6 @@ def dispersion_block(image, mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_
     Returns
     -------
     runs : (n, 3) int32 runs (row, col0, col1) of the strong pixels, in scan order.
-    n_valid : valid pixels (mask True) on these rows.
 
     Notes
     -----
@@ -206,7 +205,6 @@ def dispersion_block(image, mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_
     cn, cx, cy, wn, wx = _buffers(image, cols, span)
     runs = np.empty(((r1 - r0) * (cols + 1) // 2, 3), np.int32)  # the most there can be
     n_runs = 0
-    n_valid = 0
     cand = np.zeros((cols + 7) // 8 * 8, np.uint8)
     words = cand.view(np.uint64)
     ks = sigma_s * sigma_s * _SLACK
@@ -225,7 +223,6 @@ def dispersion_block(image, mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_
             ok = mrow[c] & (v < limit) & (v > low) & (b > 0.0) & (b * b > ks * grow[c] * x * m)
             cand[c] = ok
             count += ok
-            n_valid += mrow[c]
         if count == 0:
             continue
         for k in range(words.size):
@@ -238,7 +235,7 @@ def dispersion_block(image, mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_
                     out[r, c] = True
                     n_runs = add_pixel(runs, n_runs, r, c)
             words[k] = 0
-    return runs[:n_runs], n_valid
+    return runs[:n_runs]
 
 
 @numba.njit(nogil=True, cache=True)

@@ -1,0 +1,255 @@
+"""DIALS' dispersion test on integer images in 32-bit integer arithmetic: the fast path.
+
+``threshold.dispersion_block`` works for any image in 64-bit sums.  Integer images (the
+detectors' counts) allow narrower, exact arithmetic, and 32-bit lanes give twice as many
+pixels per vector instruction:
+
+- A pixel is *usable* when valid and ``vmin <= value <= vmax`` (the ``max_value`` rule in
+  the image's own dtype).  Usable values are folded in with the mask (an unusable pixel
+  adds 0), so the column sums need no branch.
+- Column sums of the count (n), the values (x) and their squares (y) over the 2 kh + 1
+  rows around the current row are int32, slid row by row (the entering row added, the
+  leaving one subtracted in one pass).  With window area A and usable ``|v| <= V``,
+  ``A V < 2**30`` bounds every n, x and b = m v - x of a window within int32; the
+  caller checks it (``fits``).
+- y is kept modulo 2**32 (wrapping adds): a column's sum is exact when every usable
+  value in it has ``|v| < big`` (``(2 kh + 1)(big - 1)**2 < 2**32``).  Rows holding a
+  larger value are rare (bright Bragg peaks); their columns are counted, and a window
+  that holds one sums its squares from the image instead.
+- The strong test runs first on every pixel in float32, as a necessary condition with a
+  relative margin (``factor`` is sigma_s**2 g (1 - 1e-5)): b > 0 and b**2 > factor x m.
+  float32 rounding moves each side by less than 3e-7 relative, DIALS' float64 rounding
+  by less than 1e-15, so no pixel DIALS calls strong is rejected.  The few that pass go
+  through DIALS' own float64 formulas (``threshold._strong``) on the exact sums, so the
+  result is DIALS' formula exactly.
+
+Arithmetic is through the ``_add``/``_sub``/``_mul``/``_and`` intrinsics, which wrap in
+int32: numba's own integer operators widen to int64, which halves the vector width.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+from .label import add_pixel
+from .threshold import _row, _strong
+
+#: relative margin of the float32 pre-test
+SLACK = 1e-5
+
+#: every window sum of a fast call stays below this in magnitude (b = m v - x too)
+FAST_BOUND = 2 ** 30
+
+
+def _int32_op(name: str):  # noqa: ANN202 - a numba intrinsic
+    """An int32 binary operation of LLVM's (wrapping), callable from numba code."""
+
+    def typer(typingctx, a, b):  # noqa: ANN001, ANN202, ARG001 - numba's intrinsic signature
+        if not all(isinstance(t, (types.Integer, types.Boolean)) for t in (a, b)):
+            return None
+
+        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+            x, y = (context.cast(builder, v, t, types.int32) for v, t in zip(args, sig.args))
+            return getattr(builder, name)(x, y)
+
+        return types.int32(a, b), codegen
+
+    typer.__name__ = f"_{name.rstrip('_')}32"
+    return intrinsic(typer)
+
+
+_add = _int32_op("add")
+_sub = _int32_op("sub")
+_mul = _int32_op("mul")
+_and = _int32_op("and_")
+
+
+@intrinsic
+def _low_byte(typingctx, word):  # noqa: ANN001, ANN202, ARG001
+    """Index of the lowest nonzero byte of a nonzero uint64 (LLVM's count of trailing zeros / 8)."""
+    if not isinstance(word, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202, ARG001
+        zeros = builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+        return builder.lshr(zeros, ir.Constant(zeros.type, 3))
+
+    return types.int64(word), codegen
+
+
+def _in_range(v, vmin, vmax):  # noqa: ANN001, ANN202
+    """``vmin <= v <= vmax``; always True when vmin is None (a range the dtype cannot leave)."""
+    raise NotImplementedError("only callable from numba code")
+
+
+@overload(_in_range)
+def _in_range_impl(v, vmin, vmax):  # noqa: ANN001, ANN202
+    if isinstance(vmin, types.NoneType):
+        return lambda v, vmin, vmax: True
+    return lambda v, vmin, vmax: (v >= vmin) & (v <= vmax)
+
+
+def fits(dtype: np.dtype, vmin: int, vmax: int, kh: int, kw: int) -> bool:
+    """Whether an integer image of ``dtype``, usable values in [vmin, vmax], can take the fast path."""
+    area = (2 * kh + 1) * (2 * kw + 1)
+    return dtype.kind in "ui" and dtype.itemsize <= 4 and vmin <= vmax and area * max(-vmin, vmax) < FAST_BOUND
+
+
+def big_value(kh: int) -> int:
+    """The smallest |value| whose column sums of squares may pass 2**32 (see the module docstring)."""
+    return math.isqrt((2 ** 32 - 1) // (2 * kh + 1)) + 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _slide(irow, imask, use_in, orow, omask, use_out, vmin, vmax, cn, cx, cy):
+    """Add the usable pixels of ``irow`` (if ``use_in``) to the column sums and remove
+    those of ``orow`` (if ``use_out``); return the extremes of the added values."""
+    hi = np.int32(0)
+    lo = np.int32(0)
+    for c in range(irow.size):
+        v = irow[c]
+        u = orow[c]
+        ok_in = imask[c] & use_in & _in_range(v, vmin, vmax)
+        ok_out = omask[c] & use_out & _in_range(u, vmin, vmax)
+        a = _and(v, _sub(0, ok_in))
+        b = _and(u, _sub(0, ok_out))
+        d = _sub(a, b)
+        cn[c] = _add(cn[c], _sub(ok_in, ok_out))
+        cx[c] = _add(cx[c], d)
+        cy[c] = _add(cy[c], _mul(d, _add(a, b)))
+        hi = max(hi, a)
+        lo = min(lo, a)
+    return hi, lo
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_big(row, mask, vmin, vmax, big, step, bc):
+    """Add ``step`` to ``bc`` at the usable pixels of ``row`` with |value| >= big."""
+    for c in range(row.size):
+        v = row[c]
+        if mask[c] and _in_range(v, vmin, vmax) and (v >= big or v <= -big):
+            bc[c] += step
+
+
+@numba.njit(nogil=True, cache=True)
+def _squares(image, mask, r, c, kh, kw, vmin, vmax):
+    """Sum of squares of the usable values in the window around (r, c), in int64."""
+    rows, cols = image.shape
+    y = 0
+    for i in range(max(r - kh, 0), min(r + kh + 1, rows)):
+        mrow = _row(mask, i)
+        for j in range(max(c - kw, 0), min(c + kw + 1, cols)):
+            v = image[i, j]
+            if mrow[j] and _in_range(v, vmin, vmax):
+                y += np.int64(v) * np.int64(v)
+    return y
+
+
+@numba.njit(nogil=True, cache=True)
+def _pretest(irow, mrow, frow, vmin, vmax, low, cn, cx, span, cand):
+    """``cand[c]`` = the float32 necessary condition of the strong test at every pixel of a row."""
+    if span == 7:  # DIALS' default window: the box sums written out, so that the loop vectorises
+        for c in range(irow.size):
+            v = irow[c]
+            m = _add(_add(_add(cn[c], cn[c + 1]), _add(cn[c + 2], cn[c + 3])),
+                     _add(_add(cn[c + 4], cn[c + 5]), cn[c + 6]))
+            x = _add(_add(_add(cx[c], cx[c + 1]), _add(cx[c + 2], cx[c + 3])),
+                     _add(_add(cx[c + 4], cx[c + 5]), cx[c + 6]))
+            b = _sub(_mul(m, v), x)
+            f = np.float32(b)
+            cand[c] = (mrow[c] & _in_range(v, vmin, vmax) & (_add(v, 0) > low) & (b > 0)
+                       & (f * f > frow[c] * np.float32(x) * np.float32(m)))
+        return
+    for c in range(irow.size):
+        v = irow[c]
+        m = np.int32(0)
+        x = np.int32(0)
+        for j in range(span):
+            m = _add(m, cn[c + j])
+            x = _add(x, cx[c + j])
+        b = _sub(_mul(m, v), x)
+        f = np.float32(b)
+        cand[c] = (mrow[c] & _in_range(v, vmin, vmax) & (_add(v, 0) > low) & (b > 0)
+                   & (f * f > frow[c] * np.float32(x) * np.float32(m)))
+
+
+@numba.njit(nogil=True, cache=True)
+def dispersion_block_int(image, mask, gain, has_gain, factor, kh, kw, sigma_b, sigma_s, min_local, low, vmin,
+                         vmax, big, r0, r1, out):
+    """DIALS' dispersion test on rows [r0, r1) of an integer image: strong pixels into ``out``.
+
+    Parameters
+    ----------
+    image : (rows, cols) C-ordered integer array of at most 32 bits.
+    mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_local, out : as
+        ``threshold.dispersion_block``'s.
+    factor : float32 (rows, cols) or (1, cols): sigma_s**2 g (1 - SLACK).
+    low : int32; strong pixels have value > low (the global threshold, rounded down).
+    vmin, vmax : of the image's dtype; usable pixels have vmin <= value <= vmax, and
+        :func:`fits` holds.
+    big : :func:`big_value` of kh.
+    r0, r1 : the rows to test (any; the sums are exact, so blocks need no alignment).
+
+    Returns
+    -------
+    runs : (n, 3) int32 runs (row, col0, col1) of the strong pixels, in scan order.
+    """
+    rows, cols = image.shape
+    span = 2 * kw + 1
+    cn = np.zeros(cols + span, np.int32)
+    cx = np.zeros(cols + span, np.int32)
+    cy = np.zeros(cols + span, np.int32)
+    cnv, cxv, cyv = cn[kw:kw + cols], cx[kw:kw + cols], cy[kw:kw + cols]
+    bc = np.zeros(cols + span, np.int32)  # usable |value| >= big per column, in the window's rows
+    bcv = bc[kw:kw + cols]
+    big_rows = np.zeros(rows, np.bool_)
+    n_big = 0  # rows of the window holding such a value
+    cand = np.zeros((cols + 7) // 8 * 8, np.uint8)
+    words = cand.view(np.uint64)
+    runs = np.empty((max((r1 - r0) * (cols + 1) // 2, 1), 3), np.int32)  # the most there can be
+    n_runs = 0
+    for r in range(r0 - 2 * kh, r1):  # rows before r0 only fill the sums of row r0's window
+        ri, ro = r + kh, r - kh - 1
+        use_in, use_out = 0 <= ri < rows, r > r0 and ro >= 0
+        if use_in or use_out:
+            ri, ro = min(max(ri, 0), rows - 1), max(ro, 0)
+            hi, lo = _slide(image[ri], _row(mask, ri), use_in, image[ro], _row(mask, ro), use_out, vmin, vmax,
+                            cnv, cxv, cyv)
+            if use_out and big_rows[ro]:
+                _count_big(image[ro], _row(mask, ro), vmin, vmax, big, -1, bcv)
+                n_big -= 1
+            if use_in and (hi >= big or lo <= -big):
+                _count_big(image[ri], _row(mask, ri), vmin, vmax, big, 1, bcv)
+                big_rows[ri] = True
+                n_big += 1
+        if r < r0:
+            continue
+        irow, mrow, grow = image[r], _row(mask, r), _row(gain, r)
+        _pretest(irow, mrow, _row(factor, r), vmin, vmax, low, cn, cx, span, cand)
+        for k in range(words.size):
+            w = words[k]
+            while w:
+                c = 8 * k + _low_byte(w)
+                w &= w - np.uint64(1)
+                m = 0
+                x = 0
+                for j in range(c, c + span):
+                    m += cn[j]
+                    x += cx[j]
+                if m < min_local or x < 0:
+                    continue
+                if n_big and bc[c:c + span].any():
+                    y = _squares(image, mask, r, c, kh, kw, vmin, vmax)
+                else:
+                    y = 0
+                    for j in range(c, c + span):
+                        y += np.int64(cy[j]) & 0xFFFFFFFF
+                if _strong(float(m), float(x), float(y), float(irow[c]), grow[c], has_gain, sigma_b, sigma_s):
+                    out[r, c] = True
+                    n_runs = add_pixel(runs, n_runs, r, c)
+    return runs[:n_runs]
