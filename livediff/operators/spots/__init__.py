@@ -35,8 +35,8 @@ from scipy import ndimage
 
 from ..checks import check_mask, check_ndim, check_shape
 from .label import NSTAT, component_stats, label_runs, select, shoeboxes, spot_columns, strong_runs
-from .integer import SLACK, big_value, dispersion_block_int, fits
-from .threshold import MAX_VALUE, background_block, dispersion_block, extended_strong, run_blocks
+from .integer import SLACK, dispersion_block_int, fits, limits
+from .threshold import MAX_VALUE, background_block, block_rows, dispersion_block, extended_strong, run_blocks
 
 __all__ = ["FRAME_SPOTS", "MAX_VALUE", "ROW_COLUMNS", "FrameSpots", "Spots", "SpotsParams", "dispersion_mask",
            "find_spots", "frame_spots", "strong_pixels"]
@@ -136,15 +136,19 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
     n_valid = image.size if mask is None else int(np.count_nonzero(mask))
     if not extended:
         fast = _integer_args(image.dtype, gain_rows, kh, kw, float(sigma_strong), float(global_threshold), limit)
+        args = (image, mask_rows, gain_rows, has_gain)
+        params = (kh, kw, float(sigma_background), float(sigma_strong), int(min_local), float(global_threshold))
         if fast is not None:
-            factor, low, vmin, vmax = fast
-            blocks = run_blocks(threads, image.shape[0], dispersion_block_int, image, mask_rows, gain_rows,
-                                has_gain, factor, kh, kw, float(sigma_background), float(sigma_strong),
-                                int(min_local), low, vmin, vmax, big_value(kh), out=out)
+            results = run_blocks(threads, image.shape[0], dispersion_block_int, *args, fast[0], *params, *fast[1:],
+                                 *limits(kh, kw), out=out)
+            blocks = []
+            for (runs, complete), (r0, r1) in zip(results, block_rows(threads, image.shape[0])):
+                if not complete:  # too many values too large for int32 sums: the general kernel
+                    out[r0:r1] = False
+                    runs = dispersion_block(*args, *params, limit, r0, r1, out)
+                blocks.append(runs)
         else:
-            blocks = run_blocks(threads, image.shape[0], dispersion_block, image, mask_rows, gain_rows, has_gain,
-                                kh, kw, float(sigma_background), float(sigma_strong), int(min_local),
-                                float(global_threshold), limit, out=out)
+            blocks = run_blocks(threads, image.shape[0], dispersion_block, *args, *params, limit, out=out)
         return out, np.concatenate(blocks), n_valid
     flags = np.zeros(image.shape, dtype=np.bool_)
     run_blocks(threads, image.shape[0], background_block, image, mask_rows, gain_rows, has_gain, kh, kw,
@@ -161,21 +165,18 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
 
 
 def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigma_strong: float,
-                  global_threshold: float, limit: Any) -> tuple[np.ndarray, np.int32, Any, Any] | None:
-    """The extra arguments of ``dispersion_block_int`` (factor, low, vmin, vmax), or None when
-    the image or the parameters need the general kernel (see ``integer``'s docstring)."""
-    if dtype.kind not in "ui" or math.isnan(global_threshold):
-        return None
-    info = np.iinfo(dtype)
-    vmax, vmin = min(int(limit) - 1, int(info.max)), max(1 - int(limit), int(info.min))
-    if not fits(dtype, vmin, vmax, kh, kw):
+                  global_threshold: float, limit: Any) -> tuple[np.ndarray, Any, Any, Any] | None:
+    """The arguments of ``dispersion_block_int`` beyond the general kernel's (factor, low, vmin,
+    vmax), or None when the image or the parameters need the general kernel (see ``integer``)."""
+    if not fits(dtype, kh, kw) or math.isnan(global_threshold):
         return None
     with np.errstate(over="ignore"):
         factor = (sigma_strong ** 2 * (1 - SLACK) * gain_rows).astype(np.float32)
     if not np.isfinite(factor).all():
         return None
-    low = np.int32(min(max(math.floor(global_threshold), -2 ** 31), 2 ** 31 - 1)) \
-        if math.isfinite(global_threshold) else np.int32(-2 ** 31 if global_threshold < 0 else 2 ** 31 - 1)
+    low = None if global_threshold < 1 else np.int32(min(math.floor(global_threshold), 2 ** 31 - 1))
+    info = np.iinfo(dtype)
+    vmax, vmin = min(int(limit) - 1, int(info.max)), max(1 - int(limit), int(info.min))
     if (vmin, vmax) == (info.min, info.max):  # every value is usable: the kernel skips the test
         return factor, low, None, None
     return factor, low, dtype.type(vmin), dtype.type(vmax)

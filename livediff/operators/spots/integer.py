@@ -42,8 +42,8 @@ from .threshold import _row, _strong
 #: relative margin of the float32 pre-test
 SLACK = 1e-5
 
-#: every window sum of a fast call stays below this in magnitude (b = m v - x too)
-FAST_BOUND = 2 ** 30
+#: the largest window (pixels) of the fast path: its count packs in 7 bits
+MAX_AREA = 127
 
 
 def _int32_op(name: str):  # noqa: ANN202 - a numba intrinsic
@@ -67,6 +67,8 @@ _add = _int32_op("add")
 _sub = _int32_op("sub")
 _mul = _int32_op("mul")
 _and = _int32_op("and_")
+_shl = _int32_op("shl")
+_ashr = _int32_op("ashr")
 
 
 @intrinsic
@@ -94,21 +96,37 @@ def _in_range_impl(v, vmin, vmax):  # noqa: ANN001, ANN202
     return lambda v, vmin, vmax: (v >= vmin) & (v <= vmax)
 
 
-def fits(dtype: np.dtype, vmin: int, vmax: int, kh: int, kw: int) -> bool:
-    """Whether an integer image of ``dtype``, usable values in [vmin, vmax], can take the fast path."""
+def _above(v, low):  # noqa: ANN001, ANN202
+    """``v > low`` in int32 (v usable); always True when low is None."""
+    raise NotImplementedError("only callable from numba code")
+
+
+@overload(_above)
+def _above_impl(v, low):  # noqa: ANN001, ANN202
+    if isinstance(low, types.NoneType):
+        return lambda v, low: True
+    return lambda v, low: _add(v, 0) > low
+
+
+def limits(kh: int, kw: int) -> tuple[int, int, int]:
+    """(shift, big, huge) of a window: the count's bits in the packed sums, the smallest |value|
+    whose column sums of squares may pass 2**32, the smallest whose window sum may pass
+    2**(31 - shift) (see the module docstring)."""
     area = (2 * kh + 1) * (2 * kw + 1)
-    return dtype.kind in "ui" and dtype.itemsize <= 4 and vmin <= vmax and area * max(-vmin, vmax) < FAST_BOUND
+    shift = area.bit_length()
+    return shift, math.isqrt((2 ** 32 - 1) // (2 * kh + 1)) + 1, ((1 << (31 - shift)) - 1) // area + 1
 
 
-def big_value(kh: int) -> int:
-    """The smallest |value| whose column sums of squares may pass 2**32 (see the module docstring)."""
-    return math.isqrt((2 ** 32 - 1) // (2 * kh + 1)) + 1
+def fits(dtype: np.dtype, kh: int, kw: int) -> bool:
+    """Whether images of ``dtype`` and windows of half-sizes (kh, kw) can take the fast path."""
+    return dtype.kind in "ui" and dtype.itemsize <= 4 and (2 * kh + 1) * (2 * kw + 1) <= MAX_AREA
 
 
 @numba.njit(nogil=True, cache=True)
-def _slide(irow, imask, use_in, orow, omask, use_out, vmin, vmax, cn, cx, cy):
-    """Add the usable pixels of ``irow`` (if ``use_in``) to the column sums and remove
-    those of ``orow`` (if ``use_out``); return the extremes of the added values."""
+def _slide(irow, imask, use_in, orow, omask, use_out, vmin, vmax, shift, cp, cy):
+    """Add the usable pixels of ``irow`` (if ``use_in``) to the packed column sums ``cp`` and
+    the sums of squares ``cy``, and remove those of ``orow`` (if ``use_out``); return the
+    extremes of the added values."""
     hi = np.int32(0)
     lo = np.int32(0)
     for c in range(irow.size):
@@ -119,8 +137,7 @@ def _slide(irow, imask, use_in, orow, omask, use_out, vmin, vmax, cn, cx, cy):
         a = _and(v, _sub(0, ok_in))
         b = _and(u, _sub(0, ok_out))
         d = _sub(a, b)
-        cn[c] = _add(cn[c], _sub(ok_in, ok_out))
-        cx[c] = _add(cx[c], d)
+        cp[c] = _add(cp[c], _add(_shl(d, shift), _sub(ok_in, ok_out)))
         cy[c] = _add(cy[c], _mul(d, _add(a, b)))
         hi = max(hi, a)
         lo = min(lo, a)
@@ -128,87 +145,107 @@ def _slide(irow, imask, use_in, orow, omask, use_out, vmin, vmax, cn, cx, cy):
 
 
 @numba.njit(nogil=True, cache=True)
-def _count_big(row, mask, vmin, vmax, big, step, bc):
-    """Add ``step`` to ``bc`` at the usable pixels of ``row`` with |value| >= big."""
+def _count_big(row, mask, vmin, vmax, big, huge, step, bc, hc):
+    """Add ``step`` to ``bc`` at the usable pixels of ``row`` with |value| >= big, and to
+    ``hc`` where |value| >= huge; return the number of the latter."""
+    n = 0
     for c in range(row.size):
         v = row[c]
         if mask[c] and _in_range(v, vmin, vmax) and (v >= big or v <= -big):
             bc[c] += step
+            if v >= huge or v <= -huge:
+                hc[c] += step
+                n += 1
+    return n
 
 
 @numba.njit(nogil=True, cache=True)
-def _squares(image, mask, r, c, kh, kw, vmin, vmax):
-    """Sum of squares of the usable values in the window around (r, c), in int64."""
+def _sums(image, mask, r, c, kh, kw, vmin, vmax):
+    """(m, x, y) of the window around (r, c) in int64, summed from the image."""
     rows, cols = image.shape
-    y = 0
+    m = x = y = 0
     for i in range(max(r - kh, 0), min(r + kh + 1, rows)):
         mrow = _row(mask, i)
         for j in range(max(c - kw, 0), min(c + kw + 1, cols)):
             v = image[i, j]
             if mrow[j] and _in_range(v, vmin, vmax):
+                m += 1
+                x += np.int64(v)
                 y += np.int64(v) * np.int64(v)
-    return y
+    return m, x, y
 
 
 @numba.njit(nogil=True, cache=True)
-def _pretest(irow, mrow, frow, vmin, vmax, low, cn, cx, span, cand):
+def _pretest(irow, mrow, frow, low, cp, span, shift, cand):
     """``cand[c]`` = the float32 necessary condition of the strong test at every pixel of a row."""
-    if span == 7:  # DIALS' default window: the box sums written out, so that the loop vectorises
+    bits = (1 << shift) - 1
+    if span == 7:  # DIALS' default window: the box sum written out, so that the loop vectorises
         for c in range(irow.size):
             v = irow[c]
-            m = _add(_add(_add(cn[c], cn[c + 1]), _add(cn[c + 2], cn[c + 3])),
-                     _add(_add(cn[c + 4], cn[c + 5]), cn[c + 6]))
-            x = _add(_add(_add(cx[c], cx[c + 1]), _add(cx[c + 2], cx[c + 3])),
-                     _add(_add(cx[c + 4], cx[c + 5]), cx[c + 6]))
+            w = _add(_add(_add(cp[c], cp[c + 1]), _add(cp[c + 2], cp[c + 3])),
+                     _add(_add(cp[c + 4], cp[c + 5]), cp[c + 6]))
+            m = _and(w, bits)
+            x = _ashr(w, shift)
             b = _sub(_mul(m, v), x)
             f = np.float32(b)
-            cand[c] = (mrow[c] & _in_range(v, vmin, vmax) & (_add(v, 0) > low) & (b > 0)
-                       & (f * f > frow[c] * np.float32(x) * np.float32(m)))
+            cand[c] = mrow[c] & _above(v, low) & (b > 0) & (f * f > frow[c] * np.float32(x) * np.float32(m))
         return
     for c in range(irow.size):
         v = irow[c]
-        m = np.int32(0)
-        x = np.int32(0)
-        for j in range(span):
-            m = _add(m, cn[c + j])
-            x = _add(x, cx[c + j])
+        w = np.int32(0)
+        for j in range(c, c + span):
+            w = _add(w, cp[j])
+        m = _and(w, bits)
+        x = _ashr(w, shift)
         b = _sub(_mul(m, v), x)
         f = np.float32(b)
-        cand[c] = (mrow[c] & _in_range(v, vmin, vmax) & (_add(v, 0) > low) & (b > 0)
-                   & (f * f > frow[c] * np.float32(x) * np.float32(m)))
+        cand[c] = mrow[c] & _above(v, low) & (b > 0) & (f * f > frow[c] * np.float32(x) * np.float32(m))
 
 
 @numba.njit(nogil=True, cache=True)
-def dispersion_block_int(image, mask, gain, has_gain, factor, kh, kw, sigma_b, sigma_s, min_local, low, vmin,
-                         vmax, big, r0, r1, out):
+def _force(hc, kw, cand):
+    """Make every pixel within kw columns of a column counted in ``hc`` a candidate."""
+    cols = hc.size
+    for j in range(cols):
+        if hc[j]:
+            cand[max(j - kw, 0):min(j + kw + 1, cols)] = 1
+
+
+@numba.njit(nogil=True, cache=True)
+def dispersion_block_int(image, mask, gain, has_gain, factor, kh, kw, sigma_b, sigma_s, min_local, threshold, low,
+                         vmin, vmax, shift, big, huge, r0, r1, out):
     """DIALS' dispersion test on rows [r0, r1) of an integer image: strong pixels into ``out``.
 
     Parameters
     ----------
     image : (rows, cols) C-ordered integer array of at most 32 bits.
-    mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_local, out : as
-        ``threshold.dispersion_block``'s.
+    mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_local, threshold, out : as
+        ``threshold.dispersion_block``'s; :func:`fits` holds.
     factor : float32 (rows, cols) or (1, cols): sigma_s**2 g (1 - SLACK).
-    low : int32; strong pixels have value > low (the global threshold, rounded down).
-    vmin, vmax : of the image's dtype; usable pixels have vmin <= value <= vmax, and
-        :func:`fits` holds.
-    big : :func:`big_value` of kh.
+    low : int32 below the global threshold, tested in the pre-test; None when it is below 1
+        (b > 0 and x >= 0 already imply value > 0).
+    vmin, vmax : usable pixels have vmin <= value <= vmax (of the image's dtype); None when
+        every value of the dtype is usable.
+    shift, big, huge : :func:`limits` of (kh, kw).
     r0, r1 : the rows to test (any; the sums are exact, so blocks need no alignment).
 
     Returns
     -------
     runs : (n, 3) int32 runs (row, col0, col1) of the strong pixels, in scan order.
+    complete : False when the rows hold too many values of |v| >= huge (:func:`limits`) to
+        test them one by one; then ``out`` and ``runs`` are partial and the caller runs
+        the general kernel on these rows.
     """
     rows, cols = image.shape
     span = 2 * kw + 1
-    cn = np.zeros(cols + span, np.int32)
-    cx = np.zeros(cols + span, np.int32)
-    cy = np.zeros(cols + span, np.int32)
-    cnv, cxv, cyv = cn[kw:kw + cols], cx[kw:kw + cols], cy[kw:kw + cols]
+    cp = np.zeros(cols + span, np.int32)  # packed column sums: (x << shift) + n, wrapping
+    cy = np.zeros(cols + span, np.int32)  # column sums of squares, modulo 2**32
     bc = np.zeros(cols + span, np.int32)  # usable |value| >= big per column, in the window's rows
-    bcv = bc[kw:kw + cols]
+    hc = np.zeros(cols, np.int32)  # the same for |value| >= huge
+    cpv, cyv, bcv = cp[kw:kw + cols], cy[kw:kw + cols], bc[kw:kw + cols]
     big_rows = np.zeros(rows, np.bool_)
-    n_big = 0  # rows of the window holding such a value
+    n_big = n_huge = seen_huge = 0  # rows of the window with a big value; huge values in it, in all
+    budget = 64 + (r1 - r0 + 2 * kh) * cols // 8192
     cand = np.zeros((cols + 7) // 8 * 8, np.uint8)
     words = cand.view(np.uint64)
     runs = np.empty((max((r1 - r0) * (cols + 1) // 2, 1), 3), np.int32)  # the most there can be
@@ -219,37 +256,44 @@ def dispersion_block_int(image, mask, gain, has_gain, factor, kh, kw, sigma_b, s
         if use_in or use_out:
             ri, ro = min(max(ri, 0), rows - 1), max(ro, 0)
             hi, lo = _slide(image[ri], _row(mask, ri), use_in, image[ro], _row(mask, ro), use_out, vmin, vmax,
-                            cnv, cxv, cyv)
+                            shift, cpv, cyv)
             if use_out and big_rows[ro]:
-                _count_big(image[ro], _row(mask, ro), vmin, vmax, big, -1, bcv)
+                n_huge += _count_big(image[ro], _row(mask, ro), vmin, vmax, big, huge, -1, bcv, hc)
                 n_big -= 1
             if use_in and (hi >= big or lo <= -big):
-                _count_big(image[ri], _row(mask, ri), vmin, vmax, big, 1, bcv)
+                added = _count_big(image[ri], _row(mask, ri), vmin, vmax, big, huge, 1, bcv, hc)
                 big_rows[ri] = True
                 n_big += 1
+                n_huge += added
+                seen_huge += added
+                if seen_huge > budget:
+                    return runs[:n_runs], False
         if r < r0:
             continue
         irow, mrow, grow = image[r], _row(mask, r), _row(gain, r)
-        _pretest(irow, mrow, _row(factor, r), vmin, vmax, low, cn, cx, span, cand)
+        _pretest(irow, mrow, _row(factor, r), low, cp, span, shift, cand)
+        if n_huge:  # the packed sums of these windows may have wrapped: test every pixel near one
+            _force(hc, kw, cand)
         for k in range(words.size):
             w = words[k]
             while w:
                 c = 8 * k + _low_byte(w)
                 w &= w - np.uint64(1)
-                m = 0
-                x = 0
-                for j in range(c, c + span):
-                    m += cn[j]
-                    x += cx[j]
-                if m < min_local or x < 0:
+                v = irow[c]
+                if not (mrow[c] and _in_range(v, vmin, vmax) and float(v) > threshold):
                     continue
                 if n_big and bc[c:c + span].any():
-                    y = _squares(image, mask, r, c, kh, kw, vmin, vmax)
+                    m, x, y = _sums(image, mask, r, c, kh, kw, vmin, vmax)
                 else:
+                    p = np.int32(0)
                     y = 0
                     for j in range(c, c + span):
+                        p = _add(p, cp[j])
                         y += np.int64(cy[j]) & 0xFFFFFFFF
-                if _strong(float(m), float(x), float(y), float(irow[c]), grow[c], has_gain, sigma_b, sigma_s):
+                    m, x = p & ((1 << shift) - 1), _ashr(p, shift)
+                if m >= min_local and x >= 0 and _strong(float(m), float(x), float(y), float(v), grow[c],
+                                                         has_gain, sigma_b, sigma_s):
                     out[r, c] = True
                     n_runs = add_pixel(runs, n_runs, r, c)
-    return runs[:n_runs]
+    return runs[:n_runs], True
+

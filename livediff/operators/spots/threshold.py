@@ -165,7 +165,7 @@ def _dispersed(m, x, y, g, has_gain, sigma_b):
 @numba.njit(nogil=True, cache=True)
 def _strong(m, x, y, v, g, has_gain, sigma_b, sigma_s):
     """Both DIALS tests on float64 window sums; the strong one is v > mean + sigma_s sqrt(g mean)."""
-    return _dispersed(m, x, y, g, has_gain, sigma_b) and m * v - x > sigma_s * np.sqrt(g * x * m)
+    return _dispersed(m, x, y, g, has_gain, sigma_b) & (m * v - x > sigma_s * np.sqrt(g * x * m))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -305,16 +305,22 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="livediff-spots")
 
 
+def block_rows(threads: int, rows: int) -> list[tuple[int, int]]:
+    """The row blocks (r0, r1) of :func:`run_blocks`: up to ``threads``, starting on multiples of RESTART."""
+    chunks = -(-rows // RESTART)
+    threads = min(int(threads), chunks)
+    edges = [min(rows, RESTART * (chunks * i // threads)) for i in range(threads + 1)]
+    return list(zip(edges, edges[1:]))
+
+
 def run_blocks(threads: int, rows: int, kernel: Callable[..., Any], *args: Any, out: np.ndarray) -> list[Any]:
-    """Run ``kernel(*args, r0, r1, out)`` on up to ``threads`` blocks of rows.
+    """Run ``kernel(*args, r0, r1, out)`` on the row blocks of :func:`block_rows`.
 
     Blocks start on multiples of RESTART, so results do not depend on ``threads``.
     Returns the kernel's results, block by block (in row order).
     """
-    chunks = -(-rows // RESTART)
-    threads = min(int(threads), chunks)
-    if threads == 1:
+    blocks = block_rows(threads, rows)
+    if len(blocks) == 1:
         return [kernel(*args, 0, rows, out)]
-    edges = [min(rows, RESTART * (chunks * i // threads)) for i in range(threads + 1)]
-    futures = [_pool(threads).submit(kernel, *args, r0, r1, out) for r0, r1 in zip(edges, edges[1:])]
+    futures = [_pool(len(blocks)).submit(kernel, *args, r0, r1, out) for r0, r1 in blocks]
     return [f.result() for f in futures]
