@@ -168,13 +168,13 @@ def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigm
                   global_threshold: float, limit: Any) -> tuple[np.ndarray, Any, Any, Any] | None:
     """The arguments of ``dispersion_block_int`` beyond the general kernel's (factor, low, vmin,
     vmax), or None when the image or the parameters need the general kernel (see ``integer``)."""
-    if not fits(dtype, kh, kw) or math.isnan(global_threshold):
+    if not fits(dtype, kh, kw) or not math.isfinite(global_threshold):
         return None
     with np.errstate(over="ignore"):
         factor = (sigma_strong ** 2 * (1 - SLACK) * gain_rows).astype(np.float32)
     if not np.isfinite(factor).all():
         return None
-    low = None if global_threshold < 1 else np.int32(min(math.floor(global_threshold), 2 ** 31 - 1))
+    low = np.int32(min(max(math.floor(global_threshold), -2 ** 31), 2 ** 31 - 1))  # v > low: v > threshold
     info = np.iinfo(dtype)
     vmax, vmin = min(int(limit) - 1, int(info.max)), max(1 - int(limit), int(info.min))
     if (vmin, vmax) == (info.min, info.max):  # every value is usable: the kernel skips the test

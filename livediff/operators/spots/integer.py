@@ -1,30 +1,36 @@
 """DIALS' dispersion test on integer images in 32-bit integer arithmetic: the fast path.
 
 ``threshold.dispersion_block`` works for any image in 64-bit sums.  Integer images (the
-detectors' counts) allow narrower, exact arithmetic, and 32-bit lanes give twice as many
-pixels per vector instruction:
+detectors' counts) allow narrower sums that are still exact, and 32-bit lanes put twice as
+many pixels in a vector instruction:
 
 - A pixel is *usable* when valid and ``vmin <= value <= vmax`` (the ``max_value`` rule in
-  the image's own dtype).  Usable values are folded in with the mask (an unusable pixel
-  adds 0), so the column sums need no branch.
-- Column sums of the count (n), the values (x) and their squares (y) over the 2 kh + 1
-  rows around the current row are int32, slid row by row (the entering row added, the
-  leaving one subtracted in one pass).  With window area A and usable ``|v| <= V``,
-  ``A V < 2**30`` bounds every n, x and b = m v - x of a window within int32; the
-  caller checks it (``fits``).
-- y is kept modulo 2**32 (wrapping adds): a column's sum is exact when every usable
-  value in it has ``|v| < big`` (``(2 kh + 1)(big - 1)**2 < 2**32``).  Rows holding a
-  larger value are rare (bright Bragg peaks); their columns are counted, and a window
-  that holds one sums its squares from the image instead.
+  the image's own dtype).  The test is folded into the values (an unusable pixel adds 0),
+  so the sums need no branch.
+- Column sums over the 2 kh + 1 rows around the current row are slid row by row (the
+  entering row added and the leaving one subtracted in one pass), in int32 with wrapping
+  adds: a sum modulo 2**32 is the sum itself whenever the sum fits.
+- The count n and the sum x share one column sum, ``(x << shift) + n`` with 2**shift above
+  the window's area: the box sum along a row then gives m (its low bits, always exact) and
+  x (the rest, exact while |x| < 2**(31 - shift)), 7 additions for both.  A window can only
+  pass that bound if it holds a value of |v| >= huge (:func:`limits`; 684,785 for 7 x 7):
+  rows holding one are counted per column, every pixel within reach is tested one by one
+  from the image, and a block with more of them than a few per thousand rows goes to the
+  general kernel.
+- Sums of squares y are kept modulo 2**32 too: a column's is exact when its values have
+  |v| < big (24,770 for 7 rows).  Windows near a larger value (a bright Bragg peak) take
+  their sums from the image.
 - The strong test runs first on every pixel in float32, as a necessary condition with a
-  relative margin (``factor`` is sigma_s**2 g (1 - 1e-5)): b > 0 and b**2 > factor x m.
-  float32 rounding moves each side by less than 3e-7 relative, DIALS' float64 rounding
-  by less than 1e-15, so no pixel DIALS calls strong is rejected.  The few that pass go
-  through DIALS' own float64 formulas (``threshold._strong``) on the exact sums, so the
-  result is DIALS' formula exactly.
+  relative margin (``factor`` is sigma_s**2 g (1 - SLACK)): b > 0 and b**2 > factor x m,
+  b = m v - x exact in int32.  float32 rounding moves each side by less than 3e-7
+  relative and DIALS' float64 rounding by less than 1e-15, so no pixel DIALS calls strong
+  is rejected.  The pixels that pass (about 1 % of the background) go through DIALS' own
+  float64 formulas (``threshold._strong``) on the exact sums: the result is DIALS' formula
+  exactly.
 
-Arithmetic is through the ``_add``/``_sub``/``_mul``/``_and`` intrinsics, which wrap in
-int32: numba's own integer operators widen to int64, which halves the vector width.
+Arithmetic is through the ``_add``/``_sub``/``_mul``/``_and``/``_shl``/``_ashr``
+intrinsics, which stay in int32 and wrap: numba's integer operators widen to int64, which
+halves the vector width.
 """
 from __future__ import annotations
 
@@ -94,18 +100,6 @@ def _in_range_impl(v, vmin, vmax):  # noqa: ANN001, ANN202
     if isinstance(vmin, types.NoneType):
         return lambda v, vmin, vmax: True
     return lambda v, vmin, vmax: (v >= vmin) & (v <= vmax)
-
-
-def _above(v, low):  # noqa: ANN001, ANN202
-    """``v > low`` in int32 (v usable); always True when low is None."""
-    raise NotImplementedError("only callable from numba code")
-
-
-@overload(_above)
-def _above_impl(v, low):  # noqa: ANN001, ANN202
-    if isinstance(low, types.NoneType):
-        return lambda v, low: True
-    return lambda v, low: _add(v, 0) > low
 
 
 def limits(kh: int, kw: int) -> tuple[int, int, int]:
@@ -188,7 +182,7 @@ def _pretest(irow, mrow, frow, low, cp, span, shift, cand):
             x = _ashr(w, shift)
             b = _sub(_mul(m, v), x)
             f = np.float32(b)
-            cand[c] = mrow[c] & _above(v, low) & (b > 0) & (f * f > frow[c] * np.float32(x) * np.float32(m))
+            cand[c] = mrow[c] & (_add(v, 0) > low) & (b > 0) & (f * f > frow[c] * np.float32(x) * np.float32(m))
         return
     for c in range(irow.size):
         v = irow[c]
@@ -199,7 +193,7 @@ def _pretest(irow, mrow, frow, low, cp, span, shift, cand):
         x = _ashr(w, shift)
         b = _sub(_mul(m, v), x)
         f = np.float32(b)
-        cand[c] = mrow[c] & _above(v, low) & (b > 0) & (f * f > frow[c] * np.float32(x) * np.float32(m))
+        cand[c] = mrow[c] & (_add(v, 0) > low) & (b > 0) & (f * f > frow[c] * np.float32(x) * np.float32(m))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -222,8 +216,8 @@ def dispersion_block_int(image, mask, gain, has_gain, factor, kh, kw, sigma_b, s
     mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_local, threshold, out : as
         ``threshold.dispersion_block``'s; :func:`fits` holds.
     factor : float32 (rows, cols) or (1, cols): sigma_s**2 g (1 - SLACK).
-    low : int32 below the global threshold, tested in the pre-test; None when it is below 1
-        (b > 0 and x >= 0 already imply value > 0).
+    low : int32, the global threshold rounded down (clipped to int32): the pre-test's
+        value > low.
     vmin, vmax : usable pixels have vmin <= value <= vmax (of the image's dtype); None when
         every value of the dtype is usable.
     shift, big, huge : :func:`limits` of (kh, kw).
