@@ -121,19 +121,19 @@ def strong_pixels(image: np.ndarray, mask: np.ndarray | None = None,
     """
     bound = inspect.signature(dispersion_mask).bind(image, mask, **params)
     bound.apply_defaults()
-    return _strong_pixels(**bound.arguments)
+    out, runs = _strong_pixels(**bound.arguments)
+    return out, runs, int(out.size if mask is None else np.count_nonzero(mask))
 
 
 def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | np.ndarray | None,
                    kernel_size: tuple[int, int], sigma_background: float, sigma_strong: float, min_local: int,
                    global_threshold: float, extended: bool, max_value: float,
-                   threads: int) -> tuple[np.ndarray, np.ndarray, int]:
+                   threads: int) -> tuple[np.ndarray, np.ndarray]:
     image, mask_rows, gain_rows, has_gain, limit = _prepare(image, mask, gain, max_value)
     kh, kw = _kernel(kernel_size)
     _check_params(sigma_background=sigma_background, sigma_strong=sigma_strong, min_local=min_local,
                   threads=threads)
     out = np.zeros(image.shape, dtype=np.bool_)
-    n_valid = image.size if mask is None else int(np.count_nonzero(mask))
     if not extended:
         fast = _integer_args(image.dtype, gain_rows, kh, kw, float(sigma_strong), float(global_threshold), limit)
         args = (image, mask_rows, gain_rows, has_gain)
@@ -149,7 +149,7 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
                 blocks.append(runs)
         else:
             blocks = run_blocks(threads, image.shape[0], dispersion_block, *args, *params, limit, out=out)
-        return out, np.concatenate(blocks), n_valid
+        return out, np.concatenate(blocks)
     flags = np.zeros(image.shape, dtype=np.bool_)
     run_blocks(threads, image.shape[0], background_block, image, mask_rows, gain_rows, has_gain, kh, kw,
                float(sigma_background), int(min_local), limit, out=flags)
@@ -161,7 +161,7 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
     rr, cc = np.nonzero(core & usable)
     extended_strong(image, usable & ~core, gain_rows, rr, cc, kh + 2, kw + 2, float(sigma_strong),
                     float(global_threshold), limit, out)
-    return out, strong_runs(out), n_valid
+    return out, strong_runs(out)
 
 
 def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigma_strong: float,
