@@ -66,10 +66,24 @@ def test_values_beyond_the_narrow_sums_are_exact(dtype):
     for k, (r, c) in enumerate(rng.integers((3, 3), (197, 170), (30, 2))):
         level = (BIG + 5, 50_000, HUGE - 1, HUGE, 3 * HUGE, int(LIMIT) - 1, int(LIMIT), top)[k % 8]
         image[r - 1:r + 2, c - 1:c + 2] += np.minimum(level, top) // (1 + rng.integers(0, 3, (3, 3)))
+    if dtype == "int32":  # and below: values the sums let in and take out again
+        image.flat[rng.choice(image.size, 40, replace=False)] = rng.choice([-2 ** 31, -int(LIMIT), -BIG, 1 - BIG], 40)
     image = np.minimum(image, top).astype(dtype)
     assert (image >= BIG).any()
     _check(image, random_mask(rng, image.shape, 0.05))
     _check(image)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "uint32"])
+def test_a_lower_max_value_equals_the_general_kernel(dtype):
+    rng = np.random.default_rng([12, len(dtype)])
+    image = _frame(rng, (150, 121), dtype, background=10.0, negative=True)
+    mask = random_mask(rng, image.shape, 0.05)
+    for max_value in (60.5, 100, 30_000):
+        expected = dispersion_mask(image.astype(np.float64), mask, max_value=max_value)
+        assert expected.any()
+        for threads in (1, 2):
+            np.testing.assert_array_equal(dispersion_mask(image, mask, max_value=max_value, threads=threads), expected)
 
 
 def test_frames_full_of_huge_values_fall_back_to_the_general_kernel():

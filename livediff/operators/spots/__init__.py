@@ -165,9 +165,10 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
 
 
 def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigma_strong: float,
-                  global_threshold: float, limit: Any) -> tuple[np.ndarray, Any, Any, Any] | None:
+                  global_threshold: float, limit: Any) -> tuple[Any, ...] | None:
     """The arguments of ``dispersion_block_int`` beyond the general kernel's (factor, low, vmin,
-    vmax), or None when the image or the parameters need the general kernel (see ``integer``)."""
+    vmax, svmin, svmax), or None when the image or the parameters need the general kernel
+    (see ``integer``)."""
     if not fits(dtype, kh, kw) or not math.isfinite(global_threshold):
         return None
     with np.errstate(over="ignore"):
@@ -177,9 +178,11 @@ def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigm
     low = np.int32(min(max(math.floor(global_threshold), -2 ** 31), 2 ** 31 - 1))  # v > low: v > threshold
     info = np.iinfo(dtype)
     vmax, vmin = min(int(limit) - 1, int(info.max)), max(1 - int(limit), int(info.min))
-    if (vmin, vmax) == (info.min, info.max):  # every value is usable: the kernel skips the test
-        return factor, low, None, None
-    return factor, low, dtype.type(vmin), dtype.type(vmax)
+    usable = (None if vmin == info.min else dtype.type(vmin), None if vmax == info.max else dtype.type(vmax))
+    big = limits(kh, kw)[1]
+    if dtype.kind == "i" and vmin <= 1 - big and vmax >= big - 1:  # the sums let every value in (integer.py)
+        return factor, low, *usable, None, None
+    return factor, low, *usable, *usable
 
 
 def _prepare(image: np.ndarray, mask: np.ndarray | None, gain: float | np.ndarray | None,

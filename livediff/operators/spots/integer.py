@@ -91,15 +91,20 @@ def _low_byte(typingctx, word):  # noqa: ANN001, ANN202, ARG001
 
 
 def _in_range(v, vmin, vmax):  # noqa: ANN001, ANN202
-    """``vmin <= v <= vmax``; always True when vmin is None (a range the dtype cannot leave)."""
+    """``vmin <= v <= vmax``, a bound that is None not tested (one the dtype cannot pass)."""
     raise NotImplementedError("only callable from numba code")
 
 
 @overload(_in_range)
 def _in_range_impl(v, vmin, vmax):  # noqa: ANN001, ANN202
-    if isinstance(vmin, types.NoneType):
-        return lambda v, vmin, vmax: True
-    return lambda v, vmin, vmax: (v >= vmin) & (v <= vmax)
+    low, high = (not isinstance(t, types.NoneType) for t in (vmin, vmax))
+    if low and high:
+        return lambda v, vmin, vmax: (v >= vmin) & (v <= vmax)
+    if low:
+        return lambda v, vmin, vmax: v >= vmin
+    if high:
+        return lambda v, vmin, vmax: v <= vmax
+    return lambda v, vmin, vmax: True
 
 
 def limits(kh: int, kw: int) -> tuple[int, int, int]:
@@ -139,13 +144,21 @@ def _slide(irow, imask, use_in, orow, omask, use_out, vmin, vmax, shift, cp, cy)
 
 
 @numba.njit(nogil=True, cache=True)
-def _count_big(row, mask, vmin, vmax, big, huge, step, bc, hc):
-    """Add ``step`` to ``bc`` at the usable pixels of ``row`` with |value| >= big, and to
-    ``hc`` where |value| >= huge; return the number of the latter."""
+def _count_big(row, mask, step, vmin, vmax, svmin, svmax, shift, cp, cy, big, huge, bc, hc):
+    """After ``_slide`` added (``step`` 1) or removed (-1) ``row``: take out again the values
+    that the slide's range [svmin, svmax] let in and [vmin, vmax] does not, and add ``step``
+    to ``bc`` at the usable values with |value| >= big and to ``hc`` at those >= huge.
+    Returns the number of the latter."""
     n = 0
     for c in range(row.size):
         v = row[c]
-        if mask[c] and _in_range(v, vmin, vmax) and (v >= big or v <= -big):
+        if not (mask[c] and _in_range(v, svmin, svmax)):
+            continue
+        if not _in_range(v, vmin, vmax):
+            a = _add(v, 0)
+            cp[c] = _sub(cp[c], _mul(step, _add(_shl(a, shift), 1)))
+            cy[c] = _sub(cy[c], _mul(step, _mul(a, a)))
+        elif v >= big or v <= -big:
             bc[c] += step
             if v >= huge or v <= -huge:
                 hc[c] += step
@@ -207,7 +220,7 @@ def _force(hc, kw, cand):
 
 @numba.njit(nogil=True, cache=True)
 def dispersion_block_int(image, mask, gain, has_gain, factor, kh, kw, sigma_b, sigma_s, min_local, threshold, low,
-                         vmin, vmax, shift, big, huge, r0, r1, out):
+                         vmin, vmax, svmin, svmax, shift, big, huge, r0, r1, out):
     """DIALS' dispersion test on rows [r0, r1) of an integer image: strong pixels into ``out``.
 
     Parameters
@@ -218,8 +231,12 @@ def dispersion_block_int(image, mask, gain, has_gain, factor, kh, kw, sigma_b, s
     factor : float32 (rows, cols) or (1, cols): sigma_s**2 g (1 - SLACK).
     low : int32, the global threshold rounded down (clipped to int32): the pre-test's
         value > low.
-    vmin, vmax : usable pixels have vmin <= value <= vmax (of the image's dtype); None when
-        every value of the dtype is usable.
+    vmin, vmax : usable pixels have vmin <= value <= vmax (of the image's dtype); a bound is
+        None when no value of the dtype passes it.
+    svmin, svmax : the range the column sums test, as wide as (vmin, vmax) or wider when
+        every value outside (vmin, vmax) is a big one (a signed 32-bit image with the
+        default max_value): then :func:`_count_big` takes those values out again, and the
+        vectorised loop saves its range test.
     shift, big, huge : :func:`limits` of (kh, kw).
     r0, r1 : the rows to test (any; the sums are exact, so blocks need no alignment).
 
@@ -249,13 +266,15 @@ def dispersion_block_int(image, mask, gain, has_gain, factor, kh, kw, sigma_b, s
         use_in, use_out = 0 <= ri < rows, r > r0 and ro >= 0
         if use_in or use_out:
             ri, ro = min(max(ri, 0), rows - 1), max(ro, 0)
-            hi, lo = _slide(image[ri], _row(mask, ri), use_in, image[ro], _row(mask, ro), use_out, vmin, vmax,
+            hi, lo = _slide(image[ri], _row(mask, ri), use_in, image[ro], _row(mask, ro), use_out, svmin, svmax,
                             shift, cpv, cyv)
             if use_out and big_rows[ro]:
-                n_huge += _count_big(image[ro], _row(mask, ro), vmin, vmax, big, huge, -1, bcv, hc)
+                n_huge += _count_big(image[ro], _row(mask, ro), -1, vmin, vmax, svmin, svmax, shift, cpv, cyv, big,
+                                     huge, bcv, hc)
                 n_big -= 1
             if use_in and (hi >= big or lo <= -big):
-                added = _count_big(image[ri], _row(mask, ri), vmin, vmax, big, huge, 1, bcv, hc)
+                added = _count_big(image[ri], _row(mask, ri), 1, vmin, vmax, svmin, svmax, shift, cpv, cyv, big,
+                                   huge, bcv, hc)
                 big_rows[ri] = True
                 n_big += 1
                 n_huge += added
