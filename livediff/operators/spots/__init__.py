@@ -18,7 +18,8 @@ When the geometry is complete (the series header's, with the operator's optional
 rows also carry ``d`` (Å) and ``inv_d2`` (1/d², Å⁻²); the operators after ``spots`` see
 that geometry too.  Otherwise the rows lack them, and one log line per series says why.
 
-Modules: ``threshold`` (numba threshold kernels, row blocks on threads), ``label``
+Modules: ``threshold`` (numba threshold kernels, row blocks on threads), ``integer`` (the
+threshold's fast path for integer images), ``label``
 (components and their properties), ``link`` (linking across frames), ``operator`` (the
 ``spots`` operator).
 """
@@ -97,8 +98,10 @@ def dispersion_mask(image: np.ndarray, mask: np.ndarray | None = None, *, gain: 
     Winter et al., Acta Cryst. D74 (2018) 85-97.
 
     Sums are exact for integer-valued images, so the mask equals that of any exact
-    implementation (e.g. float64 summed-area tables); for other float images, pixels
-    within rounding (about 1e-12 relative) of a threshold may go either way.
+    implementation (e.g. float64 summed-area tables, as DIALS' C++); for other float
+    images, pixels within rounding (about 1e-12 relative) of a threshold may go either
+    way.  Integer images of at most 32 bits (with windows of at most 127 pixels) are
+    summed in 32-bit integers, about twice as fast, with the same result.
     """
     return _strong_pixels(image, mask, gain=gain, kernel_size=kernel_size, sigma_background=sigma_background,
                           sigma_strong=sigma_strong, min_local=min_local, global_threshold=global_threshold,

@@ -182,31 +182,30 @@ def _sums(image, mask, r, c, kh, kw, vmin, vmax):
     return m, x, y
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _maybe_strong(v, w, valid, factor, low, shift):
+    """The float32 necessary condition of the strong test, from the packed box sum ``w``."""
+    m = _and(w, (1 << shift) - 1)
+    x = _ashr(w, shift)
+    b = _sub(_mul(m, v), x)
+    f = np.float32(b)
+    return valid & (_add(v, 0) > low) & (b > 0) & (f * f > factor * np.float32(x) * np.float32(m))
+
+
 @numba.njit(nogil=True, cache=True)
 def _pretest(irow, mrow, frow, low, cp, span, shift, cand):
-    """``cand[c]`` = the float32 necessary condition of the strong test at every pixel of a row."""
-    bits = (1 << shift) - 1
+    """``cand[c]`` = :func:`_maybe_strong` at every pixel of a row."""
     if span == 7:  # DIALS' default window: the box sum written out, so that the loop vectorises
         for c in range(irow.size):
-            v = irow[c]
             w = _add(_add(_add(cp[c], cp[c + 1]), _add(cp[c + 2], cp[c + 3])),
                      _add(_add(cp[c + 4], cp[c + 5]), cp[c + 6]))
-            m = _and(w, bits)
-            x = _ashr(w, shift)
-            b = _sub(_mul(m, v), x)
-            f = np.float32(b)
-            cand[c] = mrow[c] & (_add(v, 0) > low) & (b > 0) & (f * f > frow[c] * np.float32(x) * np.float32(m))
+            cand[c] = _maybe_strong(irow[c], w, mrow[c], frow[c], low, shift)
         return
     for c in range(irow.size):
-        v = irow[c]
         w = np.int32(0)
         for j in range(c, c + span):
             w = _add(w, cp[j])
-        m = _and(w, bits)
-        x = _ashr(w, shift)
-        b = _sub(_mul(m, v), x)
-        f = np.float32(b)
-        cand[c] = mrow[c] & (_add(v, 0) > low) & (b > 0) & (f * f > frow[c] * np.float32(x) * np.float32(m))
+        cand[c] = _maybe_strong(irow[c], w, mrow[c], frow[c], low, shift)
 
 
 @numba.njit(nogil=True, cache=True)

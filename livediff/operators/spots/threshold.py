@@ -16,8 +16,11 @@ formulas, with y summed from the column sums of squares.  For integer-valued ima
 every sum is exact, so the mask is identical to that of any exact implementation of the
 formulas (float64 summed-area tables, say).
 
-All numba kernels release the GIL; :func:`run_blocks` splits the rows into blocks for
-worker threads.  The public entry point is ``spots.dispersion_mask``.
+Integer images of at most 32 bits take a faster path with the same result, in 32-bit
+integer arithmetic (``integer.dispersion_block_int``); :func:`dispersion_block` serves
+float images, 64-bit integers, windows of more than 127 pixels and the blocks the fast
+path hands back.  All numba kernels release the GIL; :func:`run_blocks` splits the rows
+into blocks for worker threads.  The public entry point is ``spots.dispersion_mask``.
 """
 from __future__ import annotations
 
