@@ -18,6 +18,14 @@ DATA = Path(__file__).parent / "data"
 SHIFT, BIG, HUGE = limits(3, 3)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _compile_into_a_temporary_cache(tmp_path_factory):
+    """The C++ peer is built into a cache of the tests' own, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 def _frame(rng, shape, dtype, *, background=4.0, peaks=40, negative=False):
     """Poisson background with peaks, in ``dtype``; signed dtypes get a few negative pixels."""
     image = poisson_frame(rng, shape, "int32" if np.dtype(dtype).itemsize < 4 else dtype,
@@ -143,3 +151,23 @@ def test_dials_threshold_in_cpp_gives_the_same_strong_pixels(dtype):
         assert theirs.sum() >= 5
         np.testing.assert_array_equal(dispersion_mask(image, mask), theirs)
         np.testing.assert_array_equal(reference_mask(image, mask), theirs)
+
+
+@pytest.mark.parametrize("have_compiler", [True, False])
+def test_the_bench_rows_against_dials_cpp(monkeypatch, have_compiler):
+    """``livediff bench --only spots`` times the threshold against the C++ peer after checking that
+    both find the same strong pixels; without a compiler the row says why and ours is still timed."""
+    from livediff.bench import core
+    from livediff.bench import spots as spots_bench
+
+    if not have_compiler:
+        monkeypatch.setattr(dials_cpp, "compiler", lambda: None)
+    elif dials_cpp.compiler() is None:
+        pytest.skip("no C++ compiler on PATH")
+    (case,) = spots_bench.threshold_cases((((96, 130), "int32"),))
+    row = core.run_case(case, min_seconds=0.01)
+    assert row["operator"] == "spots threshold (dispersion_mask)" and row["ours_fps"] > 0
+    if have_compiler:
+        assert row["skipped"] is None and row["peer"].startswith("DIALS dispersion, C++") and row["ratio"] > 0
+    else:
+        assert row["skipped"] == "no C++ compiler on PATH (c++, g++, clang++)" and row["peer_fps"] is None
