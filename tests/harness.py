@@ -17,6 +17,11 @@ import zmq.asyncio
 from livediff.client import AsyncSubscriber
 from livediff.config import Config, parse
 from livediff.endpoints import free_tcp_endpoint
+from livediff.executors import ThreadExecutor
+from livediff.executors.runloop import STOP, RunLoop
+from livediff.model import Frame, SeriesEnd, SeriesStart
+from livediff.pipeline import OperatorSpec
+from livediff.queues import EventQueue
 from livediff.service import Service
 
 
@@ -31,6 +36,7 @@ def config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "source": {"endpoint": free_endpoint(), "bind": True, "end_timeout": 5.0},
         "publisher": {"endpoint": "tcp://127.0.0.1:*", "status_period": 0.05},
         "output": {"directory": str(tmp_path / "out"), "flush_seconds": 0.1},
+        "http": {"port": 0},
     }
     for name, values in sections.items():
         table[name] = {**table.get(name, {}), **values}
@@ -106,3 +112,48 @@ async def _first_ready(service: Service, task: asyncio.Task) -> None:
         ready.cancel()
         task.result()
         raise RuntimeError("service stopped before it was ready")
+
+
+class Recorder:
+    """A sink keeping the layout, every frames-table row, the final reductions and maps, and the summary."""
+
+    def start_series(self, series):
+        self.layout, self.rows = series.layout, []
+        return {}
+
+    def add_frame(self, out):
+        self.rows.append((out.index, out.row))
+
+    def add_rows(self, series, index, rows):
+        pass
+
+    def write_reductions(self, reductions):
+        if reductions.final:
+            self.final = reductions
+
+    def end_series(self, summary):
+        self.summary = summary
+        return {}
+
+    def close(self):
+        pass
+
+
+def run_series(specs: list[OperatorSpec], start: SeriesStart, frames: list[Frame], workers: int = 2) -> Recorder:
+    """Run ``frames`` (in this order) through the real run loop and a thread executor; return what a sink got."""
+    async def main() -> Recorder:
+        queue = EventQueue(8, "block", Frame)
+        executor = ThreadExecutor(specs, workers)
+        sink = Recorder()
+        loop = RunLoop(queue, executor, [sink], snapshot_period=0, config_text="", config_hash="",
+                       on_series_end=lambda summary: None)
+        task = asyncio.create_task(loop.run())
+        await queue.put(start)
+        for frame in frames:
+            await queue.put(frame)
+        await queue.put(SeriesEnd(start.series, counts={"received": len(frames)}))
+        await queue.put(STOP)
+        await task
+        executor.close()
+        return sink
+    return asyncio.run(main())

@@ -1,8 +1,14 @@
-"""Payload codecs: round trips, independent encoders and decoders, every length checked, fuzzed for crashes."""
+"""Payload codecs: round trips, independent encoders and decoders, every length checked, fuzzed for crashes.
+
+Every decoding test runs on each installed backend (livediff's numba decoder always; dectris-compression
+with the ``fast-codec`` extra).  The independent references are the bitshuffle package (a wheel on Linux
+x86-64 only, so optional) and hdf5plugin's filters through h5py (a core dependency).
+"""
 from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
 from pathlib import Path
 
 import h5py
@@ -16,9 +22,12 @@ from hypothesis import strategies as st
 from livediff.errors import DecodeError
 from livediff.sources import codecs
 from livediff.sources.bitshuffle import bitshuffle as ours_bitshuffle
+from livediff.sources.bitshuffle import bitunshuffle as ours_bitunshuffle
 
 DATA = Path(__file__).parent / "data"
 DTYPES = ["uint8", "uint16", "uint32", "int32", "float32"]
+#: The backends installed here; numba is always there.
+BACKENDS = ["numba"] + (["dectris-compression"] if codecs.backend() == "dectris-compression" else [])
 
 
 def _frame(shape, dtype, seed=0):
@@ -47,14 +56,40 @@ def _reference_bitshuffle(data: np.ndarray, block: int) -> bytes:
     return b"".join(out)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(37, 61), (64, 96), (1, 5), (3, 3), (2, 517)])
+@pytest.mark.parametrize("shape", [(37, 61), (64, 96), (1, 5), (3, 3), (2, 517), (0, 4)])
 @pytest.mark.parametrize("encoding", codecs.ENCODINGS)
-def test_round_trip(encoding, shape, dtype):
-    image = _frame(shape, dtype)
-    got = codecs.decode(codecs.encode(image, encoding), encoding, shape, dtype)
+def test_round_trip(encoding, shape, dtype, backend):
+    image = _frame(shape, dtype) if shape[0] else np.zeros(shape, dtype)
+    got = codecs.decode(codecs.encode(image, encoding), encoding, shape, dtype, backend=backend)
     assert got.dtype == np.dtype(dtype) and got.shape == shape
     np.testing.assert_array_equal(got, image)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "uint64", "float64"])
+@pytest.mark.parametrize("block", [8, 64, 128, 192, 1024, None])
+def test_bslz4_round_trip_over_block_sizes(dtype, block, backend):
+    """Blocks of 64k elements take the word kernel, the others and partial blocks the byte kernel."""
+    image = _frame((61, 67), "uint32", seed=9).astype(dtype)
+    blob = codecs.encode_bslz4(image, block_size=block)
+    np.testing.assert_array_equal(codecs.decode_bslz4(blob, image.shape, dtype, backend=backend), image)
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 3, 4, 8, 16])
+@pytest.mark.parametrize("n", [0, 7, 64, 517, 2184, 5000])
+@pytest.mark.parametrize("block", [8, 64, 256, 2048])
+@pytest.mark.parametrize("little", [True, False])
+def test_bitunshuffle_inverts_bitshuffle(itemsize, n, block, little):
+    """Word kernel (little-endian host, 1/2/4/8-byte elements, blocks of 64k) and byte kernel agree."""
+    data = np.random.default_rng(n + block).integers(0, 256, n * itemsize, dtype=np.uint8)
+    shuffled = np.empty_like(data)
+    ours_bitshuffle(data, shuffled, block, itemsize)
+    assert bytes(shuffled) == _reference_bitshuffle(data.view(f"V{itemsize}"), block)
+    back = np.empty_like(data)
+    ours_bitunshuffle(shuffled, back, block, itemsize, little)
+    np.testing.assert_array_equal(back, data)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32"])
@@ -77,12 +112,16 @@ def test_bitshuffle_matches_its_definition(dtype, block):
 
 
 def test_bitshuffle_matches_the_bitshuffle_package():
-    bitshuffle = pytest.importorskip("bitshuffle")
-    for dtype in ("uint16", "uint32"):
-        image = _frame((64, 96), dtype, seed=2).reshape(-1)
+    bitshuffle = pytest.importorskip("bitshuffle")  # a wheel only on Linux x86-64: the bench extra's marker
+    for dtype in ("uint8", "uint16", "uint32", "uint64"):
+        image = _frame((64, 96), "uint32", seed=2).astype(dtype).reshape(-1)
         out = np.empty(image.nbytes, np.uint8)
         ours_bitshuffle(image.view(np.uint8), out, 256, image.itemsize)
-        np.testing.assert_array_equal(out, bitshuffle.bitshuffle(image, 256).view(np.uint8))
+        theirs = bitshuffle.bitshuffle(image, 256).view(np.uint8)
+        np.testing.assert_array_equal(out, theirs)
+        back = np.empty(image.nbytes, np.uint8)  # and our inverse on their bytes (trusted: made here)
+        ours_bitunshuffle(np.ascontiguousarray(theirs), back, 256, image.itemsize, True)
+        np.testing.assert_array_equal(back, image.view(np.uint8))
 
 
 def _h5_chunk(image, filter_kwargs):
@@ -91,13 +130,15 @@ def _h5_chunk(image, filter_kwargs):
         return ds.id.read_direct_chunk((0,) * image.ndim)[1]
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "float32"])
-def test_chunks_from_hdf5plugin_decode(dtype):
-    image = _frame((64, 96), dtype, seed=3)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(64, 96), (37, 61), (300, 517)])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "float32", "float64"])
+def test_chunks_from_hdf5plugin_decode(dtype, shape, backend):
+    image = _frame(shape, "float32" if dtype.startswith("float") else dtype, seed=3).astype(dtype)
     bs = _h5_chunk(image, hdf5plugin.Bitshuffle(cname="lz4"))
-    np.testing.assert_array_equal(codecs.decode(bs, "bslz4", image.shape, dtype), image)
+    np.testing.assert_array_equal(codecs.decode(bs, "bslz4", image.shape, dtype, backend=backend), image)
     plain = _h5_chunk(image, hdf5plugin.LZ4(nbytes=1000))  # several blocks, some possibly stored
-    np.testing.assert_array_equal(codecs.decode(plain, "lz4", image.shape, dtype), image)
+    np.testing.assert_array_equal(codecs.decode(plain, "lz4", image.shape, dtype, backend=backend), image)
 
 
 @pytest.mark.parametrize("encoding,filter_kwargs", [("bslz4", hdf5plugin.Bitshuffle(cname="lz4")),
@@ -112,12 +153,28 @@ def test_our_chunks_read_back_through_hdf5plugin(encoding, filter_kwargs):
         np.testing.assert_array_equal(f["x"][()], image)
 
 
-def test_lz4_stores_incompressible_blocks_as_they_are():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lz4_stores_incompressible_blocks_as_they_are(backend):
     image = np.random.default_rng(5).integers(0, 2**32, (16, 16), dtype=np.uint32)
     blob = codecs.encode_lz4(image, block_size=256)
     lengths = [struct.unpack(">I", blob[12 + k * 260:16 + k * 260])[0] for k in range(4)]
     assert lengths == [256] * 4
-    np.testing.assert_array_equal(codecs.decode_lz4(blob, image.shape, image.dtype), image)
+    np.testing.assert_array_equal(codecs.decode_lz4(blob, image.shape, image.dtype, backend=backend), image)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_incompressible_bare_lz4_block_reframed_for_hdf5(backend):
+    """LZ4 expands random bytes: the reframed block is longer than its data, and hdf5plugin reads it as LZ4."""
+    image = np.random.default_rng(11).integers(0, 256, (3, 12), dtype=np.uint8)
+    framed = codecs.lz4_block_to_h5(codecs.encode_lz4_block(image), image.nbytes)
+    assert struct.unpack(">I", framed[12:16])[0] > image.nbytes
+    np.testing.assert_array_equal(codecs.decode_lz4(framed, image.shape, image.dtype, backend=backend), image)
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        ds = f.create_dataset("x", shape=image.shape, dtype=image.dtype, chunks=image.shape, **hdf5plugin.LZ4())
+        ds.id.write_direct_chunk((0, 0), framed)
+    with h5py.File(buf, "r") as f:
+        np.testing.assert_array_equal(f["x"][()], image)
 
 
 def test_bare_lz4_block_reframed_for_hdf5():
@@ -129,19 +186,42 @@ def test_bare_lz4_block_reframed_for_hdf5():
     assert codecs.lz4_block_to_h5(bytes(100), 100) is None  # would read as a stored block
 
 
-def test_payload_is_not_written():
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("encoding", ["bslz4", "lz4"])
+def test_payload_is_not_written(encoding, backend):
     image = _frame((37, 61), "uint16")
-    blob = bytearray(codecs.encode_bslz4(image))
+    blob = bytearray(codecs.encode(image, encoding))
     before = bytes(blob)
-    codecs.decode(memoryview(blob).toreadonly(), "bslz4", image.shape, image.dtype)
+    codecs.decode(memoryview(blob).toreadonly(), encoding, image.shape, image.dtype, backend=backend)
+    codecs.decode(blob, encoding, image.shape, image.dtype, backend=backend)
     assert bytes(blob) == before
 
 
-def test_real_stream1_frame_decodes_to_its_known_values():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_stream1_frame_decodes_to_its_known_values(backend):
     blob = (DATA / "stream1_frame_bs16-lz4.bin").read_bytes()
-    image = codecs.decode(blob, "bslz4", (4362, 4148), "uint16")
+    image = codecs.decode(blob, "bslz4", (4362, 4148), "uint16", backend=backend)
     gaps = image == 65535
     assert gaps.sum() == 1_253_074 and image[~gaps].sum(dtype=np.int64) == 9_876
+
+
+def test_decode_benchmark_cases_agree_with_every_peer_and_name_the_backend():
+    """``livediff bench --only decode --quick`` without the timing: each case's check runs (arrays equal)."""
+    from livediff.bench import decode as bench_decode
+
+    cases = bench_decode.cases(quick=True)
+    assert {c.operator for c in cases} >= {"bslz4 decode [numba]", f"stream1 image message [{codecs.backend()}]"}
+    for case in cases:
+        if case.check is not None and case.skipped is None:
+            case.check()
+        np.asarray(case.ours())
+
+
+def test_backend_is_named_and_loads():
+    assert codecs.backend() in codecs.BACKENDS and codecs.backend() in codecs.describe()
+    assert codecs.prepare() >= 0.0
+    with pytest.raises(ValueError, match="backend must be one of"):
+        codecs.decode(codecs.encode(np.zeros((2, 8), np.uint16), "bslz4"), "bslz4", (2, 8), "uint16", backend="c")
 
 
 @pytest.mark.parametrize("blob,encoding,message", [
@@ -155,10 +235,143 @@ def test_real_stream1_frame_decodes_to_its_known_values():
     (bytes(89), "raw", "buffer holds 89 bytes, expected 90 for uint16 (5, 9)"),
     (b"", "zstd", "unknown encoding 'zstd'"),
 ])
-def test_bad_payloads_raise_one_line(blob, encoding, message):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_payloads_raise_one_line(blob, encoding, message, backend):
     with pytest.raises(DecodeError) as info:
-        codecs.decode(blob, encoding, (5, 9), "uint16")
+        codecs.decode(blob, encoding, (5, 9), "uint16", backend=backend)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def _literal_lz4(data: bytes) -> bytes:
+    """An LZ4 block of literals only: valid, and longer than its data."""
+    if len(data) < 15:
+        return bytes([len(data) << 4]) + data
+    rest, ext = len(data) - 15, []
+    while rest >= 255:
+        ext.append(255)
+        rest -= 255
+    return bytes([0xF0, *ext, rest]) + data
+
+
+def _blocks(blob: bytes) -> list[tuple[int, int]]:
+    """(offset of the 4-byte length, length) of each block of a chunk with nothing after its blocks."""
+    out, pos = [], 12
+    while pos < len(blob):
+        (length,) = struct.unpack(">I", blob[pos:pos + 4])
+        out.append((pos, length))
+        pos += 4 + length
+    return out
+
+
+@pytest.mark.parametrize("encoding", ["bslz4", "lz4"])
+def test_each_block_length_is_checked_before_the_block_is_decompressed(encoding):
+    """The numba walker names the block and the length it refused."""
+    image = _frame((64, 64), "uint32", seed=10)   # 4096 elements: no uncompressed tail
+    blob = codecs.encode_bslz4(image, block_size=512) if encoding == "bslz4" else codecs.encode_lz4(image,
+                                                                                                   block_size=2048)
+    (pos, length), *_ = _blocks(blob)[2:]
+    size = 512 * 4 if encoding == "bslz4" else 2048
+    # block 0 of zeros, valid and longer than LZ4 would make it (all literals; stored in the LZ4 framing),
+    # then 3 bytes: enough for the length check of the whole chunk, too few for block 1's length
+    literal = _literal_lz4(bytes(size)) if encoding == "bslz4" else bytes(size)
+    cases = {
+        "claims 4294967295 bytes, more than are left": blob[:pos] + b"\xff" * 4 + blob[pos + 4:],
+        "claims 0 bytes, impossible": blob[:pos] + bytes(4) + blob[pos + 4:],
+        "block 2 (": blob[:pos + 4] + bytes(length) + blob[pos + 4 + length:],
+        "is not valid LZ4 data": blob[:pos + 4] + bytes(length) + blob[pos + 4 + length:],
+        "3 bytes left where the length of block 1 belongs": blob[:12] + struct.pack(">I", len(literal)) + literal
+                                                            + bytes(3),
+        "1 bytes after the last of 8 block(s)": blob + b"x",
+    }
+    for message, bad in cases.items():
+        with pytest.raises(DecodeError, match="corrupt or truncated data") as info:
+            codecs.decode(bad, encoding, image.shape, image.dtype, backend="numba")
+        assert message in str(info.value)
+    too_big = blob[:pos] + struct.pack(">I", size + size // 255 + 17) + blob[pos + 4:]
+    with pytest.raises(DecodeError, match="impossible for an LZ4 block"):
+        codecs.decode(too_big + bytes(size), encoding, image.shape, image.dtype, backend="numba")
+
+
+# ---------------------------------------------------------------------- what arrives is never trusted (issue 18)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("encoding", ["bslz4", "lz4"])
+def test_tiny_chunk_claiming_a_huge_frame_is_refused_before_anything_is_allocated(encoding, backend):
+    """Issue 18 row 3: ~60 bytes claiming 100000 x 100000 uint32 (40 GB) with a header that agrees."""
+    shape, nbytes = (100_000, 100_000), 100_000 * 100_000 * 4
+    block = codecs.encode_lz4_block(np.zeros(2048, np.uint32))
+    blob = struct.pack(">QI", nbytes, 8192) + struct.pack(">I", len(block)) + block + bytes(8)
+    assert len(blob) < 100
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError, match="cannot hold the .* block"):
+            codecs.decode(blob, encoding, shape, "uint32", backend=backend)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_bare_lz4_block_too_short_for_its_size_is_refused_before_anything_is_allocated():
+    block = codecs.encode_lz4_block(np.zeros(4096, np.uint8))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError, match="cannot decode to 1600000000"):  # 1.6 GB: one LZ4 block could
+            codecs.decode_lz4_block(block, (20_000, 20_000), "uint32")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_bare_lz4_block_over_4_gib():
+    """Issue 18 row 4: a Stream v1 ``lz4<`` frame whose decoded size is over 4 GiB (struct.error before)."""
+    shape = (40_000, 30_000)   # uint32: 4.8 GB, over the 4-byte fields of the HDF5 LZ4 framing
+    block = bytes(20_000_000)  # long enough for the ratio check: only the size is wrong
+    assert codecs.lz4_block_to_h5(block, 4 * shape[0] * shape[1]) is None
+    assert codecs.lz4_block_to_h5(block, -1) is None and codecs.lz4_block_to_h5(object(), 8) is None
+    with pytest.raises(DecodeError, match="more than one LZ4 block can hold"):
+        codecs.decode_lz4_block(block, shape, "uint32")
+
+
+def test_stream1_lz4_frame_over_4_gib_is_one_bad_frame():
+    """Issue 18 row 4 through the Stream v1 decoder: a DecodeError, never struct.error."""
+    from livediff.sources import dectris_v1
+
+    blob = bytes(20_000_000)
+    with pytest.raises(DecodeError):
+        dectris_v1._frame(1, 0, {"encoding": "lz4<", "size": len(blob)}, blob, (40_000, 30_000),
+                          np.dtype("uint32"), "frame 0")
+
+
+class _Failing:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __call__(self, *args, **kwargs):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), ValueError("bad"), KeyError("x"), OverflowError("big"),
+                                 RuntimeError("error decompressing stream"), SystemError("odd")])
+@pytest.mark.parametrize("encoding", ["bslz4", "lz4", "block"])
+def test_any_failure_of_the_underlying_library_is_a_decode_error(monkeypatch, exc, encoding):
+    """No exception type but DecodeError leaves a codec, whatever the library raises."""
+    from livediff.sources import lz4chunks
+
+    image = _frame((8, 16), "uint16")
+    if encoding == "block":
+        monkeypatch.setattr(lz4.block, "decompress", _Failing(exc))
+        with pytest.raises(DecodeError, match="lz4 block"):
+            codecs.decode_lz4_block(codecs.encode_lz4_block(image), image.shape, image.dtype)
+        return
+    blob = codecs.encode(image, encoding)
+    monkeypatch.setattr(lz4chunks, "decode_bslz4", _Failing(exc))
+    monkeypatch.setattr(lz4chunks, "decode_lz4", _Failing(exc))
+    with pytest.raises(DecodeError, match=encoding):
+        codecs.decode(blob, encoding, image.shape, image.dtype, backend="numba")
+    monkeypatch.setattr(codecs, "_dectris", type("Fake", (), {"decompress": staticmethod(_Failing(exc))}))
+    with pytest.raises(DecodeError, match=encoding):
+        codecs.decode(blob, encoding, image.shape, image.dtype, backend="dectris-compression")
 
 
 def test_lz4_block_of_the_wrong_length_is_refused():
@@ -198,28 +411,48 @@ def _corrupted(draw):
     return encoding, dtype, bytes(blob)
 
 
+def _decode_or_none(blob, encoding, shape, dtype, backend):
+    """The decoded array, or None for a DecodeError; an accepted payload must have the declared shape and dtype."""
+    try:
+        if encoding == "block":
+            image = codecs.decode_lz4_block(blob, shape, dtype)
+        else:
+            image = codecs.decode(blob, encoding, shape, dtype, backend=backend)
+    except DecodeError:
+        return None
+    assert isinstance(image, np.ndarray)
+    assert image.shape == shape and image.dtype == np.dtype(dtype)
+    return image
+
+
 @settings(max_examples=600, deadline=None)
 @given(_corrupted())
 def test_corrupted_or_truncated_chunks_only_raise_decode_error(case):
+    """Corrupt counts can still be valid LZ4: what is accepted has the declared shape and dtype, and
+    where both backends accept, they agree."""
     encoding, dtype, blob = case
-    try:
-        image = codecs.decode(blob, encoding, _SHAPE, dtype)
-    except DecodeError:
-        return
-    assert image.shape == _SHAPE and image.dtype == np.dtype(dtype)  # corrupt counts can still be valid LZ4
+    got = [_decode_or_none(blob, encoding, _SHAPE, dtype, backend) for backend in BACKENDS]
+    if len(got) == 2 and got[0] is not None and got[1] is not None:
+        np.testing.assert_array_equal(got[0], got[1])
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200), st.sampled_from(["raw", "bslz4", "lz4", "block"]),
        st.sampled_from(["uint8", "uint16", "uint32", "float32"]))
 def test_random_bytes_only_raise_decode_error(blob, encoding, dtype):
-    try:
-        if encoding == "block":
-            codecs.decode_lz4_block(blob, (3, 7), dtype)
-        else:
-            codecs.decode(blob, encoding, (3, 7), dtype)
-    except DecodeError:
-        pass
+    for backend in BACKENDS:
+        _decode_or_none(blob, encoding, (3, 7), dtype, backend)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=120), st.sampled_from(["bslz4", "lz4"]),
+       st.sampled_from(["uint8", "uint16", "uint32"]), st.sampled_from([8, 64, 128]))
+def test_random_blocks_behind_a_valid_header_only_raise_decode_error(body, encoding, dtype, block):
+    """Past the header checks: random block lengths and LZ4 data reach the block walkers."""
+    itemsize = np.dtype(dtype).itemsize
+    blob = struct.pack(">QI", 21 * itemsize, block * itemsize if encoding == "bslz4" else block) + body
+    for backend in BACKENDS:
+        _decode_or_none(blob, encoding, (3, 7), dtype, backend)
 
 
 @pytest.mark.parametrize("encoding", ["bslz4", "lz4"])

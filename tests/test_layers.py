@@ -22,6 +22,9 @@ _SOURCE_MUST_NOT = ("livediff.operators", "numba", "h5py", "livediff.config", "l
                     "livediff.executors", "livediff.pipeline", "simulators")
 _SINK_MUST_NOT = ("livediff.operators", "numba", "livediff.config", "livediff.sources", "livediff.executors",
                   "livediff.pipeline", "simulators")
+_WEB_MUST_NOT = ("livediff.operators", "numba", "h5py", "livediff.config", "livediff.sources", "livediff.executors",
+                  "livediff.pipeline", "livediff.sinks.hdf5", "livediff.sinks.publisher", "livediff.service",
+                  "livediff.cli", "simulators")
 _RUNNER_MUST_NOT = ("zmq", "h5py", "livediff.sources", "livediff.sinks.hdf5", "livediff.sinks.publisher",
                     "livediff.config", "livediff.service", "simulators")
 
@@ -32,12 +35,15 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("livediff.params", ("livediff.*",)),
     *((f"livediff.operators.{family}", _OPERATOR_MUST_NOT) for family in (
         "base", "registry", "spots", "align", "stats", "azimuthal", "powder_center", "flatfield", "corrections",
-        "hot_pixels", "dynamic_background", "static_background", "bin", "preview", "summary")),
+        "hot_pixels", "dynamic_background", "static_background", "bin", "preview", "summary", "mx", "geometry")),
     *((f"livediff.sources.{name}", _SOURCE_MUST_NOT) for name in (
         "receiver", "native", "dectris_v1", "dectris_v2", "codecs", "sender", "dectris_encoders", "tracker")),
     ("livediff.sources", _SOURCE_MUST_NOT),
-    *((f"livediff.sinks.{name}", _SINK_MUST_NOT) for name in ("base", "hdf5", "publisher", "series_file")),
+    *((f"livediff.sinks.{name}", _SINK_MUST_NOT) for name in ("base", "hdf5", "publisher", "series_file", "exports",
+                                                               "refl", "cxi")),
     ("livediff.sinks", _SINK_MUST_NOT),
+    *((f"livediff.web.{name}", _WEB_MUST_NOT) for name in ("sink", "server", "state", "view")),
+    ("livediff.web", ("aiohttp", "prometheus_client", "plotly", "zmq", "numpy", "livediff.web.server")),
     ("livediff.schema", ("livediff.operators", "numba", "zmq", "livediff.config", "simulators")),
     ("livediff.outputs", ("livediff.operators", "numba", "zmq", "h5py", "livediff.config")),
     ("livediff.pipeline", (*_RUNNER_MUST_NOT, "livediff.operators.registry", "numba")),
@@ -50,6 +56,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("livediff.replay", ("simulators", "livediff.operators", "livediff.config")),
     ("livediff.service", ("simulators", "livediff.cli")),
     ("livediff.cli", ("simulators", "livediff.operators.registry", "numba")),
+    ("livediff.report", ("livediff.operators", "numba", "zmq", "livediff.config", "livediff.sinks", "simulators")),
     ("simulators", ("livediff.operators", "livediff.config", "livediff.service")),
     ("simulators.diffraction", ("livediff.operators",)),
     ("simulators.powder", ("livediff.operators",)),

@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import zmq
 
 from harness import free_endpoint
 from livediff.client import Subscriber
@@ -179,3 +180,22 @@ def test_serve_json_prints_each_series_summary_as_a_json_line(tmp_path):
     assert proc.returncode == 0, err
     (summary,) = [json.loads(line) for line in out.splitlines()]
     assert summary["processed"] == 4 and summary["reason"] == "end" and Path(summary["file"]).exists()
+
+
+@pytest.mark.parametrize("taken", ["source", "publisher"])
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path, taken):
+    source, publisher = free_endpoint(), free_endpoint()
+    ctx = zmq.Context()
+    squatter = ctx.socket(zmq.PULL)
+    squatter.bind(source if taken == "source" else publisher)
+    try:
+        done = subprocess.run([sys.executable, "-m", "livediff", "serve", "--config",
+                               str(_write_config(tmp_path, source, publisher)), "--no-progress"],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        squatter.close(linger=0)
+        ctx.term()
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    verb = "receive" if taken == "source" else "publish"
+    assert last.startswith(f"livediff serve: cannot {verb} on tcp://127.0.0.1:") and "Address already in use" in last

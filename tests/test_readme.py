@@ -21,6 +21,10 @@ def test_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
 
 
 def test_every_cli_command_is_documented():
+    from livediff.cli import _parser
+
     text = (REPO / "README.md").read_text()
-    for command in ("serve", "simulate", "replay", "inspect", "bench"):
-        assert f"`livediff {command}" in text
+    commands = next(a for a in _parser()._subparsers._group_actions).choices  # every subcommand the CLI has
+    assert {"serve", "simulate", "replay", "inspect", "bench", "report"} <= set(commands)
+    for command in commands:
+        assert f"`livediff {command}" in text, command

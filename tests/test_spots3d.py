@@ -146,7 +146,7 @@ def test_2d_mode_rows_are_the_frames_spots_and_columns_are_declared():
     start = sim.series_start()
     op = Spots(params)
     op.start(start)
-    assert set(op.rows) == set(ROW_COLUMNS)
+    assert set(op.rows) == set(ROW_COLUMNS) | {"d", "inv_d2"}  # the simulator's header has the geometry
     for i, (r, res) in enumerate(zip(rows, results)):
         expected = find_spots(sim.frame(i), start.mask, z=i)
         assert set(op.columns) <= set(res) and res["n_spots"] == expected["x"].size == r["x"].size > 0

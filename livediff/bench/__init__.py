@@ -12,7 +12,8 @@ from typing import Any
 from .core import Case, format_table, run_case
 
 #: benchmark families, in the order their tables print
-FAMILIES: tuple[str, ...] = ("decode", "corrections", "stats", "align", "spots", "azimuthal", "virtual", "hdf5")
+FAMILIES: tuple[str, ...] = ("decode", "corrections", "stats", "align", "spots", "mx", "azimuthal", "virtual",
+                              "ebsd", "hdf5")
 
 
 def collect(families: Iterable[str], quick: bool) -> list[Case]:

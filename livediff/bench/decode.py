@@ -1,15 +1,17 @@
 """Decode throughput: bitshuffle-LZ4 frames as EIGER detectors send them, against the codec peers.
 
-One EIGER2 4M-sized frame (2162 x 2068, uint32 and uint16) of simulated diffraction
-(Poisson background, Bragg spots, module gaps at the top value, dead and hot pixels),
-compressed once in the bitshuffle HDF5-filter layout with bitshuffle's default 8 KiB
-blocks; ``--quick`` uses 512 x 512.  Ours is :func:`livediff.sources.codecs.decode`
-(header and lengths checked, then dectris-compression) and, for the whole path, the
-Stream v1 and v2 decoders on a complete image message.  Peers, each given the same valid
-blob (bitshuffle and the HDF5 filter crash on corrupt input, so livediff never gives them
-received bytes): dectris-compression's ``decompress``, ``bitshuffle.decompress_lz4``, and
-h5py + hdf5plugin reading the blob stored as a chunk by a direct chunk write.  Every
-check compares the decoded arrays for equality.
+An EIGER2 4M-sized frame (2162 x 2068) and a small one (512 x 512), uint32 and uint16, of
+simulated diffraction (Poisson background, Bragg spots, module gaps at the top value, dead
+and hot pixels), compressed once in the bitshuffle HDF5-filter layout with bitshuffle's
+default 8 KiB blocks; ``--quick`` uses the small frame only.  Ours is
+:func:`livediff.sources.codecs.decode` with every check, once per installed backend (the
+operator names it in brackets: ``numba``, livediff's own decoder, always; and
+``dectris-compression`` with the ``fast-codec`` extra), and, for the whole path, the Stream
+v1 and v2 decoders on a complete image message with the backend in use.  Peers, each given
+the same valid blob (bitshuffle and the HDF5 filter crash on corrupt input, so livediff never
+gives them received bytes): dectris-compression's ``decompress`` alone, ``bitshuffle.
+decompress_lz4``, and h5py + hdf5plugin reading the blob stored as a chunk by a direct chunk
+write.  Every check compares the decoded arrays for equality.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ..sources.dectris_v2 import StreamV2Decoder
 from . import core
 
 _FULL = (2162, 2068)
-_QUICK = (512, 512)
+_SMALL = (512, 512)
 
 
 @functools.lru_cache(maxsize=2)
@@ -54,7 +56,8 @@ def _peers(frame: np.ndarray, blob: bytes) -> list[tuple[str, Callable[[], np.nd
         peers.append(("dectris-compression", lambda: np.frombuffer(
             dc.decompress(blob, "bslz4", elem_size=frame.itemsize), frame.dtype), None))
     except ImportError:
-        peers.append(("dectris-compression", None, core.skipped_peer("dectris.compression")))
+        peers.append(("dectris-compression", None, "not installed (pip install 'livediff[fast-codec]'; "
+                                                   "it builds from source)"))
     try:
         import bitshuffle
         payload = np.frombuffer(blob, np.uint8)[12:]
@@ -62,7 +65,8 @@ def _peers(frame: np.ndarray, blob: bytes) -> list[tuple[str, Callable[[], np.nd
         peers.append(("bitshuffle.decompress_lz4", lambda: bitshuffle.decompress_lz4(
             payload, frame.shape, frame.dtype, block), None))
     except ImportError:
-        peers.append(("bitshuffle.decompress_lz4", None, core.skipped_peer("bitshuffle")))
+        peers.append(("bitshuffle.decompress_lz4", None, "bitshuffle not installed (wheels for Linux x86-64 only; "
+                                                         "the bench extra installs it there)"))
     peers.append(("h5py+hdf5plugin", _hdf5_reader(frame, blob), None))
     return peers
 
@@ -78,24 +82,34 @@ def _hdf5_reader(frame: np.ndarray, blob: bytes) -> Callable[[], np.ndarray]:
     return lambda: ds[0]
 
 
+def _backends() -> list[str]:
+    """The installed backends, livediff's own first."""
+    return ["numba"] + ([] if codecs.backend() == "numba" else [codecs.backend()])
+
+
 def cases(quick: bool) -> list[core.Case]:
-    shape = _QUICK if quick else _FULL
     out: list[core.Case] = []
-    for dtype in ("uint32", "uint16"):
-        frame, blob = _frame(shape, dtype)
+    for shape in [_SMALL] if quick else [_FULL, _SMALL]:
+        for dtype in ("uint32", "uint16"):
+            frame, blob = _frame(shape, dtype)
+            peers = _peers(frame, blob)
+            for backend in _backends():
+                def ours(blob: bytes = blob, shape: tuple[int, int] = shape, dtype: str = dtype,
+                         backend: str = backend) -> np.ndarray:
+                    return codecs.decode(blob, "bslz4", shape, dtype, backend=backend)
 
-        def ours(blob: bytes = blob, dtype: str = dtype) -> np.ndarray:
-            return codecs.decode(blob, "bslz4", shape, dtype)
-
-        for name, peer, skipped in _peers(frame, blob):
-            out.append(core.Case(operator="bslz4 decode", shape=shape, dtype=dtype, ours=ours, peer=name,
-                                 peer_fn=peer, check=None if peer is None else _check(frame, peer),
-                                 skipped=skipped))
+                for name, peer, skipped in peers:
+                    if backend != "numba" and name != backend:
+                        continue  # the peers once, against our own decoder; dectris-compression against itself
+                    out.append(core.Case(operator=f"bslz4 decode [{backend}]", shape=shape, dtype=dtype, ours=ours,
+                                         peer=name + " alone" if name == backend else name, peer_fn=peer,
+                                         check=None if peer is None else _check(frame, peer), skipped=skipped))
+    shape = _SMALL if quick else _FULL
     frame, blob = _frame(shape, "uint32")
-    dc = next(p for p in _peers(frame, blob) if p[0] == "dectris-compression")
+    h5 = ("h5py+hdf5plugin", _hdf5_reader(frame, blob))
     for operator, decode in (("stream1 image message", _stream1(frame)), ("stream2 image message", _stream2(frame))):
-        out.append(core.Case(operator=operator, shape=shape, dtype="uint32", ours=decode, peer=dc[0] + " alone",
-                             peer_fn=dc[1], check=_check(frame, decode), skipped=dc[2]))
+        out.append(core.Case(operator=f"{operator} [{codecs.backend()}]", shape=shape, dtype="uint32", ours=decode,
+                             peer=h5[0] + " alone", peer_fn=h5[1], check=_check(frame, decode)))
     return out
 
 

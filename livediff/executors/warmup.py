@@ -37,17 +37,26 @@ def warm_up(specs: Sequence[OperatorSpec], series: SeriesStart) -> float:
     the beam centre, with the crop of its mask and geometry); a chain that cannot start on
     the crop (a reference file has the full shape) is warmed on the full shape instead.
     Operators that fail on synthetic data are not an error here: the real frames will say
-    so; what compiled before the failure stays compiled.
+    so; what compiled before the failure stays compiled.  What the operators log below
+    ERROR while warming (a geometry the series lacks, say) is left out: the real series
+    logs it, once.
     """
     t0 = time.perf_counter()
-    for candidate in (crop(series, WARM_SIDE), series):
-        frames = [Frame(series.series, i, data) for i, data in enumerate(synthetic_frames(candidate, WARM_FRAMES))]
-        try:
-            process_frames(specs, candidate, frames)
-            break
-        except Exception as exc:  # the real series will report it, once, where it matters
-            log.debug("warm-up on %s %s stopped early: %s: %s", candidate.dtype, candidate.shape,
-                      type(exc).__name__, exc)
+    operators = logging.getLogger("livediff.operators")
+    level = operators.level
+    operators.setLevel(logging.ERROR)
+    try:
+        for candidate in (crop(series, WARM_SIDE), series):
+            frames = [Frame(series.series, i, data)
+                      for i, data in enumerate(synthetic_frames(candidate, WARM_FRAMES))]
+            try:
+                process_frames(specs, candidate, frames)
+                break
+            except Exception as exc:  # the real series will report it, once, where it matters
+                log.debug("warm-up on %s %s stopped early: %s: %s", candidate.dtype, candidate.shape,
+                          type(exc).__name__, exc)
+    finally:
+        operators.setLevel(level)
     return time.perf_counter() - t0
 
 

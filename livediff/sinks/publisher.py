@@ -55,7 +55,7 @@ class Publisher:
             self._sock.bind(config.endpoint)
         except zmq.ZMQError as exc:
             self._sock.close(linger=0)
-            raise OSError(f"cannot publish on {config.endpoint}: {exc}") from None
+            raise OSError(f"cannot publish on {config.endpoint}: {exc.strerror}") from None
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("publishing on %s", self.endpoint)
 

@@ -2,15 +2,35 @@
 
 Every decoder here takes bytes from the network, so none may crash the process on
 corrupt or truncated input, nor allocate what the header claims before the claim is
-checked.  The 12-byte header is parsed here first: its total must equal the expected
-``rows x cols x itemsize`` and its block size must suit the element size *before*
-anything is decompressed; the decoded length is checked again *after*.  Chunks are
-decompressed by DECTRIS' own codec package, ``dectris-compression``, which checks every
-block length against the bytes left and decompresses with ``LZ4_decompress_safe``
-(bounds-checked; it fails cleanly on corrupt input); bare LZ4 blocks by the ``lz4``
-package (the same safe call).  ``bitshuffle.decompress_lz4`` and the HDF5 filter
-plugins are never given received bytes: they crash (segfault) on corrupt input.
-``tests/test_codecs.py`` fuzzes every decoder with truncated and corrupted blobs.
+checked, nor let any exception but :class:`DecodeError` out.  The 12-byte header is parsed
+here first: its total must equal the expected ``rows x cols x itemsize``, its block size must
+suit the element size, and the chunk must be long enough to hold the blocks it announces
+(an LZ4 block of b bytes takes at least ceil(b / 255) bytes), all *before* anything is
+allocated or decompressed; the decoded length is checked again *after*.  So a 60-byte
+payload claiming 100000 x 100000 pixels is refused without allocating, and no output is
+ever larger than ``rows x cols x itemsize``.
+
+Two backends decompress header-checked HDF5-filter chunks (:func:`backend` says which one
+is in use; the choice is made once, at import):
+
+``"dectris-compression"``
+    DECTRIS' own codec package (optional extra ``livediff[fast-codec]``; it builds from
+    source, so it needs a C compiler), used when it is installed: about 3x faster.  It
+    checks every block length against the bytes left and decompresses with
+    ``LZ4_decompress_safe`` (bounds-checked; it fails cleanly on corrupt input).
+``"numba"``
+    livediff's own decoder (:mod:`.lz4chunks`: a bounds-checked LZ4 block decoder and the
+    inverse bit transposition as numba kernels), which needs nothing beyond the core
+    dependencies, all of which install from binary wheels.  It walks the framing itself:
+    each block's length is checked against the bytes left and the block's size before the
+    block is decompressed.  numba is loaded on the first decode (:func:`prepare` loads it
+    before).
+
+Bare LZ4 blocks are decoded by the ``lz4`` package (``LZ4_decompress_safe``), after checking
+that the block is long enough for the size asked for.  ``bitshuffle.decompress_lz4`` and the
+HDF5 filter plugins are never given received bytes: they crash (segfault) on corrupt input.
+``tests/test_codecs.py`` fuzzes every decoder, with both backends, with truncated and
+corrupted blobs.
 
 Formats (the names are :attr:`livediff.model.Frame.encoding` values):
 
@@ -30,8 +50,8 @@ bare LZ4 block
     Stream v1 ``lz4<``: one LZ4 block, nothing else (:func:`decode_lz4_block`).
 
 The encoders (simulator, replay, tests) compress with the ``lz4`` package; the bit
-transposition is a small numba kernel (:mod:`.bitshuffle`, loaded on the first encode, so a
-receiver never loads numba), byte-identical to bitshuffle's (tested).
+transposition is a small numba kernel (:mod:`.bitshuffle`, loaded on the first encode, so
+importing a receiver does not load numba), byte-identical to bitshuffle's (tested).
 
 References
 ----------
@@ -41,17 +61,28 @@ References
 """
 from __future__ import annotations
 
+import logging
 import struct
+import sys
+import time
 from typing import Any
 
-import dectris.compression
 import lz4.block
 import numpy as np
 
 from ..errors import DecodeError
 
+try:
+    import dectris.compression as _dectris
+except ImportError:  # the optional extra livediff[fast-codec] is not installed
+    _dectris = None
+
+log = logging.getLogger(__name__)
+
 #: Encodings a frame payload may have (``Frame.encoding``).
 ENCODINGS = ("raw", "bslz4", "lz4")
+#: Backends that decompress HDF5-filter chunks, fastest first (module docstring).
+BACKENDS = ("dectris-compression", "numba")
 
 _HEADER = struct.Struct(">QI")
 _LENGTH = struct.Struct(">I")
@@ -59,9 +90,47 @@ _BLOCKED_MULT = 8           # bitshuffle transposes groups of 8 elements
 _TARGET_BLOCK_BYTES = 8192  # bitshuffle's default block: 8 KiB of elements
 _MIN_BLOCK = 128            # ... but at least 128 elements
 _LZ4_H5_BLOCK = 1 << 30     # the HDF5 LZ4 filter's default block size (1 GiB)
+_LZ4_MAX_BLOCK = 0x7E000000  # LZ4_MAX_INPUT_SIZE: the most one LZ4 block can hold
+_LZ4_MAX_RATIO = 255         # an LZ4 block of b bytes takes at least ceil(b / 255) bytes
+_U32 = 0xFFFFFFFF
+_logged: set[str] = set()
 
 
-def decode(blob: Any, encoding: str, shape: tuple[int, int], dtype: Any) -> np.ndarray:
+def backend() -> str:
+    """The backend that decompresses HDF5-filter chunks here: one of :data:`BACKENDS`.
+
+    ``"dectris-compression"`` when that package (extra ``livediff[fast-codec]``) imports,
+    else ``"numba"``.
+    """
+    return "numba" if _dectris is None else "dectris-compression"
+
+
+def describe() -> str:
+    """One line for logs and benchmark output: which backend decodes bslz4/lz4 chunks, and why."""
+    if _dectris is None:
+        return ("bslz4/lz4 chunks decoded by livediff's numba decoder "
+                "(pip install 'livediff[fast-codec]' adds dectris-compression, about 3x faster)")
+    return "bslz4/lz4 chunks decoded by dectris-compression (extra fast-codec)"
+
+
+def prepare() -> float:
+    """Load (or, the first time on a machine, compile) the chunk decoder now; returns seconds.
+
+    With the numba backend the first decode would otherwise load numba and the kernels
+    (about 1 s, or longer while numba compiles them the first time); a service calls this
+    at start, before it reports ready.  Logs :func:`describe` once.
+    """
+    t0 = time.perf_counter()
+    _log_backend()
+    if _dectris is None:  # 64 zeros: their bit transposition is zeros again, so no encoder is needed
+        lz4_zeros = lz4.block.compress(bytes(256), store_size=False)
+        block = _LENGTH.pack(len(lz4_zeros)) + lz4_zeros
+        decode_bslz4(_HEADER.pack(256, 256) + block, (1, 64), np.uint32)
+        decode_lz4(_HEADER.pack(256, 256) + block, (1, 64), np.uint32)
+    return time.perf_counter() - t0
+
+
+def decode(blob: Any, encoding: str, shape: tuple[int, int], dtype: Any, *, backend: str | None = None) -> np.ndarray:
     """Decode a frame payload into a ``(rows, cols)`` array.
 
     Parameters
@@ -74,6 +143,8 @@ def decode(blob: Any, encoding: str, shape: tuple[int, int], dtype: Any) -> np.n
         Shape the payload must decode to.
     dtype : numpy dtype
         Pixel type; the payload is little-endian, the result has native byte order.
+    backend : {"dectris-compression", "numba"}, optional
+        Which backend decompresses ``"bslz4"`` and ``"lz4"``; default :func:`backend`.
 
     Returns
     -------
@@ -95,13 +166,13 @@ def decode(blob: Any, encoding: str, shape: tuple[int, int], dtype: Any) -> np.n
                               f"for {dtype.name} {tuple(shape)}")
         return _as_array(view, shape, dtype)
     if encoding == "bslz4":
-        return decode_bslz4(blob, shape, dtype)
+        return decode_bslz4(blob, shape, dtype, backend=backend)
     if encoding == "lz4":
-        return decode_lz4(blob, shape, dtype)
+        return decode_lz4(blob, shape, dtype, backend=backend)
     raise DecodeError(f"unknown encoding {encoding!r} (expected one of {', '.join(ENCODINGS)})")
 
 
-def decode_bslz4(blob: Any, shape: tuple[int, int], dtype: Any) -> np.ndarray:
+def decode_bslz4(blob: Any, shape: tuple[int, int], dtype: Any, *, backend: str | None = None) -> np.ndarray:
     """Decode a bitshuffle-LZ4 chunk (HDF5 filter 32008 layout) into a ``shape`` array.
 
     Parameters
@@ -111,6 +182,8 @@ def decode_bslz4(blob: Any, shape: tuple[int, int], dtype: Any) -> np.ndarray:
     shape : (rows, cols)
     dtype : numpy dtype
         Element type; its size is the bitshuffle element size.
+    backend : {"dectris-compression", "numba"}, optional
+        Default :func:`backend`; naming one that is not installed is a ValueError.
 
     Returns
     -------
@@ -121,7 +194,9 @@ def decode_bslz4(blob: Any, shape: tuple[int, int], dtype: Any) -> np.ndarray:
     ------
     DecodeError
         Header total != rows x cols x itemsize, block size not a positive multiple of
-        8 elements, truncated or corrupt block, or a wrong decoded length.
+        8 elements, a chunk too short for the blocks it announces, a truncated or corrupt
+        block, a wrong decoded length, or any failure of the backend (out of memory
+        included).
 
     Notes
     -----
@@ -132,15 +207,19 @@ def decode_bslz4(blob: Any, shape: tuple[int, int], dtype: Any) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     view = _bytes_view(blob)
-    block_bytes = _check_header(view, _nbytes(shape, dtype), "bslz4")
+    expected = _nbytes(shape, dtype)
+    block_bytes = _check_header(view, expected, "bslz4")
     unit = _BLOCKED_MULT * dtype.itemsize
     if block_bytes == 0 or block_bytes % unit:
         raise DecodeError(f"bslz4: block size {block_bytes} bytes is not a positive multiple of "
                           f"{_BLOCKED_MULT} elements of {dtype.itemsize} byte(s)")
-    return _decompress(view, "bslz4", shape, dtype)
+    n = expected // dtype.itemsize
+    tail = n % _BLOCKED_MULT * dtype.itemsize
+    _check_room(view, expected - tail, block_bytes, tail, "bslz4")
+    return _decompress(view, "bslz4", shape, dtype, block_bytes, backend)
 
 
-def decode_lz4(blob: Any, shape: tuple[int, int], dtype: Any) -> np.ndarray:
+def decode_lz4(blob: Any, shape: tuple[int, int], dtype: Any, *, backend: str | None = None) -> np.ndarray:
     """Decode an LZ4 chunk in the HDF5 LZ4 filter (32004) layout into a ``shape`` array.
 
     Parameters
@@ -148,6 +227,8 @@ def decode_lz4(blob: Any, shape: tuple[int, int], dtype: Any) -> np.ndarray:
     blob : bytes-like
     shape : (rows, cols)
     dtype : numpy dtype
+    backend : {"dectris-compression", "numba"}, optional
+        Default :func:`backend`.
 
     Returns
     -------
@@ -157,14 +238,18 @@ def decode_lz4(blob: Any, shape: tuple[int, int], dtype: Any) -> np.ndarray:
     Raises
     ------
     DecodeError
-        Header total != rows x cols x itemsize, zero block size, truncated or corrupt
-        block, or a wrong decoded length.
+        Header total != rows x cols x itemsize, zero block size, a chunk too short for
+        the blocks it announces, a truncated or corrupt block, a wrong decoded length, or
+        any failure of the backend.
     """
     dtype = np.dtype(dtype)
     view = _bytes_view(blob)
-    if _check_header(view, _nbytes(shape, dtype), "lz4") == 0:
+    expected = _nbytes(shape, dtype)
+    block_bytes = _check_header(view, expected, "lz4")
+    if block_bytes == 0:
         raise DecodeError("lz4: block size 0 in the header")
-    return _decompress(view, "lz4", shape, dtype)
+    _check_room(view, expected, block_bytes, 0, "lz4")
+    return _decompress(view, "lz4", shape, dtype, block_bytes, backend)
 
 
 def decode_lz4_block(blob: Any, shape: tuple[int, int], dtype: Any) -> np.ndarray:
@@ -173,12 +258,20 @@ def decode_lz4_block(blob: Any, shape: tuple[int, int], dtype: Any) -> np.ndarra
     Raises
     ------
     DecodeError
-        Corrupt or truncated block, or one not decompressing to exactly
-        rows x cols x itemsize bytes.
+        Corrupt or truncated block, one not decompressing to exactly rows x cols x
+        itemsize bytes, a size no LZ4 block can hold (over 2,113,929,216 bytes), or one
+        the block is too short for (at most 255 decoded bytes per byte), both found before
+        anything is allocated; out of memory.
     """
     dtype = np.dtype(dtype)
     expected = _nbytes(shape, dtype)
     view = _bytes_view(blob)
+    if expected > _LZ4_MAX_BLOCK:
+        raise DecodeError(f"lz4 block: {dtype.name} {tuple(shape)} is {expected} bytes, more than one LZ4 "
+                          f"block can hold ({_LZ4_MAX_BLOCK})")
+    if expected > _LZ4_MAX_RATIO * len(view):
+        raise DecodeError(f"lz4 block: {len(view)} bytes cannot decode to {expected} "
+                          f"(an LZ4 block gives at most {_LZ4_MAX_RATIO} bytes per byte)")
     data = _lz4_block(view, expected, "lz4 block")
     if len(data) != expected:
         raise DecodeError(f"lz4 block: decoded {len(data)} bytes, expected {expected}")
@@ -188,12 +281,16 @@ def decode_lz4_block(blob: Any, shape: tuple[int, int], dtype: Any) -> np.ndarra
 def lz4_block_to_h5(blob: Any, nbytes: int) -> bytes | None:
     """Re-frame a bare LZ4 block of ``nbytes`` decoded bytes as one HDF5 LZ4 filter chunk.
 
-    The result is a valid ``"lz4"`` payload (one block, no recompression), or None in
-    the one case the framing cannot express: a compressed block exactly ``nbytes``
-    long, which the filter would read as stored.
+    The result is a valid ``"lz4"`` payload (one block, no recompression), or None where
+    the framing cannot express it: a compressed block exactly ``nbytes`` long (the filter
+    would read it as stored), or a block or size over the framing's 4-byte fields (4 GiB).
+    Never raises on what it is given: the caller decodes the block separately.
     """
-    view = _bytes_view(blob)
-    if len(view) == nbytes:
+    try:
+        view = _bytes_view(blob)
+    except DecodeError:
+        return None
+    if len(view) == nbytes or not 0 <= nbytes <= _U32 or len(view) > _U32:
         return None
     return _HEADER.pack(nbytes, nbytes) + _LENGTH.pack(len(view)) + bytes(view)
 
@@ -290,7 +387,12 @@ def _bytes_view(blob: Any) -> memoryview:
         view = memoryview(blob)
     except TypeError:
         raise DecodeError(f"payload must be bytes-like, got {type(blob).__name__}") from None
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    if view.format == "B" and view.ndim == 1:
+        return view
+    try:
+        return view.cast("B")
+    except (TypeError, ValueError):  # e.g. a non-contiguous buffer
+        raise DecodeError(f"payload must be a contiguous buffer, got {type(blob).__name__}") from None
 
 
 def _nbytes(shape: tuple[int, int], dtype: np.dtype) -> int:
@@ -307,16 +409,88 @@ def _check_header(view: memoryview, expected: int, what: str) -> int:
     return block_bytes
 
 
-def _decompress(view: memoryview, algorithm: str, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-    """Decompress a header-checked HDF5-filter chunk with dectris-compression, checking the length."""
+def _check_room(view: memoryview, blocked: int, block_bytes: int, tail: int, what: str) -> None:
+    """Refuse a chunk too short for its blocks, before anything is allocated.
+
+    ``blocked`` bytes go in blocks of ``block_bytes`` (the last one shorter), each a 4-byte
+    length and at least ceil(size / 255) bytes of LZ4 data; ``tail`` bytes follow as they are.
+    """
+    full, last = divmod(blocked, block_bytes)
+    need = _HEADER.size + full * (_LENGTH.size + _min_lz4(block_bytes)) + tail
+    if last:
+        need += _LENGTH.size + _min_lz4(last)
+    if len(view) < need:
+        raise DecodeError(f"{what}: corrupt or truncated data ({len(view)} bytes cannot hold the "
+                          f"{full + bool(last)} block(s) the header announces: at least {need} needed)")
+
+
+def _min_lz4(nbytes: int) -> int:
+    return max(1, -(-nbytes // _LZ4_MAX_RATIO))
+
+
+def _decompress(view: memoryview, algorithm: str, shape: tuple[int, int], dtype: np.dtype, block_bytes: int,
+                name: str | None) -> np.ndarray:
+    """Decompress a header-checked HDF5-filter chunk with a backend, checking the length.
+
+    Any failure of the backend (out of memory included) becomes a DecodeError.
+    """
+    name = backend() if name is None else name
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "dectris-compression" and _dectris is None:
+        raise ValueError("backend 'dectris-compression' is not installed (pip install 'livediff[fast-codec]')")
+    _log_backend()
+    expected = _nbytes(shape, dtype)
     try:
-        data = dectris.compression.decompress(view, algorithm, elem_size=dtype.itemsize)
+        if name == "numba":
+            data = _numba_decompress(view, algorithm, expected, block_bytes, dtype.itemsize)
+        else:
+            data = _dectris.decompress(view, algorithm, elem_size=dtype.itemsize)
+    except DecodeError:
+        raise
     except RuntimeError:  # dectris-compression's only failure: "error decompressing stream"
         raise DecodeError(f"{algorithm}: corrupt or truncated data") from None
-    expected = _nbytes(shape, dtype)
+    except MemoryError:
+        raise DecodeError(f"{algorithm}: out of memory for {expected} bytes") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: no other exception may leave a codec
+        raise DecodeError(f"{algorithm}: {name} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
     if len(data) != expected:
         raise DecodeError(f"{algorithm}: decoded {len(data)} bytes, expected {expected}")
     return _as_array(data, shape, dtype)
+
+
+_MESSAGES = {
+    1: "{v} bytes left where the length of block {k} belongs",
+    2: "block {k} claims {v} bytes, more than are left",
+    3: "block {k} claims {v} bytes, impossible for an LZ4 block of that size",
+    4: "block {k} ({v} bytes) is not valid LZ4 data of the block's size",
+    5: "{v} bytes after the last of {k} block(s), not what the header's size leaves",
+}
+
+
+def _numba_decompress(view: memoryview, algorithm: str, expected: int, block_bytes: int,
+                      itemsize: int) -> np.ndarray:
+    """livediff's decoder (:mod:`.lz4chunks`) on a header-checked chunk: a uint8 array of ``expected`` bytes."""
+    from . import lz4chunks  # numba: loaded on the first decode, never by importing a receiver
+
+    src = np.frombuffer(view, np.uint8)
+    out = np.empty(expected, np.uint8)
+    if algorithm == "bslz4":
+        code, block, value = lz4chunks.decode_bslz4(src, out, block_bytes // itemsize, itemsize,
+                                                    sys.byteorder == "little")
+    else:
+        code, block, value = lz4chunks.decode_lz4(src, out, block_bytes)
+    if code != lz4chunks.OK:
+        raise DecodeError(f"{algorithm}: corrupt or truncated data ({_MESSAGES[code].format(k=block, v=value)})")
+    out.setflags(write=False)
+    return out
+
+
+def _log_backend() -> None:
+    """Say once per process which backend decodes chunks."""
+    if "backend" not in _logged:
+        _logged.add("backend")
+        log.info("codecs: %s", describe())
 
 
 def _lz4_block(view: memoryview, size: int, what: str) -> bytes:
@@ -324,6 +498,10 @@ def _lz4_block(view: memoryview, size: int, what: str) -> bytes:
         return lz4.block.decompress(view, uncompressed_size=size)
     except lz4.block.LZ4BlockError as exc:
         raise DecodeError(f"{what}: corrupt LZ4 data ({exc})") from None
+    except MemoryError:
+        raise DecodeError(f"{what}: out of memory for {size} bytes") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: no other exception may leave a codec
+        raise DecodeError(f"{what}: lz4 failed: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def _little_endian(data: np.ndarray) -> np.ndarray:

@@ -137,7 +137,10 @@ class Receiver:
             sock.setsockopt(zmq.LINGER, 0)
             if self.config.pattern == "sub":
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
-            (sock.bind if self.config.bind else sock.connect)(self.endpoint)
+            try:
+                (sock.bind if self.config.bind else sock.connect)(self.endpoint)
+            except zmq.ZMQError as exc:  # e.g. the port is taken: another service, or a detector bound there
+                raise OSError(f"cannot receive on {self.endpoint}: {exc.strerror}") from None
             self.endpoint_bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("receiving %s (%s) %s %s", self.config.protocol, self.config.pattern,
                      "on" if self.config.bind else "from", self.endpoint)

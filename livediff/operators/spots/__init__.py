@@ -10,10 +10,18 @@ scans) the rows it emits with a frame are that frame's spots.  In ``mode = "3d"`
 (rotation data) components of consecutive frames that overlap are one spot (6-
 connectivity); the rows emitted with a frame are the spots that frame *completed* (none
 of their pixels is on it, so they cannot grow), each spot once, whatever frame it
-started on.  Either way ``n_spots`` counts the frame's own (2-D) spots after the filters.
+started on.  Either way ``n_spots`` counts the frame's own (2-D) spots after the filters,
+and the frame's results carry those spots under ``"frame_spots"`` (what ``mx`` analyses).
 
-Modules: ``spots_kernels`` (numba threshold kernels, row blocks on threads),
-``spots_label`` (components and their properties), ``spots3d`` (linking across frames).
+When the geometry is complete (the series header's, with the operator's optional
+``beam_center``, ``distance``, ``wavelength`` and ``pixel_size`` replacing its fields) the
+rows also carry ``d`` (Å) and ``inv_d2`` (1/d², Å⁻²); the operators after ``spots`` see
+that geometry too.  Otherwise the rows lack them, and one log line per series says why.
+
+Modules: ``threshold`` (numba threshold kernels, row blocks on threads), ``integer`` (the
+threshold's fast path for integer images), ``label``
+(components and their properties), ``link`` (linking across frames), ``operator`` (the
+``spots`` operator).
 """
 from __future__ import annotations
 
@@ -21,27 +29,18 @@ import inspect
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from ...model import Frame, SeriesStart
-from ..base import BaseOperator, param
 from ..checks import check_mask, check_ndim, check_shape
 from .label import NSTAT, component_stats, label_runs, select, shoeboxes, spot_columns, strong_runs
-from .link import SpotLinker
-from .threshold import MAX_VALUE, background_block, dispersion_block, extended_strong, run_blocks
+from .integer import SLACK, dispersion_block_int, fits, limits
+from .threshold import MAX_VALUE, background_block, block_rows, dispersion_block, extended_strong, run_blocks
 
-__all__ = ["MAX_VALUE", "FrameSpots", "Spots", "SpotsParams", "dispersion_mask", "find_spots", "frame_spots",
-           "strong_pixels"]
-
-#: the spot table's columns as rows of the operator (bbox split into six)
-ROW_COLUMNS = {"x": "f8", "y": "f8", "z": "f8", "var_x": "f8", "var_y": "f8", "var_z": "f8",
-               "intensity": "f8", "intensity_var": "f8", "x0": "i8", "x1": "i8", "y0": "i8", "y1": "i8",
-               "z0": "i8", "z1": "i8", "npix": "i8"}
-
-_PARTS = "_parts"  # a frame's components, from process() to collect() in 3-D mode
+__all__ = ["FRAME_SPOTS", "MAX_VALUE", "ROW_COLUMNS", "FrameSpots", "Spots", "SpotsParams", "dispersion_mask",
+           "find_spots", "frame_spots", "strong_pixels"]
 
 
 def dispersion_mask(image: np.ndarray, mask: np.ndarray | None = None, *, gain: float | np.ndarray | None = None,
@@ -99,8 +98,10 @@ def dispersion_mask(image: np.ndarray, mask: np.ndarray | None = None, *, gain: 
     Winter et al., Acta Cryst. D74 (2018) 85-97.
 
     Sums are exact for integer-valued images, so the mask equals that of any exact
-    implementation (e.g. float64 summed-area tables); for other float images, pixels
-    within rounding (about 1e-12 relative) of a threshold may go either way.
+    implementation (e.g. float64 summed-area tables, as DIALS' C++); for other float
+    images, pixels within rounding (about 1e-12 relative) of a threshold may go either
+    way.  Integer images of at most 32 bits (with windows of at most 127 pixels) are
+    summed in 32-bit integers, about twice as fast, with the same result.
     """
     return _strong_pixels(image, mask, gain=gain, kernel_size=kernel_size, sigma_background=sigma_background,
                           sigma_strong=sigma_strong, min_local=min_local, global_threshold=global_threshold,
@@ -123,23 +124,35 @@ def strong_pixels(image: np.ndarray, mask: np.ndarray | None = None,
     """
     bound = inspect.signature(dispersion_mask).bind(image, mask, **params)
     bound.apply_defaults()
-    return _strong_pixels(**bound.arguments)
+    out, runs = _strong_pixels(**bound.arguments)
+    return out, runs, int(out.size if mask is None else np.count_nonzero(mask))
 
 
 def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | np.ndarray | None,
                    kernel_size: tuple[int, int], sigma_background: float, sigma_strong: float, min_local: int,
                    global_threshold: float, extended: bool, max_value: float,
-                   threads: int) -> tuple[np.ndarray, np.ndarray, int]:
+                   threads: int) -> tuple[np.ndarray, np.ndarray]:
     image, mask_rows, gain_rows, has_gain, limit = _prepare(image, mask, gain, max_value)
     kh, kw = _kernel(kernel_size)
     _check_params(sigma_background=sigma_background, sigma_strong=sigma_strong, min_local=min_local,
                   threads=threads)
     out = np.zeros(image.shape, dtype=np.bool_)
     if not extended:
-        blocks = run_blocks(threads, image.shape[0], dispersion_block, image, mask_rows, gain_rows, has_gain,
-                            kh, kw, float(sigma_background), float(sigma_strong), int(min_local),
-                            float(global_threshold), limit, out=out)
-        return out, np.concatenate([runs for runs, _ in blocks]), sum(n for _, n in blocks)
+        fast = _integer_args(image.dtype, gain_rows, kh, kw, float(sigma_strong), float(global_threshold), limit)
+        args = (image, mask_rows, gain_rows, has_gain)
+        params = (kh, kw, float(sigma_background), float(sigma_strong), int(min_local), float(global_threshold))
+        if fast is not None:
+            results = run_blocks(threads, image.shape[0], dispersion_block_int, *args, fast[0], *params, *fast[1:],
+                                 *limits(kh, kw), out=out)
+            blocks = []
+            for (runs, complete), (r0, r1) in zip(results, block_rows(threads, image.shape[0])):
+                if not complete:  # too many values too large for int32 sums: the general kernel
+                    out[r0:r1] = False
+                    runs = dispersion_block(*args, *params, limit, r0, r1, out)
+                blocks.append(runs)
+        else:
+            blocks = run_blocks(threads, image.shape[0], dispersion_block, *args, *params, limit, out=out)
+        return out, np.concatenate(blocks)
     flags = np.zeros(image.shape, dtype=np.bool_)
     run_blocks(threads, image.shape[0], background_block, image, mask_rows, gain_rows, has_gain, kh, kw,
                float(sigma_background), int(min_local), limit, out=flags)
@@ -151,7 +164,28 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
     rr, cc = np.nonzero(core & usable)
     extended_strong(image, usable & ~core, gain_rows, rr, cc, kh + 2, kw + 2, float(sigma_strong),
                     float(global_threshold), limit, out)
-    return out, strong_runs(out), int(image.size if mask is None else np.count_nonzero(mask))
+    return out, strong_runs(out)
+
+
+def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigma_strong: float,
+                  global_threshold: float, limit: Any) -> tuple[Any, ...] | None:
+    """The arguments of ``dispersion_block_int`` beyond the general kernel's (factor, low, vmin,
+    vmax, svmin, svmax), or None when the image or the parameters need the general kernel
+    (see ``integer``)."""
+    if not fits(dtype, kh, kw) or not math.isfinite(global_threshold):
+        return None
+    with np.errstate(over="ignore"):
+        factor = (sigma_strong ** 2 * (1 - SLACK) * gain_rows).astype(np.float32)
+    if not np.isfinite(factor).all():
+        return None
+    low = np.int32(min(max(math.floor(global_threshold), -2 ** 31), 2 ** 31 - 1))  # v > low: v > threshold
+    info = np.iinfo(dtype)
+    vmax, vmin = min(int(limit) - 1, int(info.max)), max(1 - int(limit), int(info.min))
+    usable = (None if vmin == info.min else dtype.type(vmin), None if vmax == info.max else dtype.type(vmax))
+    big = limits(kh, kw)[1]
+    if dtype.kind == "i" and vmin <= 1 - big and vmax >= big - 1:  # the sums let every value in (integer.py)
+        return factor, low, *usable, None, None
+    return factor, low, *usable, *usable
 
 
 def _prepare(image: np.ndarray, mask: np.ndarray | None, gain: float | np.ndarray | None,
@@ -303,98 +337,5 @@ def find_spots(image: np.ndarray, mask: np.ndarray | None = None, *, z: int = 0,
     return columns
 
 
-@dataclass(frozen=True)
-class SpotsParams:
-    """Parameters of the ``spots`` operator (DIALS' names and defaults)."""
-
-    mode: Literal["2d", "3d"] = "2d"
-    algorithm: Literal["dispersion", "dispersion_extended"] = "dispersion"
-    gain: float | None = param(None, gt=0, doc="detector gain; unset = DIALS' formulas without gain")
-    gain_map: str | None = param(None, file=True, doc="per-pixel gain array file (instead of gain)")
-    kernel_size: tuple[int, int] = param((3, 3), ge=1, doc="window half-sizes (rows, cols)")
-    sigma_background: float = param(6.0, ge=0)
-    sigma_strong: float = param(3.0, ge=0)
-    min_local: int = param(2, ge=0, doc="fewest valid pixels a window needs")
-    global_threshold: float = 0.0
-    min_spot_size: int = param(3, ge=1, doc="pixels")
-    max_spot_size: int = param(1000, ge=1, doc="pixels")
-    max_separation: float = param(2.0, gt=0, doc="peak to centroid, px")
-    max_strong_fraction: float = param(0.25, gt=0, le=1, doc="beyond it the frame is rejected")
-    threads: int = param(1, ge=1, le=64, doc="threads per frame (row blocks); 1 when pipeline workers fill the cores")
-    max_pending: int = param(16, ge=1, doc="3d: frames that may wait for a missing predecessor")
-
-    def __post_init__(self) -> None:
-        if self.min_spot_size > self.max_spot_size:
-            raise ValueError(f"min_spot_size {self.min_spot_size} > max_spot_size {self.max_spot_size}")
-        if self.gain is not None and self.gain_map is not None:
-            raise ValueError("give gain or gain_map, not both")
-
-
-class Spots(BaseOperator):
-    """Spots per frame (rows on the ``spots`` topic and in ``/entry/livediff/spots``).
-
-    Columns of the frames table: ``n_spots`` (this frame's 2-D spots after the filters),
-    ``n_strong``, ``strong_fraction`` (of the valid pixels) and ``spots_rejected`` (1 when
-    that fraction exceeds ``max_strong_fraction``: no spots then).  Rows: see the module
-    docstring for which spots a frame carries in each mode.
-    """
-
-    kind = "spots"
-    Params = SpotsParams
-
-    def start(self, series: SeriesStart) -> None:
-        super().start(series)
-        p = self.params
-        gain = p.gain if p.gain_map is None else np.ascontiguousarray(p.gain_map, dtype=np.float64)
-        if isinstance(gain, np.ndarray):
-            check_shape(gain, series.shape, "operators.spots.gain_map:", of="frame")
-        self._threshold = {
-            "gain": gain, "kernel_size": p.kernel_size, "sigma_background": p.sigma_background,
-            "sigma_strong": p.sigma_strong, "min_local": p.min_local, "global_threshold": p.global_threshold,
-            "extended": p.algorithm == "dispersion_extended", "threads": p.threads,
-            "max_value": MAX_VALUE if series.saturation is None else min(MAX_VALUE, series.saturation),
-        }
-        self._filters = {"min_size": p.min_spot_size, "max_size": p.max_spot_size,
-                         "max_separation": p.max_separation}
-        self.columns = {"n_spots": "i8", "n_strong": "i8", "strong_fraction": "f8", "spots_rejected": "u1"}
-        self.rows = dict(ROW_COLUMNS)
-        last = None if series.n_frames is None else series.n_frames - 1
-        self._linker = SpotLinker(last=last, max_pending=p.max_pending)
-
-    def process(self, frame: Frame) -> Frame:
-        spots = frame_spots(frame.data, frame.mask, z=frame.index,
-                            max_strong_fraction=self.params.max_strong_fraction, **self._threshold)
-        keep = select(spots.stats, **self._filters)
-        result: dict[str, Any] = {"n_spots": int(keep.sum()), "n_strong": spots.n_strong,
-                                  "strong_fraction": spots.strong_fraction, "spots_rejected": int(spots.rejected)}
-        if self.params.mode == "2d":
-            result["rows"] = _rows(spots.stats[keep])
-        else:
-            result["rows"] = _rows(spots.stats[:0])
-            result[_PARTS] = None if spots.rejected else (spots.runs, spots.labels, spots.stats)
-        frame.results[self.name] = result
-        return frame
-
-    def collect(self, frame: Frame) -> Frame:
-        """3-D mode: link this frame's components; its rows become the spots now complete."""
-        result = frame.results.get(self.name)
-        if self.params.mode == "3d" and result is not None:
-            done = self._linker.push(frame.index, result.pop(_PARTS))
-            result["rows"] = _rows(done[select(done, **self._filters)])
-        return frame
-
-    def finish(self) -> dict[str, Any]:
-        """3-D mode: the spots still open when the series ends, under ``"rows"``."""
-        if self.params.mode != "3d":
-            return {}
-        done = self._linker.flush()
-        return {"rows": _rows(done[select(done, **self._filters)])}
-
-
-def _rows(stats: np.ndarray) -> dict[str, np.ndarray]:
-    """Spot statistics -> the operator's row columns (bbox split into x0 ... z1)."""
-    columns = spot_columns(stats)
-    bbox = columns.pop("bbox")
-    columns.update({name: bbox[:, i].copy() for i, name in enumerate(("x0", "x1", "y0", "y1", "z0", "z1"))})
-    return {name: columns[name] for name in ROW_COLUMNS}
-
+# the operator runs the kernels above
+from .operator import FRAME_SPOTS, ROW_COLUMNS, Spots, SpotsParams  # noqa: E402
