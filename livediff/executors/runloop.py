@@ -136,7 +136,7 @@ class RunLoop:
         cur.last_frame = frame.index
         self.totals["processed"] += 1
         self.rate.add(1)
-        out = self.executor.layout.output_of(frame, job.received)
+        out = self.executor.layout.output_of(frame, job.received, decode=self.executor.decode)
         if cur.maps is not None:
             cur.maps.place(out)
         for sink in self.sinks:
