@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..errors import DecodeError
 from ..model import Frame, SeriesEnd, SeriesStart
 from ..outputs import Reductions, SeriesContext
 from ..queues import EventQueue
@@ -65,7 +66,7 @@ class RunLoop:
         self.config_hash = config_hash
         self.on_series_end = on_series_end
         self.current: SeriesProgress | None = None
-        self.totals = {"processed": 0, "failed": 0}
+        self.totals = {"processed": 0, "failed": 0, "undecodable": 0}  # undecodable: failed, payload corrupt
         self.rate = RateMeter()
         self._last_snapshot = time.monotonic()
 
@@ -126,11 +127,16 @@ class RunLoop:
         cur = self.current
         try:
             frame = await self.executor.collect(job)
-        except Exception as exc:  # an operator failed on this frame: count it, keep going
+        except Exception as exc:  # its payload did not decode or an operator failed: count it, keep going
             cur.failed += 1
             self.totals["failed"] += 1
-            log.error("series %d frame %d: processing failed: %s: %s", job.frame.series, job.frame.index,
-                      type(exc).__name__, exc)
+            if isinstance(exc, DecodeError):  # well framed at the receiver, corrupt inside: found by its worker
+                self.totals["undecodable"] += 1
+                log.error("series %d frame %d failed: its payload does not decode: %s", job.frame.series,
+                          job.frame.index, exc)
+            else:
+                log.error("series %d frame %d: processing failed: %s: %s", job.frame.series, job.frame.index,
+                          type(exc).__name__, exc)
             return
         cur.processed += 1
         cur.last_frame = frame.index
