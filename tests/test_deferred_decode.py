@@ -188,3 +188,22 @@ def test_the_dask_actor_decodes_and_fails_a_corrupt_frame_alone():
     assert isinstance(results[1].error, DecodeError) and "bslz4: corrupt" in str(results[1].error)
     for i in (0, 2):
         assert results[i].error is None and results[i].results["summary"]["sum"] == sim.frame(i).sum(dtype=np.float64)
+
+
+@pytest.mark.parametrize("encoding", ["bslz4", "lz4"])
+def test_sinks_get_the_frame_as_received_when_another_process_decoded_it(encoding):
+    """The Dask case: no pixels here, the payload decoded on the sink's thread when asked."""
+    from livediff.outputs import Layout
+
+    sim = _sim(1)
+    chunk = codecs.encode(sim.frame(0), encoding)
+    frame = Frame(sim.series, 0, np.zeros((24, 30), np.float32), payload=Encoded(encoding, chunk, (24, 30), "uint16"))
+    out = Layout().output_of(frame, None, decode=codecs.decode_payload)
+    np.testing.assert_array_equal(out.pixels(), sim.frame(0))
+    if encoding == "bslz4":   # stored as it came, by a direct chunk write
+        assert out.recorded() == ("bslz4", chunk) and out.recorded_nbytes == len(chunk)
+    else:
+        np.testing.assert_array_equal(out.recorded(), sim.frame(0))
+        assert out.recorded_nbytes == sim.frame(0).nbytes
+    with pytest.raises(ValueError, match="no codec"):
+        Layout().output_of(frame, None).pixels()

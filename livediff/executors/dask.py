@@ -17,7 +17,9 @@ soon as it is done.  Around that:
   mid-series gets them with its first frame.
 - **What comes back** for a frame is small: its results, its contributions to series-wide
   state (folded here) and, only when a sink wants them (``save_corrected``), the output
-  frame.  The pixels as received stay here for the sinks that record them.
+  frame.  The payload as received stays here for the sinks that record it; the service never
+  decodes it, but a sink that needs the pixels decodes them on its own thread
+  (:meth:`~livediff.outputs.FrameOutput.pixels`).
 - **Partial states** are pulled from every worker and merged (``merge``) at each
   snapshot and at the series end.
 - **The ledger** (:mod:`.ledger`) keeps each frame until the state holding its

@@ -10,6 +10,13 @@ allocated or decompressed; the decoded length is checked again *after*.  So a 60
 payload claiming 100000 x 100000 pixels is refused without allocating, and no output is
 ever larger than ``rows x cols x itemsize``.
 
+Sources do not decompress (decoding is deferred to the worker that processes the frame):
+:func:`check` does the header checks above and walks the chain of block lengths (a numba
+walker in :mod:`.lz4chunks`, tens of microseconds for a 4M frame), and :func:`accept` turns a
+payload into what a :class:`~livediff.model.Frame` carries; workers decode with
+:func:`decode_payload`.  A payload that passes :func:`check` can still fail :func:`decode` (a
+corrupt LZ4 stream inside a block): that is the worker's failure to report, for that frame.
+
 Two backends decompress header-checked HDF5-filter chunks (:func:`backend` says which one
 is in use; the choice is made once, at import):
 
