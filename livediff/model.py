@@ -454,7 +454,7 @@ class Encoded:
     """
 
     encoding: str
-    buffer: Any
+    buffer: bytes | memoryview | np.ndarray
     shape: tuple[int, int]
     dtype: str
 

@@ -124,7 +124,8 @@ def _stream1(frame: np.ndarray) -> Callable[[], np.ndarray]:
 
 
 def _stream2(frame: np.ndarray) -> Callable[[], np.ndarray]:
-    """Decode one Stream v2 image message (CBOR parse, tag 40/69/56500, bslz4 framing) and its payload, after its start."""
+    """Decode one Stream v2 image message (CBOR parse, tag 40/69/56500, bslz4 framing) and its payload,
+    after its start."""
     encoder, decoder = StreamV2Encoder(encoding="bslz4"), StreamV2Decoder()
     decoder(encoder.start(_series_start(frame)))
     parts = encoder.image(1, 0, frame)
