@@ -4,8 +4,8 @@ Operators' kernels release the GIL (numba ``nogil=True``), so threads run them i
 parallel; a frame that arrived compressed is decoded by the worker that processes it, so
 decoding scales with the workers too.  The run loop keeps at most
 :attr:`ThreadExecutor.workers` frames in flight and collects them in arrival order; the
-folding chain (operators with a ``collect`` step
-or series-wide state) then sees every frame, in that order, on one more thread.  A frame
+folding chain (operators with a ``collect`` step or series-wide state) then sees every
+frame, in that order, on one more thread.  A frame
 whose operators need series-wide state waits, on the event loop, until the frames its
 epoch names have been folded, and its worker adopts that version first: no thread ever
 waits for another's frame.  At a snapshot or the series end the workers' partial states
