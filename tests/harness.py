@@ -124,7 +124,7 @@ class Recorder:
     def add_frame(self, out):
         self.rows.append((out.index, out.row))
 
-    def add_rows(self, series, index, rows):
+    def add_rows(self, series, index, rows, epoch):
         pass
 
     def write_reductions(self, reductions):
