@@ -37,6 +37,7 @@ def config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "publisher": {"endpoint": "tcp://127.0.0.1:*", "status_period": 0.05},
         "output": {"directory": str(tmp_path / "out"), "flush_seconds": 0.1},
         "http": {"port": 0},
+        "control": {"endpoint": "tcp://127.0.0.1:*"},
     }
     for name, values in sections.items():
         table[name] = {**table.get(name, {}), **values}

@@ -228,7 +228,8 @@ class HDF5Writer:
             out, raw, corrected, size = payload
             with self._lock:
                 self._pending_bytes -= size
-            if f is None or not f.add_frame(out.row, arrays=out.arrays, rows=out.rows, raw=raw, corrected=corrected):
+            if f is None or not f.add_frame(out.row, arrays=out.arrays, rows=out.rows, raw=raw, corrected=corrected,
+                                            epoch=out.epoch):
                 self._count_not_saved(self._writing)
         elif kind == "reductions" and f is not None:
             f.write_reductions(*payload)

@@ -219,20 +219,21 @@ class SeriesFile:
 
     def add_frame(self, row: dict[str, Any], *, arrays: dict[str, dict[str, Any]] | None = None,
                   rows: dict[str, dict[str, np.ndarray]] | None = None, raw: Any = None,
-                  corrected: np.ndarray | None = None) -> bool:
+                  corrected: np.ndarray | None = None, epoch: int = 0) -> bool:
         """Buffer one processed frame's frames-table ``row`` (its ``"frame"`` is the frame number),
-        per-frame ``arrays`` and ``rows`` ({operator: {name: value}}); write ``raw`` (pixels, or an
-        ``(encoding, blob)`` bslz4 pair stored by a direct chunk write) and ``corrected`` at once.
+        per-frame ``arrays`` and ``rows`` ({operator: {name: value}}, found under configuration
+        epoch ``epoch``); write ``raw`` (pixels, or an ``(encoding, blob)`` bslz4 pair stored by a
+        direct chunk write) and ``corrected`` at once.
         False when nothing was done: the file is in error (:attr:`error`)."""
         self.offered += 1
-        return self._attempt("frame", self._add_frame, row, arrays or {}, rows or {}, raw, corrected)
+        return self._attempt("frame", self._add_frame, row, arrays or {}, rows or {}, raw, corrected, epoch)
 
     def _add_frame(self, row: dict[str, Any], arrays: dict[str, dict[str, Any]],
-                   rows: dict[str, dict[str, np.ndarray]], raw: Any, corrected: np.ndarray | None) -> None:
+                   rows: dict[str, dict[str, np.ndarray]], raw: Any, corrected: np.ndarray | None, epoch: int) -> None:
         index = row["frame"]
         self.frames.pending.append(row)
         self._written_pending.append(index)
-        self._add_rows(index, rows, row["epoch"])
+        self._add_rows(index, rows, epoch)
         for op, values in arrays.items():
             for name, value in values.items():
                 self.arrays[op, name].pending.append(value)
