@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 import sys
+import time
 
 import h5py
 import msgpack
@@ -14,7 +17,7 @@ import pytest
 import tomli_w
 import zmq
 
-from harness import Recorder, config, running, table
+from harness import Recorder, config, free_endpoint, running, table
 from livediff.config import load, parse
 from livediff.control import ControlSettings, request
 from livediff.errors import ConfigError
@@ -263,3 +266,52 @@ async def test_malformed_requests_get_an_error_reply_and_the_service_keeps_runni
         await asyncio.to_thread(stream_series, sim, cfg.source.endpoint)
         end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
     assert end["processed"] == sim.n_frames
+
+
+def _ctl_cli(endpoint: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "livediff", "ctl", endpoint, *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def _until(condition, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not (got := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition never met")
+        time.sleep(0.1)
+    return got
+
+
+def _epoch(endpoint: str) -> int | None:
+    try:
+        return request(endpoint, {"cmd": "get"}, timeout=1.0)["epoch"]
+    except TimeoutError:
+        return None
+
+
+def test_sighup_reloads_the_file_and_ctl_sets_and_reports_refusals(tmp_path):
+    endpoint = free_endpoint()
+    values = table(tmp_path, operators=SPOTS, control={"endpoint": endpoint}, http={"enabled": False})
+    path = tmp_path / "live.toml"
+    path.write_text(tomli_w.dumps(values))
+    proc = subprocess.Popen([sys.executable, "-m", "livediff", "serve", "--config", str(path), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _until(lambda: _epoch(endpoint) is not None) is not None
+        assert _epoch(endpoint) == 0
+        path.write_text(tomli_w.dumps({**values, "operators": {**SPOTS, "spots": {"sigma_strong": 4.0}}}))
+        proc.send_signal(signal.SIGHUP)
+        _until(lambda: _epoch(endpoint) == 1)
+        got = json.loads(_ctl_cli(endpoint, "get", "--json").stdout)
+        assert got["config"]["operators"]["spots"]["sigma_strong"] == 4.0
+        done = _ctl_cli(endpoint, "set", "operators.spots.sigma_strong=2.5", "operators.spots.min_spot_size=2")
+        assert done.returncode == 0 and "epoch=2" in done.stdout, done.stderr
+        refused = _ctl_cli(endpoint, "set", "operators.spots.sigma_strong=-1")
+        assert refused.returncode == 1
+        assert f"{path}: operators.spots.sigma_strong: must be >= 0, got -1.0" in refused.stderr
+        assert _epoch(endpoint) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "SIGHUP received: reloading" in err and "reloaded: operators.spots.sigma_strong" in err
