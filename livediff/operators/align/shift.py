@@ -19,23 +19,51 @@ _SNAP = 1e-6
 
 
 @numba.njit(nogil=True, cache=True)
-def _interpolate(src, valid, use_mask, offsets, weights, axis, fill, out, out_valid):
-    """out = sum_k weights[k] src shifted by offsets[k] along ``axis``; valid where every tap is
-    inside the image (and valid, with ``use_mask``), else ``fill``."""
+def _along_cols(src, valid, use_valid, offsets, weights, out, out_valid):
+    """out[r, c] = sum_k weights[k] src[r, c + offsets[k]]; valid where every tap is inside
+    the row (and valid, with ``use_valid``); 0 where not inside."""
+    rows, cols = src.shape
+    lo = max(0, -offsets.min())
+    hi = max(lo, min(cols, cols - offsets.max()))
+    n = hi - lo
+    for r in range(rows):
+        o_row, v_row = out[r], out_valid[r]
+        o_row[:] = 0.0
+        v_row[:] = False
+        v_row[lo:hi] = True
+        o_seg, v_seg = o_row[lo:hi], v_row[lo:hi]
+        for k in range(offsets.size):
+            w = weights[k]
+            seg = src[r, lo + offsets[k]: hi + offsets[k]]
+            for c in range(n):
+                o_seg[c] += w * seg[c]
+            if use_valid:
+                m_seg = valid[r, lo + offsets[k]: hi + offsets[k]]
+                for c in range(n):
+                    v_seg[c] &= m_seg[c]
+
+
+@numba.njit(nogil=True, cache=True)
+def _along_rows(src, valid, offsets, weights, fill, out, out_valid):
+    """out[r, c] = sum_k weights[k] src[r + offsets[k], c] where every tap is inside and
+    valid, else ``fill``."""
     rows, cols = src.shape
     for r in range(rows):
+        o_row, v_row = out[r], out_valid[r]
+        if r + offsets.min() < 0 or r + offsets.max() >= rows:
+            o_row[:] = fill
+            v_row[:] = False
+            continue
+        o_row[:] = 0.0
+        v_row[:] = True
+        for k in range(offsets.size):
+            s_row, m_row, w = src[r + offsets[k]], valid[r + offsets[k]], weights[k]
+            for c in range(cols):
+                o_row[c] += w * s_row[c]
+                v_row[c] &= m_row[c]
         for c in range(cols):
-            acc = 0.0
-            ok = True
-            for k in range(offsets.size):
-                rr = r + offsets[k] if axis == 0 else r
-                cc = c + offsets[k] if axis == 1 else c
-                if rr < 0 or rr >= rows or cc < 0 or cc >= cols or (use_mask and not valid[rr, cc]):
-                    ok = False
-                    break
-                acc += weights[k] * src[rr, cc]
-            out[r, c] = acc if ok else fill
-            out_valid[r, c] = ok
+            if not v_row[c]:
+                o_row[c] = fill
 
 
 def _taps(shift: float, order: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,11 +133,11 @@ def shift_image(image: np.ndarray, shift: tuple[float, float], mask: np.ndarray 
         raise ValueError(f"shift must be finite, got {tuple(shift)}")
     dtype = np.float64 if image.dtype == np.float64 else np.float32
     (off_y, w_y), (off_x, w_x) = _taps(shift_y, order), _taps(shift_x, order)
-    along_cols = np.empty(image.shape, dtype=np.float64)
+    along_cols = np.empty(image.shape, dtype=dtype)
     valid_cols = np.empty(image.shape, dtype=np.bool_)
-    _interpolate(image, mask if has_mask else all_valid(image.shape), has_mask, off_x, w_x, 1, 0.0, along_cols,
-                 valid_cols)
+    _along_cols(image, mask if has_mask else all_valid(image.shape), has_mask, off_x, w_x.astype(dtype), along_cols,
+                valid_cols)
     out = np.empty(image.shape, dtype=dtype)
     out_valid = np.empty(image.shape, dtype=np.bool_)
-    _interpolate(along_cols, valid_cols, True, off_y, w_y, 0, float(fill_value), out, out_valid)
+    _along_rows(along_cols, valid_cols, off_y, w_y.astype(dtype), dtype(fill_value), out, out_valid)
     return (out, out_valid) if has_mask else out
