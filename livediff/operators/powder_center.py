@@ -242,7 +242,7 @@ class PowderCenter(BaseOperator):
         super().start(series)
         self.reductions = {"center": ((2,), "f8")}
         self._sum = np.zeros(series.shape, dtype=np.float64)
-        self._count = np.zeros(series.shape, dtype=np.int64)
+        self._count = np.zeros(series.shape, dtype=np.int32)
         self._frames = 0
         self._center = (np.full(2, np.nan), 0)  # (centre, number of frames it was computed from)
 
