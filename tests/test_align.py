@@ -187,13 +187,16 @@ def moved(pattern, shift, how):
     return ndimage.shift(pattern, shift, order=3, mode="nearest")
 
 
+def masked_pattern(seed, kind, shape=(150, 190)):
+    """(rng, pattern, beam-stop mask), read-only, on a non-square frame."""
+    rng = np.random.default_rng(seed)
+    return rng, readonly(periodic_pattern(rng, shape, kind)), readonly(beam_stop(shape, (70, 90), 12))
+
+
 @pytest.mark.parametrize("how", ["fourier_shift", "shift"])
 @pytest.mark.parametrize("kind", ["speckle", "spots"])
 def test_whole_pixel_moves_are_measured_exactly_with_a_beam_stop(kind, how):
-    rng = np.random.default_rng(30)
-    shape = (150, 190)
-    pattern = readonly(periodic_pattern(rng, shape, kind))
-    mask = readonly(beam_stop(shape, (70, 90), 12))
+    _, pattern, mask = masked_pattern(30, kind)
     for move in [(3, -5), (-7, 12), (0, 4), (0, 0)]:
         image = readonly(moved(pattern, move, how))
         shift_y, shift_x, quality = register(image, pattern, mask)
@@ -205,10 +208,8 @@ def test_whole_pixel_moves_are_measured_exactly_with_a_beam_stop(kind, how):
 @pytest.mark.parametrize("how", ["fourier_shift", "shift"])
 @pytest.mark.parametrize("kind", ["speckle", "spots"])
 def test_subpixel_moves_with_noise_and_a_beam_stop_are_unbiased_to_001_px_rms(kind, how):
-    rng = np.random.default_rng(31)
-    shape = (150, 190)
-    pattern = readonly(periodic_pattern(rng, shape, kind))
-    mask = readonly(beam_stop(shape, (70, 90), 12))
+    rng, pattern, mask = masked_pattern(31, kind)
+    shape = pattern.shape
     registration = Registration(pattern, mask, max_shift=10.0)
     errors = []
     for move in rng.uniform(-6, 6, (16, 2)):

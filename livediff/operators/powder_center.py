@@ -13,12 +13,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numba
 import numpy as np
 from scipy import ndimage
 
 from ..model import Frame, SeriesStart
-from .align import Registration
+from .align import Registration, accumulate_valid
 from .base import BaseOperator, param
 from .checks import check_image, check_mask
 from .masks import finite_mask, saturation_level
@@ -205,17 +204,6 @@ def _flatten_about(a: np.ndarray, valid: np.ndarray, centre: np.ndarray, k: int,
     return np.where(both, a - background, 0.0), both
 
 
-@numba.njit(nogil=True, cache=True)
-def _accumulate(total, count, data, valid):
-    """total += data, count += 1 where valid (in place); masked pixels are never read."""
-    rows, cols = data.shape
-    for r in range(rows):
-        for c in range(cols):
-            if valid[r, c]:
-                total[r, c] += data[r, c]
-                count[r, c] += 1
-
-
 @dataclass(frozen=True)
 class PowderCenterParams:
     """Parameters of the ``powder_center`` operator."""
@@ -247,7 +235,7 @@ class PowderCenter(BaseOperator):
         self._center = (np.full(2, np.nan), 0)  # (centre, number of frames it was computed from)
 
     def process(self, frame: Frame) -> Frame:
-        _accumulate(self._sum, self._count, frame.data, self.valid(frame))
+        accumulate_valid(self._sum, self._count, frame.data, self.valid(frame))
         self._frames += 1
         return frame
 
