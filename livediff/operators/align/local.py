@@ -21,10 +21,16 @@ _QUADRATIC_FIT = np.linalg.pinv(np.stack([np.ones(9), _YY, _XX, _YY ** 2, _XX **
 _CANCELLATION = 1e-6
 
 
-def bin2_mask(valid: np.ndarray) -> np.ndarray:
+@numba.njit(nogil=True, cache=True)
+def bin2_mask(valid):
     """2 x 2 binning of a mask (odd last row / column dropped): valid when all four pixels are."""
     rows, cols = valid.shape[0] // 2, valid.shape[1] // 2
-    return np.ascontiguousarray(valid[: 2 * rows, : 2 * cols].reshape(rows, 2, cols, 2).all(axis=(1, 3)))
+    out = np.empty((rows, cols), np.bool_)
+    for r in range(rows):
+        top, bottom = valid[2 * r], valid[2 * r + 1]
+        for c in range(cols):
+            out[r, c] = top[2 * c] & top[2 * c + 1] & bottom[2 * c] & bottom[2 * c + 1]
+    return out
 
 
 @numba.njit(nogil=True, cache=True)

@@ -166,10 +166,11 @@ class Registration:
         self._levels = int(levels)
         centred = np.empty((2, *crop.shape), dtype=np.float32)
         centre(crop, ref_mask, centred)
-        self._f, self._m, self._n = [centred[0]], [ref_mask], [np.ascontiguousarray(mask[window])]
+        frame_mask = ref_mask if reference_mask is mask else np.ascontiguousarray(mask[window])
+        self._f, self._m, self._n = [centred[0]], [ref_mask], [frame_mask]
         for _ in range(self._levels):
             self._m.append(bin2_mask(self._m[-1]))
-            self._n.append(bin2_mask(self._n[-1]))
+            self._n.append(self._m[-1] if self._n[-1] is self._m[-2] else bin2_mask(self._n[-1]))
             binned = np.empty(self._m[-1].shape, dtype=np.float32)
             bin2(self._f[-1], self._m[-1], binned)
             self._f.append(binned)
