@@ -1,4 +1,4 @@
-"""The ``livediff`` command: serve | simulate | replay | bench | inspect | report.
+"""The ``livediff`` command: serve | simulate | replay | bench | inspect | report | view.
 
 Every user error (bad config, unusable endpoint, unwritable output) ends the command
 with one line on stderr and a non-zero exit status, never a traceback.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="live progress display on stderr, logs above it (default: when stderr is a terminal; "
                         "otherwise plain log lines)")
     s.add_argument("--json", action="store_true", help="print each series' summary as a JSON line at the end")
+    s.add_argument("--no-http", dest="http", action="store_false",
+                   help="no live page, /api/status or /metrics (the [http] section is ignored)")
     s.set_defaults(run=_serve)
 
     m = sub.add_parser("simulate", help="stream a simulated series with known ground truth")
@@ -80,8 +83,10 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replay", help="stream a recorded series (livediff HDF5 or NXmx / EIGER master file) "
                                       "as a live detector stream")
-    r.add_argument("file", help="livediff series file (saved with save_raw), NXmx / EIGER master file, or "
-                                "FILE.h5::/dataset holding a (rows, cols, H, W) or (N, H, W) scan stack")
+    r.add_argument("file", help="livediff series file (saved with save_raw), NXmx / EIGER master file, "
+                                "FILE.h5::/dataset holding a (rows, cols, H, W) or (N, H, W) scan stack, or EBSD "
+                                "patterns: a folder or zip of TIFF / PNG / BMP files (natural order, or named "
+                                "by position like x12y7), h5ebsd, NORDIF .dat, EDAX .up1 / .up2")
     r.add_argument("--endpoint", required=True, help="where to send, e.g. tcp://127.0.0.1:9999")
     r.add_argument("--bind", action="store_true", help="bind the PUSH socket, as a detector does")
     r.add_argument("--rate", type=float, default=0.0, help="frames/s, 0 = as fast as taken (default)")
@@ -90,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--encoding", default="bslz4", help="pixel payload: bslz4 (default; stored bitshuffle-LZ4 "
                                                        "chunks are sent as they are), lz4 or raw")
     r.add_argument("--series", type=int, help="series number to announce (default: the recorded one, or 1)")
-    r.add_argument("--scan", type=_shape, help="ROWSxCOLS scan of a stack (default: a 4D stack's first two axes)")
+    r.add_argument("--scan", type=_shape, help="ROWSxCOLS scan of a stack or of EBSD patterns (default: a 4D "
+                                               "stack's first two axes, the positions in the file names, the "
+                                               "h5ebsd header)")
     r.add_argument("--scan-order", choices=["raster", "serpentine"], default="raster")
     r.add_argument("--flyback", type=int, default=0, help="fly-back frames at the end of each scan line")
     r.add_argument("--timeout", type=float, default=10.0,
@@ -98,8 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(run=_replay)
 
     b = sub.add_parser("bench", help="time our kernels against their peers on the same frames")
-    b.add_argument("--only", help="one family (decode, corrections, stats, align, spots, mx, azimuthal, virtual, hdf5) "
-                                  "or operators whose name contains this")
+    b.add_argument("--only", help="one family (decode, corrections, stats, align, spots, mx, azimuthal, virtual, "
+                                  "ebsd, hdf5) or operators whose name contains this")
     b.add_argument("--quick", action="store_true", help="short timings (a smoke test, not a measurement)")
     b.add_argument("--json", action="store_true", help="print one JSON list of rows")
     e2e = b.add_argument_group("end-to-end load (--e2e): simulator -> service process -> results")
@@ -112,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     e2e.add_argument("--encoding", default="bslz4", choices=["raw", "bslz4", "lz4"])
     e2e.add_argument("--workers", type=int, help="override pipeline.workers")
     e2e.add_argument("--overflow", choices=["block", "drop"], help="override pipeline.overflow")
+    e2e.add_argument("--web-clients", type=int, default=0, metavar="N",
+                     help="hold N live page clients open during the run (default %(default)s)")
+    e2e.add_argument("--web-stalled", type=int, default=0, metavar="N",
+                     help="and N page clients that never read (default %(default)s)")
     e2e.add_argument("--max-rate", action="store_true",
                      help="find the highest rate with no frame dropped (overflow = drop)")
     fuzz = b.add_argument_group("service-level fuzzing (--fuzz N)")
@@ -133,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("file", help="a livediff series file (.h5)")
     t.add_argument("--json", action="store_true", help="print one JSON object (frames and summary)")
     t.set_defaults(run=_report)
+
+    v = sub.add_parser("view", help="serve the live page for a service running elsewhere, fed from its PUB socket")
+    v.add_argument("endpoint", help="the service's publisher, e.g. tcp://beamline-host:5557")
+    v.add_argument("--host", default="127.0.0.1", help="address to serve the page on (default %(default)s)")
+    v.add_argument("--port", type=int, default=8558, help="port of the page (default %(default)s; 0 = any free port)")
+    v.set_defaults(run=_view)
     return p
 
 
@@ -149,6 +166,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .service import Service
 
     config = load(args.config)
+    if not args.http:
+        config = dataclasses.replace(config, http=dataclasses.replace(config.http, enabled=False))
     live = sys.stderr.isatty() if args.progress is None else args.progress
     with progress.display(live, logging.getLogger().level) as shown:
         service = Service(config, max_series=args.max_series, on_status=shown.update)
@@ -216,7 +235,8 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     from .bench import e2e
 
     common = {"detector": args.detector, "config": args.config, "protocol": args.protocol,
-              "encoding": args.encoding, "workers": args.workers}
+              "encoding": args.encoding, "workers": args.workers, "web_clients": args.web_clients,
+              "web_stalled": args.web_stalled}
     if args.max_rate:
         result = e2e.find_max_rate(start=args.rate, seconds=args.seconds, **common)
         reports = result["runs"]
@@ -259,6 +279,25 @@ def _report(args: argparse.Namespace) -> int:
 
     report = load_report(args.file)
     print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    import signal
+
+    from .web import HttpSettings
+    from .web.view import run
+
+    settings = HttpSettings(host=args.host, port=args.port)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(args.endpoint, settings, stop)
+
+    asyncio.run(serve())
     return 0
 
 

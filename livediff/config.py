@@ -9,7 +9,8 @@ error naming the file, the dotted key, what was expected and what was found::
 Each section is a settings dataclass defined beside the code that uses it (the receiver's
 :class:`~livediff.sources.receiver.SourceSettings`, the executors'
 :class:`~livediff.executors.PipelineSettings`, the sinks' ``OutputSettings`` and
-``PublisherSettings``); nothing below this module imports it.  The operator chain is
+``PublisherSettings``, the live page's :class:`~livediff.web.HttpSettings`); nothing below
+this module imports it.  The operator chain is
 ``[operators.LABEL]`` tables in order, each with an optional ``kind`` (default: the label),
 so one kind may appear several times under different labels.  The operator registry and
 the array-file reader are handed to :func:`parse` by the caller (the built-in ones by
@@ -45,6 +46,7 @@ from .pipeline import OperatorSpec
 from .sinks.hdf5 import OutputSettings
 from .sinks.publisher import PublisherSettings
 from .sources.receiver import SourceSettings
+from .web import HttpSettings
 
 #: an operator label: it names HDF5 groups and topics
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -74,6 +76,7 @@ class Config:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     publisher: PublisherSettings = field(default_factory=PublisherSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     operators: tuple[OperatorSpec, ...] = ()
     text: str = ""
     path: str = "<default>"
@@ -170,6 +173,8 @@ def _as_toml(settings: Any, given: dict[str, Any]) -> dict[str, Any]:
         value = given.get(f.name) if f.metadata.get("file") else getattr(settings, f.name)
         if isinstance(value, dict):  # {name: settings}
             value = {name: _as_toml(sub, given.get(f.name, {}).get(name, {})) for name, sub in value.items()}
+        elif dataclasses.is_dataclass(value):  # a sub-table
+            value = _as_toml(value, given.get(f.name, {}))
         if value is not None:
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
@@ -210,6 +215,12 @@ def _build(cls: type, table: dict[str, Any], prefix: str, errors: list[str],
         where = f"{prefix}.{key}"
         if key not in fields:
             errors.append(f"{where}: unknown key{_suggest(key, fields)}")
+            continue
+        if dataclasses.is_dataclass(hints[key]):  # a sub-table: [prefix.KEY], checked like a section
+            if not isinstance(value, dict):
+                errors.append(f"{where}: expected a table [{where}], got {_show(value)}")
+            else:
+                values[key] = _build(hints[key], value, where, errors, read_array)
             continue
         entry = _table_of(hints[key])
         if entry is not None:  # {name: settings}: [...KEY.NAME] tables, each checked like a section

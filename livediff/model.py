@@ -328,6 +328,70 @@ class Scan:
 
 
 @dataclass(frozen=True)
+class Instrument:
+    """What a detector says about itself and the goniometer, beyond the geometry.
+
+    Attributes
+    ----------
+    sensor_material : e.g. ``"Si"``, ``"CdTe"``, or None.
+    sensor_thickness : metres, or None.
+    frame_time : seconds from one frame's start to the next, or None.
+    description : the detector's name and model, or None.
+    serial_number : or None.
+    goniometer : ``(axis, start, increment)`` per goniometer axis the header gave, degrees
+        and degrees per frame (DECTRIS ``goniometer`` / ``omega_start``, ``omega_increment``).
+    detector_translation : (x, y, z) in metres as DECTRIS Stream v2 sends it, or None.
+    pixel_flags : the detector's ``pixel_mask`` as received, uint32 (row, col), 0 = good,
+        nonzero bits saying why not (NXmx: 0 gap, 1 dead, 2 under-, 3 over-responding,
+        4 noisy, 8 user, 31 virtual), or None.  :attr:`SeriesStart.mask` is ``flags == 0``
+        (and what else the source masks); the flags describe the detector's frames only,
+        so operators that reshape frames leave them as they are.
+    """
+
+    sensor_material: str | None = None
+    sensor_thickness: float | None = None
+    frame_time: float | None = None
+    description: str | None = None
+    serial_number: str | None = None
+    goniometer: tuple[tuple[str, float, float], ...] = ()
+    detector_translation: tuple[float, float, float] | None = None
+    pixel_flags: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixel_flags is not None:
+            if self.pixel_flags.ndim != 2 or self.pixel_flags.dtype != np.uint32:
+                raise ValueError(f"pixel_flags must be 2-D uint32, got {self.pixel_flags.dtype} "
+                                 f"{self.pixel_flags.shape}")
+            self.pixel_flags.setflags(write=False)
+
+    @property
+    def rotation(self) -> tuple[str, float, float] | None:
+        """``(axis, start, increment)`` of the goniometer axis that turns during the series (the
+        first with a nonzero increment), or None for stills and scans."""
+        return next((axis for axis in self.goniometer if axis[2] != 0), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field but :attr:`pixel_flags`, as plain values (msgpack / JSON)."""
+        return {"sensor_material": self.sensor_material, "sensor_thickness": self.sensor_thickness,
+                "frame_time": self.frame_time, "description": self.description,
+                "serial_number": self.serial_number, "goniometer": [list(a) for a in self.goniometer],
+                "detector_translation": None if self.detector_translation is None
+                else list(self.detector_translation)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, pixel_flags: np.ndarray | None = None) -> Instrument:
+        """The inverse of :meth:`to_dict`, for values already checked (as :meth:`Geometry.from_dict`)."""
+        d = d or {}
+        translation = d.get("detector_translation")
+        return cls(sensor_material=d.get("sensor_material"), sensor_thickness=d.get("sensor_thickness"),
+                   frame_time=d.get("frame_time"), description=d.get("description"),
+                   serial_number=d.get("serial_number"),
+                   goniometer=tuple((str(n), float(s), float(i)) for n, s, i in d.get("goniometer") or ()),
+                   detector_translation=None if translation is None else tuple(float(v) for v in translation),
+                   pixel_flags=pixel_flags)
+
+
+@dataclass(frozen=True)
 class SeriesStart:
     """Header of a series: what every frame of it will look like.
 
@@ -342,6 +406,8 @@ class SeriesStart:
     scan : scan grid for scanning experiments, or None.
     count_time : exposure per frame in seconds, or None.
     saturation : count at and above which a pixel is saturated, or None.
+    instrument : what the detector says about itself and the goniometer (sensor,
+        goniometer angles, its pixel mask flags as received).
     meta : anything else the source reported (msgpack-able).
     """
 
@@ -354,6 +420,7 @@ class SeriesStart:
     scan: Scan | None = None
     count_time: float | None = None
     saturation: int | None = None
+    instrument: Instrument = field(default_factory=Instrument)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -23,7 +23,12 @@ Shape = tuple[int, ...]
 BASE_COLUMNS = {"frame": "i8", "timestamp": "f8", "received": "f8", "latency_s": "f8"}
 
 #: names under /entry/livediff that operators cannot take
-RESERVED = frozenset({"frames", "config", "summary", "reductions", "corrected"})
+RESERVED = frozenset({"frames", "config", "summary", "reductions", "corrected", "maps", "per_frame", "written",
+                      "provenance"})
+
+#: the result key (in ``frame.results[label]`` or in ``finish()``) of map values for other scan positions than
+#: the frame's own: a list of ``((row, col), {name: value})``, e.g. what needs the neighbours of a position
+PLACED = "placed"
 
 
 class Declaring(Protocol):
@@ -115,7 +120,16 @@ class Layout:
                 for label, declared in self.maps.items() if label in frame.results} if position else {}
         return FrameOutput(series=frame.series, index=frame.index, row=row, arrays=arrays, rows=rows,
                            received=received, blob=frame.raw, encoding=frame.encoding, output=frame.data,
-                           position=position, maps=maps)
+                           position=position, maps=maps, placed=self.placed_of(frame.results))
+
+    def placed_of(self, results: dict[str, dict[str, Any]]) -> dict[str, list[tuple[tuple[int, int], dict]]]:
+        """The map values for explicit positions (:data:`PLACED`) in a frame's ``results`` or in ``finish()``'s,
+        ``{operator label: [((row, col), {name: value}), ...]}``, declared names only; empty without a scan."""
+        if self.scan is None:
+            return {}
+        return {label: [(tuple(pos), {k: v for k, v in values.items() if k in self.maps[label]})
+                        for pos, values in results[label][PLACED]]
+                for label in self.maps if PLACED in results.get(label, {})}
 
 
 @dataclass
@@ -134,6 +148,8 @@ class FrameOutput:
     output : the chain's output frame (float32 after a correcting operator).
     position : (row, col) of the frame in the series' scan, or None (no scan, a fly-back frame).
     maps : the values to place there, ``{operator label: {name: value}}`` (empty without a position).
+    placed : values for other positions, ``{operator label: [((row, col), {name: value}), ...]}``
+        (:data:`PLACED`): an operator that needs a position's neighbours reports it later.
     """
 
     series: int
@@ -147,6 +163,7 @@ class FrameOutput:
     output: np.ndarray | None = None
     position: tuple[int, int] | None = None
     maps: dict[str, dict[str, float]] = field(default_factory=dict)
+    placed: dict[str, list[tuple[tuple[int, int], dict[str, float]]]] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Replay a recorded series as a live detector stream.
 
 A series recorded by livediff (``[output] save_raw = true``), an NXmx / EIGER master
-file (:mod:`livediff.readers.series`) or a 4D-STEM / EBSD stack in any HDF5 file
-(:mod:`livediff.readers.stack`, with its scan) is sent over ZeroMQ PUSH exactly as a detector
-sends one: its original header (shape, pixel type, mask, geometry, count time,
+file (:mod:`livediff.readers.series`), a 4D-STEM / EBSD stack in any HDF5 file
+(:mod:`livediff.readers.stack`, with its scan) or the EBSD pattern files users have
+(:mod:`livediff.readers.ebsd`: image folders and zips, h5ebsd, NORDIF, EDAX) is sent
+over ZeroMQ PUSH exactly as a detector sends one: its original header (shape, pixel type, mask, geometry, count time,
 saturation, announced frame count), then every recorded frame, then the end, in any
 protocol livediff reads.  The frames are read one chunk at a time; with
 ``encoding="bslz4"``, bitshuffle-LZ4 chunks are forwarded as stored, never decompressed.
@@ -21,6 +22,7 @@ from pathlib import Path
 import zmq
 
 from .model import Scan
+from .readers.ebsd import is_ebsd, open_patterns
 from .readers.series import open_series
 from .readers.stack import StackSeries, is_stack
 from .sources.sender import PEER_TIMEOUT, stream_series
@@ -35,8 +37,10 @@ def replay(path: str | Path, endpoint: str, *, rate: float = 0.0, protocol: str 
 
     Parameters
     ----------
-    path : livediff series file, NXmx / EIGER master file, or ``FILE.h5::/dataset`` holding
-        a (rows, cols, H, W) or (N, H, W) stack (:mod:`livediff.readers.stack`).
+    path : livediff series file, NXmx / EIGER master file, ``FILE.h5::/dataset`` holding
+        a (rows, cols, H, W) or (N, H, W) stack (:mod:`livediff.readers.stack`), or EBSD
+        patterns: a directory or zip of TIFF / PNG / BMP files, an h5ebsd file, NORDIF
+        ``.dat``, EDAX ``.up1`` / ``.up2`` (:mod:`livediff.readers.ebsd`).
     endpoint : ZeroMQ endpoint, e.g. ``tcp://127.0.0.1:9999``.
     rate : frames per second; 0 sends as fast as the receiver takes them.
     protocol : ``"native"``, ``"dectris-stream1"`` or ``"dectris-stream2"``.
@@ -48,7 +52,8 @@ def replay(path: str | Path, endpoint: str, *, rate: float = 0.0, protocol: str 
     context : ZeroMQ context; default the process' shared one.
     on_bound : called with the actual endpoint once bound (for ``tcp://...:*``).
     sndhwm : send high-water mark, in messages.
-    scan : the scan of a stack (required for an (N, H, W) one to make maps).
+    scan : the scan of a stack or of EBSD patterns (required for an (N, H, W) stack, or images
+        in natural order, to make maps; images named by position and h5ebsd files carry it).
     peer_timeout : seconds to wait for a receiver to be connected.
 
     Returns
@@ -66,7 +71,12 @@ def replay(path: str | Path, endpoint: str, *, rate: float = 0.0, protocol: str 
     TimeoutError
         No receiver connected within ``peer_timeout`` seconds.
     """
-    source = StackSeries(path, scan=scan, series=series or 1) if is_stack(path) else open_series(path, series=series)
+    if is_stack(path):
+        source = StackSeries(path, scan=scan, series=series or 1)
+    elif is_ebsd(path):
+        source = open_patterns(path, scan=scan, series=series or 1)
+    else:
+        source = open_series(path, series=series)
     with source:
         sent = stream_series(source, endpoint, rate=rate, bind=bind, protocol=protocol, encoding=encoding,
                              stop=stop, context=context, on_bound=on_bound, sndhwm=sndhwm,

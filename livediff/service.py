@@ -2,7 +2,8 @@
 
 Tasks: the receiver (owns the source socket), the run loop (runs the chain through the
 executor the config chooses, in order, and hands results to the sinks: the HDF5 writer,
-then the publisher, then the hand-off exporters of ``[output] export``), the heartbeat (status messages and the terminal progress line) and,
+then the publisher, then the hand-off exporters of ``[output] export``, then the live page), the
+live page's HTTP server, the heartbeat (status messages and the terminal progress line) and,
 with no source endpoint configured, the embedded simulator on a thread of its own.  CPU
 work never runs on the loop.
 
@@ -39,6 +40,7 @@ from .sinks.hdf5 import HDF5Writer
 from .sinks.publisher import Publisher
 from .sources import codecs
 from .sources.receiver import Receiver
+from .web.sink import LiveView
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,16 @@ class Service:
         self.writer = HDF5Writer(cfg.output)
         self.exporters = create_exporters(cfg.output.export)
         self.executor = executors.create(cfg.pipeline, cfg.operators)
-        self.run_loop = RunLoop(self.queue, self.executor, [self.writer, self.publisher, *self.exporters],
+        self.web = LiveView(cfg.http, status=self.status, protocol=source.protocol) if cfg.http.enabled else None
+        sinks = [self.writer, self.publisher, *self.exporters, *([self.web] if self.web else [])]
+        self.run_loop = RunLoop(self.queue, self.executor, sinks,
                                snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.effective,
                                config_hash=cfg.digest, on_series_end=self._series_ended)
         sim_stop = threading.Event()
         tasks: list[asyncio.Task] = []
         try:
+            if self.web is not None:
+                await self.web.start()
             receiving = asyncio.create_task(self.receiver.run(), name="receiver")
             processing = asyncio.create_task(self.run_loop.run(), name="run-loop")
             tasks = [receiving, processing]
@@ -110,6 +116,8 @@ class Service:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.web is not None:
+                await self.web.stop()
             self.executor.close()
             self.publisher.close()  # closed with a linger: what is still queued goes out while the file closes
             self.writer.close()

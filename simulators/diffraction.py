@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.special import erf
 
-from livediff.model import Geometry, Scan, SeriesStart
+from livediff.model import Geometry, Instrument, Scan, SeriesStart
 
 _SPOT_HALF = 4  # render each spot over +-4 sigma (sigma <= 1 px) around its centre
 
@@ -156,8 +156,19 @@ class DiffractionSimulator:
             geometry=Geometry(beam_center=self._derived["center"], pixel_size=tuple(self.pixel_size),
                               distance=self.distance, wavelength=self.wavelength),
             scan=self.scan, count_time=0.01,
+            instrument=Instrument(sensor_material="Si", sensor_thickness=450e-6, pixel_flags=self.pixel_flags),
             meta={"simulator": "diffraction", "seed": self.seed},
         )
+
+    @property
+    def pixel_flags(self) -> np.ndarray:
+        """The detector's pixel mask with DECTRIS' bits: 1 (gap) in the module gaps, 2 (dead) on dead pixels."""
+        flags = np.zeros(self.shape, dtype=np.uint32)
+        flags[self._derived["gap"]] |= 1
+        dead = self._derived["dead"]
+        flags[tuple(dead.T)] |= 2
+        flags[tuple(self._derived["hot"].T)] = 0   # the detector does not know these yet
+        return flags
 
     # ------------------------------------------------------------------ frames
     def drift_at(self, index: int) -> tuple[float, float]:

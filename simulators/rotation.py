@@ -10,6 +10,11 @@ covers the rotation interval [z - 0.5, z + 0.5], pixel (r, c) is centred on (r, 
 
 Every frame is a pure function of (seed, frame index): a Poisson sample of the expected
 image, with a masked vertical module gap flagged with the dtype's top value.
+
+The header says what an EIGER on a goniometer says: the geometry, the sensor, the
+pixel mask flags (the gap is bit 0, "gap", as DECTRIS flags it) and the goniometer, omega
+turning by ``omega_increment`` per frame from ``omega_start`` (frame z covers
+[start + z inc, start + (z + 1) inc]).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import erf
 
-from livediff.model import SeriesStart
+from livediff.model import Geometry, Instrument, SeriesStart
 
 
 @dataclass
@@ -38,6 +43,9 @@ class RotationSimulator:
     intensity : (low, high) integrated counts of a drawn reflection, log-uniform.
     extra : reflections to add as (row, col, z, intensity), e.g. one a test needs.
     series : series number announced in the header.
+    beam_center : (row, col) px, pixel-centre origin; None = off the frame's centre by a few pixels.
+    pixel_size, distance, wavelength : the geometry in the header ((y, x) m, m, Å).
+    omega_start, omega_increment : the rotation, degrees and degrees per frame.
     """
 
     shape: tuple[int, int] = (96, 128)
@@ -51,6 +59,12 @@ class RotationSimulator:
     intensity: tuple[float, float] = (2000.0, 20000.0)
     extra: tuple[tuple[float, float, float, float], ...] = ()
     series: int = 1
+    beam_center: tuple[float, float] | None = None
+    pixel_size: tuple[float, float] = (75e-6, 75e-6)
+    distance: float = 0.15
+    wavelength: float = 0.9762
+    omega_start: float = 10.0
+    omega_increment: float = 0.1
     _spots: dict[str, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,9 +101,31 @@ class RotationSimulator:
         mask[:, self.gap[0]:self.gap[1]] = False
         return mask
 
+    @property
+    def geometry(self) -> Geometry:
+        """The geometry the header sends (ground truth)."""
+        center = self.beam_center or (self.shape[0] * 0.5 - 3.25, self.shape[1] * 0.5 + 4.75)
+        return Geometry(beam_center=tuple(center), pixel_size=tuple(self.pixel_size), distance=self.distance,
+                        wavelength=self.wavelength)
+
+    @property
+    def pixel_flags(self) -> np.ndarray:
+        """The detector's pixel mask: 1 (bit 0, gap) in the gap, 0 elsewhere."""
+        return (~self.detector_mask).astype(np.uint32)
+
+    def angles(self) -> np.ndarray:
+        """Omega at the start of each frame, degrees."""
+        return self.omega_start + self.omega_increment * np.arange(self.n_frames)
+
     def series_start(self) -> SeriesStart:
         return SeriesStart(series=self.series, shape=tuple(self.shape), dtype=self.dtype, n_frames=self.n_frames,
-                           mask=self.detector_mask, meta={"simulator": "rotation", "seed": self.seed})
+                           mask=self.detector_mask, geometry=self.geometry, count_time=0.01,
+                           saturation=int(np.iinfo(self.dtype).max) - 1,
+                           instrument=Instrument(sensor_material="Si", sensor_thickness=450e-6, frame_time=0.01,
+                                                 description="simulated EIGER2", serial_number="SIM-ROT",
+                                                 goniometer=(("omega", self.omega_start, self.omega_increment),),
+                                                 pixel_flags=self.pixel_flags),
+                           meta={"simulator": "rotation", "seed": self.seed})
 
     def spots(self) -> dict[str, np.ndarray]:
         """Ground truth: row, col, z (counts-weighted centroid) and total intensity of each reflection."""

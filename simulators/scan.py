@@ -15,6 +15,7 @@ pixel-centre origin; the truth is independent of livediff's operator code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -22,7 +23,35 @@ from livediff.model import Geometry, Scan, SeriesStart
 
 
 @dataclass
-class ScanSimulator:
+class ScanFrames:
+    """What every scan simulator shares: the scan, each frame's position (a fly-back frame: the line's last)."""
+
+    scan: tuple[int, int] = (12, 16)
+    shape: tuple[int, int] = (64, 72)
+    order: str = "raster"
+    flyback: int = 0
+
+    step: ClassVar[float] = 1.5
+    unit: ClassVar[str] = "nm"
+
+    @property
+    def grid(self) -> Scan:
+        return Scan(tuple(self.scan), order=self.order, flyback=self.flyback, step=self.step, unit=self.unit)
+
+    @property
+    def n_frames(self) -> int:
+        return self.grid.n_frames
+
+    def position(self, index: int) -> tuple[int, int]:
+        """The position frame ``index`` was taken at (a fly-back frame: the line's last position)."""
+        rows, cols = self.scan
+        line, k = divmod(index, cols + self.flyback)
+        k = min(k, cols - 1)
+        return line, (cols - 1 - k if self.order == "serpentine" and line % 2 else k)
+
+
+@dataclass
+class ScanSimulator(ScanFrames):
     """A 4D-STEM series and its ground truth.
 
     Parameters
@@ -37,10 +66,6 @@ class ScanSimulator:
     seed, series : as the other simulators.
     """
 
-    scan: tuple[int, int] = (12, 16)
-    shape: tuple[int, int] = (64, 72)
-    order: str = "raster"
-    flyback: int = 0
     dtype: str = "uint16"
     disk_radius: float = 9.0
     dose: float = 2.0e5
@@ -52,14 +77,6 @@ class ScanSimulator:
     def center(self) -> tuple[float, float]:
         """The untilted pattern centre, (row, col) px."""
         return ((self.shape[0] - 1) / 2, (self.shape[1] - 1) / 2)
-
-    @property
-    def grid(self) -> Scan:
-        return Scan(tuple(self.scan), order=self.order, flyback=self.flyback, step=1.5, unit="nm")
-
-    @property
-    def n_frames(self) -> int:
-        return self.grid.n_frames
 
     def series_start(self) -> SeriesStart:
         return SeriesStart(series=self.series, shape=tuple(self.shape), dtype=self.dtype, n_frames=self.n_frames,
@@ -88,13 +105,6 @@ class ScanSimulator:
         y, x = np.mgrid[:rows, :cols]
         return (self.tilt * np.sin(np.pi * y / max(rows - 1, 1)) * 0.5,
                 self.tilt * (x / max(cols - 1, 1) - 0.5))
-
-    def position(self, index: int) -> tuple[int, int]:
-        """The position frame ``index`` was taken at (a fly-back frame: the line's last position)."""
-        rows, cols = self.scan
-        line, k = divmod(index, cols + self.flyback)
-        k = min(k, cols - 1)
-        return line, (cols - 1 - k if self.order == "serpentine" and line % 2 else k)
 
     def expected(self, index: int) -> np.ndarray:
         """The expected pattern of frame ``index`` (float64)."""

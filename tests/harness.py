@@ -36,6 +36,7 @@ def config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "source": {"endpoint": free_endpoint(), "bind": True, "end_timeout": 5.0},
         "publisher": {"endpoint": "tcp://127.0.0.1:*", "status_period": 0.05},
         "output": {"directory": str(tmp_path / "out"), "flush_seconds": 0.1},
+        "http": {"port": 0},
     }
     for name, values in sections.items():
         table[name] = {**table.get(name, {}), **values}

@@ -100,7 +100,9 @@ def test_conversions_at_the_edge():
     np.testing.assert_array_equal(start.mask, pixel_mask == 0)
     assert start.geometry == Geometry(beam_center=(19.75, 10.0), pixel_size=(172e-6, 75e-6), distance=0.12,
                                       wavelength=0.98)
-    assert start.count_time == 0.002 and start.saturation == 31000 and start.meta["description"] == "EIGER2 X 4M"
+    assert start.count_time == 0.002 and start.saturation == 31000
+    assert start.instrument.description == "EIGER2 X 4M"
+    np.testing.assert_array_equal(start.instrument.pixel_flags, pixel_mask)   # the bits kept as received
     np.testing.assert_array_equal(frame.data, data)
     assert frame.raw is None and frame.encoding == "raw"
 

@@ -54,6 +54,13 @@ def test_real_captured_series():
     assert g.pixel_size == (75e-6, 75e-6) and g.wavelength == pytest.approx(0.918381073013)
     assert g.distance == pytest.approx(0.23715919962215962)
     assert start.meta["series_unique_id"] == "01HBV3JPF9T4ZDPADX6EMK6XMZ" and start.meta["channel"] == "threshold_1"
+    ins = start.instrument   # what the detector says of itself, typed and kept
+    assert (ins.sensor_material, ins.sensor_thickness, ins.description, ins.serial_number) == (
+        "Si", 0.00045, "Dectris EIGER2 Si 16M", "E-32-0117")
+    assert ins.frame_time == pytest.approx(0.004317572232502031)
+    assert ins.goniometer == (("omega", 0.0, 0.1), ("phi", 0.0, 0.0), ("chi", 30.0, 0.0))
+    assert ins.rotation == ("omega", 0.0, 0.1)
+    assert ins.detector_translation == pytest.approx((0.15370380680006296, 0.1622715786431361, -0.23715919962215962))
     gaps = frame.data == 65535
     assert frame.index == 0 and frame.encoding == "bslz4" and len(frame.raw) == 513082
     assert gaps.sum() == 1_253_075 and frame.data[~gaps].sum(dtype=np.int64) == 13_712

@@ -94,7 +94,8 @@ def mx_series(tmp_path_factory):
                                  encoding="bslz4"))
     with h5py.File(summary["file"], "r") as f:
         frames, spots = f["entry/livediff/frames"][:], f["entry/livediff/spots"][:]
-        maps = {name: f[f"entry/livediff/maps/mx/{name}"][:] for name in f["entry/livediff/maps/mx"]}
+        maps = {name: f[f"entry/livediff/maps/mx/{name}"][:] for name in f["entry/livediff/maps/mx"]
+                if name not in ("scan_y", "scan_x")}   # the NXdata's axes
     return sim, summary, frames, spots, maps
 
 

@@ -22,6 +22,9 @@ _SOURCE_MUST_NOT = ("livediff.operators", "numba", "h5py", "livediff.config", "l
                     "livediff.executors", "livediff.pipeline", "simulators")
 _SINK_MUST_NOT = ("livediff.operators", "numba", "livediff.config", "livediff.sources", "livediff.executors",
                   "livediff.pipeline", "simulators")
+_WEB_MUST_NOT = ("livediff.operators", "numba", "h5py", "livediff.config", "livediff.sources", "livediff.executors",
+                  "livediff.pipeline", "livediff.sinks.hdf5", "livediff.sinks.publisher", "livediff.service",
+                  "livediff.cli", "simulators")
 _RUNNER_MUST_NOT = ("zmq", "h5py", "livediff.sources", "livediff.sinks.hdf5", "livediff.sinks.publisher",
                     "livediff.config", "livediff.service", "simulators")
 
@@ -39,6 +42,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     *((f"livediff.sinks.{name}", _SINK_MUST_NOT) for name in ("base", "hdf5", "publisher", "series_file", "exports",
                                                                "refl", "cxi")),
     ("livediff.sinks", _SINK_MUST_NOT),
+    *((f"livediff.web.{name}", _WEB_MUST_NOT) for name in ("sink", "server", "state", "view")),
+    ("livediff.web", ("aiohttp", "prometheus_client", "plotly", "zmq", "numpy", "livediff.web.server")),
     ("livediff.schema", ("livediff.operators", "numba", "zmq", "livediff.config", "simulators")),
     ("livediff.outputs", ("livediff.operators", "numba", "zmq", "h5py", "livediff.config")),
     ("livediff.pipeline", (*_RUNNER_MUST_NOT, "livediff.operators.registry", "numba")),

@@ -63,14 +63,21 @@ def _contents(path: Path) -> dict[str, object]:
     with h5py.File(path, "r") as f:
         def visit(name: str, obj) -> None:
             if isinstance(obj, h5py.Dataset) and name not in ("entry/start_time", "entry/end_time",
-                                                               "entry/livediff/config"):
+                                                               "entry/end_time_estimated", "entry/livediff/config") \
+                    and name not in {f"entry/livediff/per_frame/{c}" for c in _TIMING} \
+                    and "detectorSpecific" not in name:   # Stream v2's own detector_translation
                 value = obj[()]
                 if name == "entry/livediff/frames":
                     value = {c: value[c] for c in value.dtype.names if c not in _TIMING}
+                if name == "entry/livediff/provenance":
+                    value = {k: v for k, v in json.loads(value).items() if k != "detector_translation"}
                 out[name] = value
         f.visititems(visit)
-        # meta is what the sending protocol's header carried (its dates, its key names): not compared
+        # meta is what the sending protocol's header carried (its dates, its key names), like the instrument's
+        # detector_translation (Stream v2 only): not compared
         out["attrs"] = {k: np.asarray(v).tolist() for k, v in f["entry/livediff"].attrs.items() if k != "meta"}
+        out["attrs"]["instrument"] = {k: v for k, v in json.loads(out["attrs"]["instrument"]).items()
+                                      if k != "detector_translation"}
     return out
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pyte
 import pytest
 
+from livediff.endpoints import free_tcp_endpoint
+
 COLS, ROWS = 80, 24
 _LOG = re.compile(r"^(\[?\d\d:\d\d:\d\d\]?)?\s+(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s")  # rich's log lines
 _PROGRESS = re.compile(r"^series \d+ ")
@@ -49,7 +51,7 @@ def _run_on_a_terminal(args: list[str], cwd: Path) -> list[str]:
 
 
 def test_serve_on_a_terminal_keeps_progress_and_log_apart_and_within_its_width(tmp_path):
-    chunks = _run_on_a_terminal(["serve"], tmp_path)
+    chunks = _run_on_a_terminal(["serve", "--config", _embedded_default(tmp_path)], tmp_path)
     screen = pyte.HistoryScreen(COLS, ROWS, history=10000)
     screen.set_mode(pyte.modes.LNM)  # a pty turns "\n" into "\r\n"
     stream = pyte.Stream(screen)
@@ -69,13 +71,21 @@ def test_serve_on_a_terminal_keeps_progress_and_log_apart_and_within_its_width(t
     assert all(len(_strip_ansi(line).split("\r")[-1]) <= COLS for line in raw_lines)
 
 
+def _embedded_default(tmp_path: Path) -> str:
+    """The embedded default, publishing on a free port (a service already running here keeps 5557)."""
+    path = tmp_path / "default.toml"
+    path.write_text(f'[publisher]\nendpoint = "{free_tcp_endpoint()}"\n')
+    return str(path)
+
+
 def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", text)
 
 
 @pytest.mark.parametrize("flag", ["--no-progress"])
 def test_serve_without_a_terminal_prints_plain_log_lines(tmp_path, flag):
-    done = subprocess.run([sys.executable, "-m", "livediff", "serve", flag], cwd=tmp_path, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "livediff", "serve", "--config", _embedded_default(tmp_path), flag],
+                          cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "\x1b[" not in done.stderr and "\r" not in done.stderr

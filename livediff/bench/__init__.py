@@ -13,7 +13,7 @@ from .core import Case, format_table, run_case
 
 #: benchmark families, in the order their tables print
 FAMILIES: tuple[str, ...] = ("decode", "corrections", "stats", "align", "spots", "mx", "azimuthal", "virtual",
-                              "hdf5")
+                              "ebsd", "hdf5")
 
 
 def collect(families: Iterable[str], quick: bool) -> list[Case]:

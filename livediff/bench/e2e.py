@@ -28,6 +28,7 @@ from ..config import load
 from ..endpoints import free_tcp_endpoint
 from ..model import SeriesStart
 from ..sources.sender import stream_series
+from .web_clients import PageClients, RssSampler
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,23 +84,32 @@ class LoadSource:
 
 def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float = 10.0,
              config: str | None = None, protocol: str = "native", encoding: str = "bslz4",
-             overflow: str | None = None, workers: int | None = None) -> dict[str, Any]:
+             overflow: str | None = None, workers: int | None = None, web_clients: int = 0,
+             web_stalled: int = 0) -> dict[str, Any]:
     """Stream ``rate`` frames/s for ``seconds`` to a fresh service process; measure it."""
     rows, cols, dtype = DETECTORS[detector]
     source = LoadSource((rows, cols), dtype, max(1, int(round(rate * seconds))))
+    web: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="livediff-e2e-") as tmp:
-        cfg_path, source_ep, publish_ep = _service_config(Path(tmp), config, protocol, overflow, workers)
+        cfg_path, source_ep, publish_ep, http_port = _service_config(Path(tmp), config, protocol, overflow, workers)
         proc = subprocess.Popen([sys.executable, "-m", "livediff", "--log-level", "warning", "serve",
                                  "--config", str(cfg_path), "--max-series", "1", "--no-progress"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         listener = _Listener(publish_ep)
+        pages = PageClients(http_port, web_clients, web_stalled) if web_clients or web_stalled else None
         try:
             listener.wait_ready(proc)
+            if pages is not None:
+                pages.start()
+            rss = RssSampler(proc.pid)
             t0 = time.perf_counter()
             listener.mark()
             sent = stream_series(source, source_ep, rate=rate, protocol=protocol, encoding=encoding)
             send_s = time.perf_counter() - t0
             end = listener.wait_end(timeout=120 + seconds)
+            web["rss_mb"] = rss.stop()
+            if pages is not None:
+                web.update(pages.stop())
             _, err = proc.communicate(timeout=120)
         finally:
             listener.close()
@@ -122,6 +132,7 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
         "cpu_cores": listener.cpu_cores(),
         "peak_rss_mb": listener.peak_rss_mb,
         "max_queue": listener.max_queue,
+        **web,
     }
 
 
@@ -149,10 +160,12 @@ def _keeps_up(report: dict[str, Any]) -> bool:
 
 
 def _service_config(tmp: Path, config: str | None, protocol: str, overflow: str | None,
-                    workers: int | None) -> tuple[Path, str, str]:
-    """Write the user's config with the source, publisher and output the bench needs."""
+                    workers: int | None) -> tuple[Path, str, str, int]:
+    """Write the user's config with the source, publisher, output and page port the bench needs."""
     table = tomllib.loads(Path(config).read_text()) if config else {}
     source_ep, publish_ep = free_tcp_endpoint(), free_tcp_endpoint()
+    http_port = int(free_tcp_endpoint().rsplit(":", 1)[1])
+    table["http"] = {**table.get("http", {}), "host": "127.0.0.1", "port": http_port}
     table["source"] = {**table.get("source", {}), "protocol": protocol, "endpoint": source_ep, "bind": True,
                        "pattern": "pull"}
     table["publisher"] = {**table.get("publisher", {}), "endpoint": publish_ep, "status_period": 0.2}
@@ -162,7 +175,7 @@ def _service_config(tmp: Path, config: str | None, protocol: str, overflow: str 
     path = tmp / "e2e.toml"
     path.write_text(tomli_w.dumps(table))
     load(path)  # a config error shows here, in this process, as the usual one line
-    return path, source_ep, publish_ep
+    return path, source_ep, publish_ep, http_port
 
 
 class _Listener:
@@ -237,5 +250,16 @@ def format_report(r: dict[str, Any]) -> str:
             f"lost {r['lost']}  bad {r['bad']}\n"
             f"  sustained {fmt(r['sustained_fps'])} fr/s  latency p50/p95/p99 {fmt(lat['p50'])}/{fmt(lat['p95'])}/"
             f"{fmt(lat['p99'])} ms (first frame {fmt(r['first_latency_ms'])} ms)  cpu {fmt(r['cpu_cores'])} cores  peak RSS {r['peak_rss_mb']:.0f} MB  "
-            f"max queue {r['max_queue']}")
+            f"max queue {r['max_queue']}" + _format_web(r))
+
+
+def _format_web(r: dict[str, Any]) -> str:
+    rss = r.get("rss_mb") or {}
+    line = ""
+    if rss.get("first") is not None:
+        line = f"\n  service RSS {rss['first']:.0f} -> {rss['last']:.0f} MB (max {rss['max']:.0f}) over the run"
+    if r.get("web_clients") or r.get("web_stalled"):
+        line += (f"\n  page clients: {r['web_clients']} reading ({r['web_messages']} updates, {r['web_mb']:.1f} MB), "
+                 f"{r['web_stalled']} never reading")
+    return line
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..model import SeriesStart
 from ..outputs import Layout
-from ..sinks.series_file import BSLZ4, SeriesFile
+from ..sinks.h5tables import BSLZ4
+from ..sinks.series_file import SeriesFile
 from ..sources import codecs
 from . import core
 

@@ -1,15 +1,17 @@
-"""Spotfinding against the seed study's three approaches, on one EIGER2 4M-sized frame.
+"""Spotfinding against the seed study's three approaches and against DIALS' own C++ threshold.
 
-Peers, written here as the seed study wrote them (each returns the strong-pixel mask):
+Peers of :func:`livediff.operators.spots.find_spots` (threshold, labelling and spot
+properties, on one thread and on two), on one EIGER2 4M-sized frame, written here as the
+seed study wrote them (each returns the strong-pixel mask):
 
 (a) local sums by ``scipy.ndimage.convolve`` with a box of ones, numpy variance test;
 (b) summed-area tables by numpy ``cumsum``, numpy variance test;
 (c) summed-area tables in a numba loop, numba variance test.
 
-Ours is :func:`livediff.operators.spots.find_spots`: threshold, labelling and spot
-properties, on one thread and on two (row blocks).  Each case first checks that the
-peer's strong mask equals ours.  The peers are numpy, scipy and numba code, all
-dependencies of livediff, so no case is ever skipped for a missing peer.
+Peer of the threshold alone (:func:`livediff.operators.spots.dispersion_mask`, one thread)
+on EIGER2 4M, Pilatus 6M and EIGER 16M frames: DIALS' ``DispersionThreshold`` as plain C++
+(:mod:`livediff.bench.dials_cpp`), compiled at bench time; skipped when no C++ compiler
+is found.  Each case first checks that the peer's strong mask equals ours.
 """
 from __future__ import annotations
 
@@ -21,20 +23,30 @@ import numpy as np
 from scipy import ndimage
 
 from ..operators.spots import MAX_VALUE, dispersion_mask, find_spots
-from . import core
+from . import core, dials_cpp
 
 #: EIGER2 X 4M: 2162 rows x 2068 columns
 FULL_SHAPE = (2162, 2068)
 QUICK_SHAPE = (541, 517)
+#: frames of the threshold cases: (shape, dtype); Pilatus 6M and EIGER 16M in both of their usual dtypes
+THRESHOLD_FRAMES = ((FULL_SHAPE, "uint32"), ((2527, 2463), "int32"), ((2527, 2463), "uint16"),
+                    ((4362, 4148), "int32"), ((4362, 4148), "uint16"))
+QUICK_THRESHOLD_FRAMES = ((QUICK_SHAPE, "uint32"), (QUICK_SHAPE, "int32"), (QUICK_SHAPE, "uint16"))
 KH, KW = 3, 3
 SIGMA_B, SIGMA_S, MIN_LOCAL = 6.0, 3.0, 2
 
 
-@lru_cache(maxsize=2)
-def _frame(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A simulated uint32 frame with Bragg spots, gaps, dead and hot pixels, and its mask."""
+@lru_cache(maxsize=8)
+def _frame(shape: tuple[int, int], dtype: str = "uint32") -> tuple[np.ndarray, np.ndarray]:
+    """A simulated frame with Bragg spots, gaps, dead and hot pixels, and its mask (uint16:
+    the uint32 frame clipped at 65535)."""
     from simulators import DiffractionSimulator
 
+    if dtype != "uint32":
+        image, mask = _frame(shape)
+        image = np.minimum(image, np.iinfo(dtype).max).astype(dtype)
+        image.setflags(write=False)
+        return image, mask
     n_spots = int(400 * shape[0] * shape[1] / (FULL_SHAPE[0] * FULL_SHAPE[1]))
     sim = DiffractionSimulator(shape=shape, dtype="uint32", n_frames=1, seed=7, n_spots=n_spots,
                                background=2.0, n_dead=200, n_hot=50)
@@ -128,15 +140,34 @@ PEERS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 
 
 def cases(quick: bool) -> list[core.Case]:
-    """Ours (threshold + labelling + properties) against each peer; 1 and 2 threads against (c)."""
+    """Ours (threshold + labelling + properties) against each peer, 1 and 2 threads against (c);
+    then the threshold alone against DIALS' C++ on each frame of THRESHOLD_FRAMES."""
     shape = QUICK_SHAPE if quick else FULL_SHAPE
     image, mask = _frame(shape)
     pairs = [*((peer, 1) for peer in PEERS), ("numba SAT", 2)]
-    return [core.Case(operator="spots dispersion", shape=shape, dtype="uint32",
-                      ours=lambda threads=threads: find_spots(image, mask, threads=threads),
-                      peer=peer, peer_fn=lambda fn=PEERS[peer]: fn(image, mask),
-                      check=lambda fn=PEERS[peer]: _check(fn, image, mask), threads=threads)
-            for peer, threads in pairs]
+    return [*(core.Case(operator="spots dispersion", shape=shape, dtype="uint32",
+                        ours=lambda threads=threads: find_spots(image, mask, threads=threads),
+                        peer=peer, peer_fn=lambda fn=PEERS[peer]: fn(image, mask),
+                        check=lambda fn=PEERS[peer]: _check(fn, image, mask), threads=threads)
+              for peer, threads in pairs),
+            *threshold_cases(QUICK_THRESHOLD_FRAMES if quick else THRESHOLD_FRAMES)]
+
+
+def threshold_cases(frames: tuple[tuple[tuple[int, int], str], ...]) -> list[core.Case]:
+    """``dispersion_mask`` (defaults, one thread) against DIALS' dispersion threshold in C++."""
+    library, why = dials_cpp.load()
+    peer = f"DIALS dispersion, C++ {' '.join(dials_cpp.FLAGS[:1])}"
+    out = []
+    for shape, dtype in frames:
+        image, mask = _frame(shape, dtype)
+        run = None if library is None else dials_cpp.dispersion(library, shape, dtype)
+        out.append(core.Case(operator="spots threshold (dispersion_mask)", shape=shape, dtype=dtype,
+                             ours=lambda image=image, mask=mask: dispersion_mask(image, mask), peer=peer,
+                             peer_fn=None if run is None else lambda run=run, image=image, mask=mask: run(image, mask),
+                             check=None if run is None else lambda run=run, image=image, mask=mask: _check(
+                                 run, image, mask),
+                             skipped=why))
+    return out
 
 
 def _check(peer: Callable[[np.ndarray, np.ndarray], np.ndarray], image: np.ndarray, mask: np.ndarray) -> None:

@@ -161,6 +161,9 @@ class RunLoop:
         values = {label: {k: v for k, v in found.items() if k in layout.reductions.get(label, {})}
                   for label, found in results.items()}
         values = {label: found for label, found in values.items() if found}
+        if final and cur.maps is not None:  # what waited for neighbours that never came
+            for label, entries in layout.placed_of(results).items():
+                cur.maps.place_at(label, entries)
         maps = cur.maps.snapshot() if cur.maps is not None else {}
         if not values and not maps:
             return

@@ -31,7 +31,12 @@ first frame, as SWMR requires):
                 cols), NaN where no frame arrived) and the ``image`` topic; only when the
                 series has a scan.  ``derive_maps(maps)`` fills the declared maps that
                 are computed from the others (a pure function of them, called at each
-                snapshot); a declared name no frame result carries is such a map.
+                snapshot); a declared name no frame result carries is such a map.  Values
+                for other positions than the frame's own (a figure that needs a position's
+                neighbours, known only once they have arrived) go in a list under the key
+                ``livediff.outputs.PLACED`` of ``frame.results[name]`` (from ``collect``)
+                or of ``finish()`` (what is left at series end): ``[((row, col), {name:
+                value}), ...]``.
 
 ``frame.results[name]`` holds the scalars and arrays under their names and, for
 ``rows``, one 1-D array per column under the key ``"rows"``.

@@ -22,16 +22,28 @@ from .base import BaseOperator, param
 from .checks import check_choice, check_image, check_mask, check_output
 from .masks import finite_mask, float32_series, store
 
-__all__ = ["DynamicBackground", "DynamicBackgroundParams", "dynamic_background"]
+__all__ = ["DynamicBackground", "DynamicBackgroundParams", "dynamic_background", "remove_background"]
 
 
 @functools.lru_cache(maxsize=32)
-def _half_gaussian(sigma: float, truncate: float) -> np.ndarray:
-    """w[0..r] of scipy.ndimage's normalised 1-D Gaussian, radius r = int(truncate * sigma + 0.5)."""
-    radius = int(truncate * sigma + 0.5)
-    x = np.arange(-radius, radius + 1)
-    w = np.exp(-0.5 / (sigma * sigma) * x.astype(np.float64) ** 2)
-    w = w[radius:] / w.sum()
+def _taps(sigma: float, truncate: float, window: str) -> np.ndarray:
+    """The normalised 1-D Gaussian, centred on tap ``len // 2`` of a correlation.
+
+    ``"scipy"``: scipy.ndimage's, radius ``int(truncate * sigma + 0.5)``.  ``"kikuchipy"``:
+    kikuchipy's dynamic-background window, ``int(truncate * sigma)`` taps of
+    ``exp(-n² / 2σ²)`` with n from the window's middle (an even count sits half a pixel off
+    the centre tap, as kikuchipy's correlation does).
+    """
+    if window == "scipy":
+        radius = int(truncate * sigma + 0.5)
+        n = np.arange(-radius, radius + 1, dtype=np.float64)
+    else:
+        taps = int(truncate * sigma)
+        if taps < 1:
+            raise ValueError(f"kikuchipy's window has int(truncate * sigma) taps: {truncate} x {sigma} gives none")
+        n = np.arange(taps, dtype=np.float64) - (taps - 1) / 2
+    w = np.exp(-0.5 / (sigma * sigma) * n ** 2)
+    w /= w.sum()
     w.setflags(write=False)
     return w
 
@@ -46,62 +58,94 @@ def _fold(j, n, reflect):
 
 
 @numba.njit(nogil=True, cache=True)
-def _add_pair(acc, w, a, b):
-    for c in range(acc.size):
-        acc[c] += w * (a[c] + b[c])
-
-
-@numba.njit(nogil=True, cache=True)
-def _lowpass_direct(src, w, reflect, out):
+def _column_pass(src, w, reflect, out):
+    """out[i] = sum_k w[k] src[i + k - h] along the columns (h = len(w) // 2) for a symmetric ``w``: taps k and
+    len - 1 - k added in pairs, innermost first, each a whole row at a time (contiguous: it vectorises)."""
     rows, cols = src.shape
-    r = w.size - 1
-    pad = np.empty(cols + 2 * r)
-    mid = pad[r:r + cols]
-    for i in range(rows):  # columns first, into the padded row buffer, then along the row
-        s = src[i]
+    m = w.size
+    h = m // 2
+    centre = w[h] if m % 2 else 0.0
+    for i in range(rows):
+        o, s = out[i], src[i]
         for c in range(cols):
-            mid[c] = w[0] * s[c]
-        for k in range(1, r + 1):
-            _add_pair(mid, w[k], src[_fold(i - k, rows, reflect)], src[_fold(i + k, rows, reflect)])
-        for j in range(1, r + 1):
-            pad[r - j] = mid[_fold(-j, cols, reflect)]
-            pad[r + cols - 1 + j] = mid[_fold(cols - 1 + j, cols, reflect)]
-        o = out[i]
-        for c in range(cols):
-            o[c] = w[0] * mid[c]
-        for k in range(1, r + 1):
-            _add_pair(o, w[k], pad[r - k:r - k + cols], pad[r + k:r + k + cols])
+            o[c] = centre * s[c]
+        for k in range(m // 2 - 1, -1, -1):
+            a, b = src[_fold(i + k - h, rows, reflect)], src[_fold(i + m - 1 - k - h, rows, reflect)]
+            wk = w[k]
+            for c in range(cols):
+                o[c] += wk * (a[c] + b[c])
+
+
+def _lowpass_direct(src: np.ndarray, w: np.ndarray, reflect: bool) -> np.ndarray:
+    """The separable correlation with ``w`` along both axes: a column pass, then one on the transpose."""
+    once = np.empty_like(src)
+    _column_pass(src, w, reflect, once)
+    once = np.ascontiguousarray(once.T)
+    out = np.empty_like(once)
+    _column_pass(once, w, reflect, out)
+    return out.T
 
 
 @functools.lru_cache(maxsize=16)
-def _spectrum(n: int, sigma: float, truncate: float, half: bool) -> np.ndarray:
-    """Real DFT of the Gaussian placed circularly on n samples (full, or rfft's half)."""
-    w = _half_gaussian(sigma, truncate)
-    h = np.zeros(n)
-    h[: w.size] = w
-    h[n - w.size + 1:] += w[:0:-1]
-    spec = (scipy.fft.rfft(h) if half else scipy.fft.fft(h)).real
+def _spectrum(n: int, sigma: float, truncate: float, window: str, half: bool) -> np.ndarray:
+    """DFT of the correlation with :func:`_taps` placed circularly on n samples (full, or rfft's half), in
+    the precision of the window's low-pass (:func:`_precision`)."""
+    w = _taps(sigma, truncate, window)
+    h = w.size // 2
+    g = np.zeros(n)
+    g[(h - np.arange(w.size)) % n] = w  # correlation = convolution with the reversed taps
+    spec = (scipy.fft.rfft(g) if half else scipy.fft.fft(g)).astype(np.result_type(_precision(window), 1j))
     spec.setflags(write=False)
     return spec
 
 
-def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, method: str) -> np.ndarray:
-    """Gaussian low-pass of a float64 frame, scipy.ndimage.gaussian_filter semantics."""
-    w = _half_gaussian(sigma, truncate)
-    r = w.size - 1
+@functools.lru_cache(maxsize=16)
+def _matrix(n: int, sigma: float, truncate: float, window: str, reflect: bool) -> np.ndarray:
+    """The (n, n) matrix of the correlation with :func:`_taps` along one axis, boundary folded in (transposed)."""
+    w = _taps(sigma, truncate, window)
+    h = w.size // 2
+    a = np.zeros((n, n))
+    for i in range(n):
+        for k in range(w.size):
+            a[i, _fold(i + k - h, n, reflect)] += w[k]
+    a = np.ascontiguousarray(a.T, dtype=_precision(window))
+    a.setflags(write=False)
+    return a
+
+
+#: frames up to this many pixels a side are low-passed as two matrix products: BLAS beats the taps and the FFT
+#: there, and OpenBLAS multiplies them on the calling thread (above, its own threads contend with the workers)
+_MATRIX_SIDE = 64
+
+
+def _precision(window: str) -> type:
+    """float64, or float32 for kikuchipy's window (kikuchipy's own precision: its backgrounds agree to 1e-6)."""
+    return np.float32 if window == "kikuchipy" else np.float64
+
+
+def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, method: str,
+             window: str = "scipy") -> np.ndarray:
+    """Separable Gaussian low-pass of a frame with :func:`_taps`' window (scipy's: gaussian_filter), in
+    :func:`_precision`."""
+    src = np.asarray(src, dtype=_precision(window))
+    w = _taps(sigma, truncate, window)
+    r = w.size // 2
     rows, cols = src.shape
     lr = scipy.fft.next_fast_len(rows + 2 * r, real=True)
     lc = scipy.fft.next_fast_len(cols + 2 * r, real=True)
     if method == "auto":  # measured: a direct tap costs about half an FFT's n log2 n unit
         method = "direct" if rows * cols * (r + 1) <= 2 * lr * lc * math.log2(lr * lc) else "fft"
+        if max(rows, cols) <= _MATRIX_SIDE and r > 3:
+            method = "matrix"
+    if method == "matrix":  # A_rows @ src @ A_cols^T
+        return _matrix(rows, sigma, truncate, window, reflect).T @ src @ _matrix(cols, sigma, truncate, window,
+                                                                                 reflect)
     if method == "direct":
-        out = np.empty_like(src)
-        _lowpass_direct(src, w, reflect, out)
-        return out
+        return _lowpass_direct(src, w, reflect)
     padded = np.pad(src, r, mode="symmetric" if reflect else "edge")
     spec = scipy.fft.rfft2(padded, s=(lr, lc), workers=1)
-    spec *= _spectrum(lr, sigma, truncate, False)[:, None]
-    spec *= _spectrum(lc, sigma, truncate, True)[None, :]
+    spec *= _spectrum(lr, sigma, truncate, window, False)[:, None]
+    spec *= _spectrum(lc, sigma, truncate, window, True)[None, :]
     return scipy.fft.irfft2(spec, s=(lr, lc), workers=1)[r:r + rows, r:r + cols]
 
 
@@ -117,7 +161,7 @@ def _remove(image, num, den, mask, mode, min_weight, fill, out, valid):
             v = np.float64(x[c])
             weight = 1.0 if den is None else den[r, c]
             b = num[r, c] / weight
-            ok = (weight >= min_weight) & (np.abs(v) < np.inf)
+            ok = (weight >= min_weight) & (np.abs(v) < np.inf) & (np.abs(b) < np.inf)
             if mask is not None:
                 ok &= mask[r, c]
             if mode == 1:
@@ -129,9 +173,9 @@ def _remove(image, num, den, mask, mode, min_weight, fill, out, valid):
 
 
 def dynamic_background(image: np.ndarray, sigma: float, mask: np.ndarray | None = None, *,
-                       mode: str = "divide", truncate: float = 4.0, boundary: str = "reflect",
+                       mode: str = "divide", truncate: float = 4.0, boundary: str | None = None,
                        min_weight: float = 0.01, fill_value: float = 0.0, method: str = "auto",
-                       mask_out: np.ndarray | None = None) -> np.ndarray:
+                       mask_out: np.ndarray | None = None, window: str = "scipy") -> np.ndarray:
     """Remove a frame's own Gaussian low-pass (e.g. to extract Kikuchi bands).
 
     Parameters
@@ -142,13 +186,19 @@ def dynamic_background(image: np.ndarray, sigma: float, mask: np.ndarray | None 
         out of the background (normalised convolution) and of the result.
     mode : ``"divide"`` :math:`x / B`, ``"subtract"`` :math:`x - B` or ``"relative"``
         :math:`(x - B) / B`.
-    truncate : kernel radius in sigmas, ``int(truncate * sigma + 0.5)`` px (scipy's).
-    boundary : ``"reflect"`` (scipy's, d c b a | a b c d) or ``"nearest"`` (edge repeated).
+    truncate : kernel radius in sigmas, ``int(truncate * sigma + 0.5)`` px (scipy's); with
+        ``window="kikuchipy"`` the kernel's full width, ``int(truncate * sigma)`` taps.
+    boundary : ``"reflect"`` (scipy's, d c b a | a b c d) or ``"nearest"`` (edge repeated);
+        default ``"reflect"``, ``"nearest"`` with ``window="kikuchipy"``.
     min_weight : least fraction of the kernel's weight on valid pixels for a background.
     fill_value : value of invalid output pixels.
     method : ``"direct"`` (separable, cost ~ radius), ``"fft"`` (cost ~ log of the padded
-        size) or ``"auto"`` (the cheaper); the same result to float64 rounding.
+        size), ``"matrix"`` (two matrix products with the boundary folded in, cost ~ size: small
+        frames) or ``"auto"`` (the cheapest); the same result to float64 rounding.
     mask_out : bool array receiving the validity of each output pixel.
+    window : ``"scipy"`` (``scipy.ndimage.gaussian_filter``'s kernel) or ``"kikuchipy"``
+        (kikuchipy's default "frequency" dynamic background: ``int(truncate * sigma)`` taps,
+        ±2σ for truncate 4, edge padding).
 
     Returns
     -------
@@ -160,22 +210,24 @@ def dynamic_background(image: np.ndarray, sigma: float, mask: np.ndarray | None 
     (sigma, ``mode="reflect"``, ``truncate=4.0``) and :math:`m` the mask (Knutsson & Westin,
     "Normalized and differential convolution", CVPR 1993).  A pixel is valid when it is, when
     :math:`G * m \\geq` ``min_weight`` and, for division, :math:`B > 0`.  kikuchipy's default
-    ("frequency") window spans ±2σ with edge padding: ``truncate=2.0, boundary="nearest"`` is
-    close (its tap count is ``int(4σ)``, not ``2 int(2σ + 0.5) + 1``).
+    ("frequency") window spans ±2σ with edge padding, ``int(4σ)`` taps: ``window="kikuchipy"``
+    is it exactly (two ``scipy.ndimage.correlate1d(mode="nearest")`` passes with those taps).
     """
     image = check_image(image)
     mask = check_mask(mask, image.shape)
     if not sigma > 0 or not truncate > 0:
         raise ValueError(f"sigma and truncate must be > 0, got sigma={sigma}, truncate={truncate}")
     check_choice(mode, tuple(_MODES), "mode")
+    check_choice(window, ("scipy", "kikuchipy"), "window")
+    boundary = boundary or ("nearest" if window == "kikuchipy" else "reflect")
     check_choice(boundary, ("reflect", "nearest"), "boundary")
-    check_choice(method, ("auto", "direct", "fft"), "method")
+    check_choice(method, ("auto", "direct", "fft", "matrix"), "method")
     if not 0 <= min_weight <= 1:
         raise ValueError(f"min_weight must be in [0, 1], got {min_weight}")
     if mask_out is not None:
         check_output(mask_out, image.shape, np.bool_, "mask_out")
     use = _usable(image, mask)
-    args = (float(sigma), float(truncate), boundary == "reflect", method)
+    args = (float(sigma), float(truncate), boundary == "reflect", method, window)
     return _remove_background(image, mask, use, _weights(use, args), args, mode, min_weight, fill_value, mask_out)
 
 
@@ -188,15 +240,43 @@ def _usable(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
 
 def _weights(use: np.ndarray | None, args: tuple) -> np.ndarray | None:
     """G * m, the normaliser of the convolution (None when every pixel is used: it is 1)."""
-    return None if use is None else _lowpass(use.astype(np.float64), *args)
+    return None if use is None else _lowpass(use, *args)
 
 
 def _remove_background(image: np.ndarray, mask: np.ndarray | None, use: np.ndarray | None,
                        weights: np.ndarray | None, args: tuple, mode: str, min_weight: float, fill_value: float,
                        mask_out: np.ndarray | None) -> np.ndarray:
-    num = _lowpass(image.astype(np.float64) if use is None else np.where(use, image, np.float64(0.0)), *args)
+    num = _lowpass(image if use is None else np.where(use, image, 0), *args)
     out = np.empty(image.shape, dtype=np.float32)
     _remove(image, num, weights, mask, _MODES[mode], float(min_weight), np.float32(fill_value), out, mask_out)
+    return out
+
+
+def remove_background(image: np.ndarray, background: np.ndarray, mask: np.ndarray | None = None, *,
+                      mode: str = "divide", fill_value: float = 0.0,
+                      mask_out: np.ndarray | None = None) -> np.ndarray:
+    """Remove a given background (a static one, e.g. EBSD's mean pattern) as :func:`dynamic_background` does.
+
+    Parameters
+    ----------
+    image, background : (rows, cols), any real dtypes.
+    mask, mode, fill_value, mask_out : as :func:`dynamic_background`; a pixel whose
+        background is not finite (or, dividing, not > 0) is invalid.
+
+    Returns
+    -------
+    New float32 array.
+    """
+    image = check_image(image)
+    mask = check_mask(mask, image.shape)
+    check_choice(mode, tuple(_MODES), "mode")
+    if mask_out is not None:
+        check_output(mask_out, image.shape, np.bool_, "mask_out")
+    background = check_image(background, "background")
+    if background.shape != image.shape:
+        raise ValueError(f"background shape {background.shape} != image shape {image.shape}")
+    out = np.empty(image.shape, dtype=np.float32)
+    _remove(image, background, None, mask, _MODES[mode], 0.0, np.float32(fill_value), out, mask_out)
     return out
 
 
@@ -206,8 +286,12 @@ class DynamicBackgroundParams:
 
     sigma: float | None = param(None, gt=0, doc="Gaussian sigma, px; default: frame width / 8 (kikuchipy's)")
     mode: Literal["divide", "subtract", "relative"] = "divide"
-    truncate: float = param(4.0, gt=0, doc="kernel radius in sigmas (scipy's truncate)")
-    boundary: Literal["reflect", "nearest"] = "reflect"
+    truncate: float = param(4.0, gt=0, doc="kernel radius in sigmas (scipy's truncate); kikuchipy window: "
+                                           "its full width in sigmas")
+    boundary: Literal["reflect", "nearest"] | None = param(None, doc="default reflect; nearest for the "
+                                                                     "kikuchipy window")
+    window: Literal["scipy", "kikuchipy"] = param("scipy", doc="scipy's gaussian_filter kernel or kikuchipy's "
+                                                               "dynamic-background window")
     min_weight: float = param(0.01, ge=0, le=1, doc="least valid fraction of the kernel weight")
     fill_value: float = param(0.0, doc="value of invalid pixels")
 
@@ -222,7 +306,8 @@ class DynamicBackground(BaseOperator):
         super().start(series)
         p = self.params
         sigma = p.sigma if p.sigma is not None else series.shape[1] / 8
-        self._args = (float(sigma), p.truncate, p.boundary == "reflect", "auto")
+        boundary = p.boundary or ("nearest" if p.window == "kikuchipy" else "reflect")
+        self._args = (float(sigma), p.truncate, boundary == "reflect", "auto", p.window)
         self._series_weights = _weights(series.mask, self._args)  # the same for every frame with that mask
 
     def output_series(self, series: SeriesStart) -> SeriesStart:

@@ -5,6 +5,7 @@ from .align import Align
 from .azimuthal import Azimuthal
 from .bin import Bin
 from .dynamic_background import DynamicBackground
+from .ebsd import EbsdAverage, EbsdQuality, EbsdStatic, Rescale
 from .flatfield import FlatField
 from .hot_pixels import HotPixels
 from .mx import Mx
@@ -18,5 +19,5 @@ from .virtual import Com, Virtual
 
 REGISTRY: dict[str, type] = {cls.kind: cls for cls in (
     Summary, HotPixels, FlatField, StaticBackground, DynamicBackground, Bin, Preview,
-    Align, Stats, Spots, Mx, Azimuthal, PowderCenter, Virtual, Com,
+    Align, Stats, Spots, Mx, Azimuthal, PowderCenter, Virtual, Com, EbsdStatic, Rescale, EbsdAverage, EbsdQuality,
 )}

@@ -32,6 +32,14 @@ conventions:
   (DECTRIS): the saturation count.
 - ``/entry/instrument/beam/incident_wavelength`` (or ``/entry/sample/beam/...``): ångström
   when ``units`` is absent.
+- the instrument (:class:`~livediff.model.Instrument`): ``sensor_material``,
+  ``sensor_thickness`` (m), ``frame_time`` (s), ``description``, ``serial_number``, the
+  pixel mask flags as stored, and the rotation: the axis ``/entry/sample/depends_on``
+  names when its angles vary (start = the first, increment = the median step), or DECTRIS'
+  older ``/entry/sample/goniometer/omega`` with ``omega_range_average``.  A livediff file
+  gives its instrument exactly (``/entry/livediff@instrument``).
+- ``/entry/livediff/written`` (livediff files that have it): frames flagged 0 there are not
+  recorded, whatever their chunks hold.
 
 Nothing but the header metadata and the chunk index is read at open; each
 :meth:`RecordedSeries.frame` reads one chunk.  When frames are stored one per chunk with
@@ -60,8 +68,9 @@ import h5py
 import numpy as np
 
 from ..errors import DecodeError
-from ..model import FRAME_DTYPES, Geometry, Scan, SeriesStart
+from ..model import FRAME_DTYPES, Geometry, Instrument, Scan, SeriesStart
 from ..sources import codecs
+from . import nxmeta
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +78,6 @@ log = logging.getLogger(__name__)
 _FILTER_ENCODINGS = {32008: "bslz4", 32004: "lz4"}
 _BSHUF_LZ4 = 2
 _DATA_FILE = re.compile(r"data_\d{6}")
-_EXTRA_MASK = re.compile(r"pixel_mask_\d+")
-
-_LENGTH_M = {"m": 1.0, "metre": 1.0, "meter": 1.0, "metres": 1.0, "meters": 1.0, "cm": 1e-2, "mm": 1e-3,
-             "millimetre": 1e-3, "millimeter": 1e-3, "um": 1e-6, "µm": 1e-6, "μm": 1e-6, "micron": 1e-6,
-             "microns": 1e-6, "micrometre": 1e-6, "micrometer": 1e-6, "nm": 1e-9, "angstrom": 1e-10,
-             "angstroms": 1e-10, "å": 1e-10, "a": 1e-10}
-_TIME_S = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6,
-           "μs": 1e-6, "ns": 1e-9}
-_PIXELS = ("pixel", "pixels", "px")
-
-
 def open_series(path: str | Path, *, series: int | None = None) -> RecordedSeries:
     """Open a recorded series (livediff series file or NXmx / EIGER master file).
 
@@ -155,6 +153,13 @@ class RecordedSeries:
         self.chunk_encoding = encodings.pop() if len(encodings) == 1 else None
         self._nbytes = int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
         self.indices = np.concatenate([_stored(ds) + start for ds, start in zip(self._parts, self._starts)])
+        written = own.get("written") if own is not None else None
+        if isinstance(written, h5py.Dataset):   # frames the writer flagged as not recorded are skipped
+            flags = written[()]
+            inside = self.indices < len(flags)
+            keep = np.zeros(len(self.indices), dtype=bool)
+            keep[inside] = flags[self.indices[inside]] == 1
+            self.indices = self.indices[keep]
         attrs = {} if own is None else own.attrs
         recorded_n = int(attrs.get("n_frames", -1))
         self.n_frames = recorded_n if recorded_n >= 0 else int(self._starts[-1])
@@ -232,27 +237,41 @@ class RecordedSeries:
         det = det if isinstance(det, h5py.Group) else None
         where = str(self.path)
         pixel_size = None
-        size_y, size_x = (_quantity(det, (n,), _LENGTH_M, "m", where) for n in ("y_pixel_size", "x_pixel_size"))
+        size_y, size_x = (nxmeta.quantity(det, (n,), nxmeta.LENGTH_M, "m", where) for n in ("y_pixel_size", "x_pixel_size"))
         if size_y is not None and size_x is not None:
             pixel_size = (size_y, size_x)
         beam = next((g for g in (self._file.get("entry/instrument/beam"), self._file.get("entry/sample/beam"))
                      if isinstance(g, h5py.Group) and "incident_wavelength" in g), None)
-        wavelength = _quantity(beam, ("incident_wavelength",), _LENGTH_M, "angstrom", where)
-        saturation = _quantity(det, ("saturation_value", "detectorSpecific/countrate_correction_count_cutoff"),
+        wavelength = nxmeta.quantity(beam, ("incident_wavelength",), nxmeta.LENGTH_M, "angstrom", where)
+        saturation = nxmeta.quantity(det, ("saturation_value", "detectorSpecific/countrate_correction_count_cutoff"),
                                None, None, where)
         scan = attrs.get("scan")
+        flags = nxmeta.flags(det, self.shape, where)
         return SeriesStart(
             series=self.series, shape=self.shape, dtype=self.dtype, n_frames=self.n_frames,
-            mask=_mask(det, self.shape, where),
+            mask=None if flags is None else flags == 0,
             geometry=Geometry(
-                beam_center=_beam_center(det, pixel_size, where), pixel_size=pixel_size,
-                distance=_quantity(det, ("distance", "detector_distance"), _LENGTH_M, "m", where),
+                beam_center=nxmeta.beam_center(det, pixel_size, where), pixel_size=pixel_size,
+                distance=nxmeta.quantity(det, ("distance", "detector_distance"), nxmeta.LENGTH_M, "m", where),
                 wavelength=wavelength),
             scan=Scan(tuple(int(n) for n in scan)) if scan is not None else None,
-            count_time=_quantity(det, ("count_time",), _TIME_S, "s", where),
+            count_time=nxmeta.quantity(det, ("count_time",), nxmeta.TIME_S, "s", where),
             saturation=None if saturation is None else int(saturation),
+            instrument=(Instrument.from_dict(json.loads(attrs["instrument"]), flags) if "instrument" in attrs
+                        else self._instrument(det, flags, where)),
             meta=json.loads(attrs["meta"]) if "meta" in attrs else {},
         )
+
+    def _instrument(self, det: h5py.Group | None, flags: np.ndarray | None, where: str) -> Instrument:
+        texts = {}
+        for name in ("sensor_material", "description", "serial_number"):
+            ds = det.get(name) if det is not None else None
+            if isinstance(ds, h5py.Dataset) and ds.dtype.kind in "SOU":
+                value = np.ravel(ds[()])[0] if ds.shape else ds[()]
+                texts[name] = value.decode() if isinstance(value, bytes) else str(value)
+        return Instrument(sensor_thickness=nxmeta.quantity(det, ("sensor_thickness",), nxmeta.LENGTH_M, "m", where),
+                          frame_time=nxmeta.quantity(det, ("frame_time",), nxmeta.TIME_S, "s", where),
+                          goniometer=nxmeta.rotation(self._file), pixel_flags=flags, **texts)
 
 
 def _livediff_frames(f: h5py.File, path: Path) -> list[h5py.Dataset]:
@@ -312,79 +331,6 @@ def _stored(ds: h5py.Dataset) -> np.ndarray:
     ds.id.chunk_iter(lambda info: found.append(info.chunk_offset[0]))
     rows = np.unique(np.array(found, dtype=np.int64))
     return rows[rows < len(ds)]
-
-
-def _number(ds: h5py.Dataset, where: str) -> float:
-    values = np.ravel(ds[()])
-    if values.size == 0 or values.dtype.kind not in "iuf":
-        raise ValueError(f"{where}: {ds.name} must be a number, got {values.dtype} {values.shape}")
-    if values.size > 1:
-        log.debug("%s: %s has %d values, the first is used", where, ds.name, values.size)
-    return float(values[0])
-
-
-def _units(ds: h5py.Dataset, default: str | None) -> str | None:
-    units = ds.attrs.get("units", default)
-    if isinstance(units, bytes):
-        units = units.decode()
-    return None if units is None else str(units).strip()
-
-
-def _quantity(group: h5py.Group | None, names: tuple[str, ...], table: dict[str, float] | None,
-              default: str | None, where: str) -> float | None:
-    """The first of ``names`` present in ``group``, in units of ``default`` (the units assumed when the dataset
-    names none); ``table`` maps unit names to a common scale, None for unitless values."""
-    for name in names:
-        ds = group.get(name) if group is not None else None
-        if not isinstance(ds, h5py.Dataset):
-            continue
-        value = _number(ds, where)
-        if table is None:
-            return value
-        units = _units(ds, default)
-        if units.lower() not in table:
-            raise ValueError(f"{where}: {ds.name} has units {units!r}, expected one of {', '.join(table)}")
-        return value * (table[units.lower()] / table[default])
-    return None
-
-
-def _beam_center(det: h5py.Group | None, pixel_size: tuple[float, float] | None,
-                 where: str) -> tuple[float, float] | None:
-    """(row, col) with the pixel-centre origin, from NXmx's corner-origin beam_center_y/x."""
-    present = [det.get(n) if det is not None else None for n in ("beam_center_y", "beam_center_x")]
-    if not all(isinstance(ds, h5py.Dataset) for ds in present):
-        if any(isinstance(ds, h5py.Dataset) for ds in present):
-            log.warning("%s: only one of beam_center_x / beam_center_y: no beam centre", where)
-        return None
-    centre = []
-    for axis, ds in enumerate(present):
-        value, units = _number(ds, where), _units(ds, "pixel")
-        if units.lower() in _LENGTH_M:
-            if pixel_size is None:
-                raise ValueError(f"{where}: {ds.name} is a length ({units}) but the pixel size is not recorded")
-            value = value * _LENGTH_M[units.lower()] / pixel_size[axis]
-        elif units.lower() not in _PIXELS:
-            raise ValueError(f"{where}: {ds.name} has units {units!r}, expected pixels or a length")
-        centre.append(value - 0.5)
-    return centre[0], centre[1]
-
-
-def _mask(det: h5py.Group | None, shape: tuple[int, int], where: str) -> np.ndarray | None:
-    """True = valid, from the OR of the NXmx pixel masks (0 = good); None when there is none."""
-    if det is None:
-        return None
-    names = sorted(n for n in det if n == "pixel_mask" or _EXTRA_MASK.fullmatch(n))
-    if not names and "detectorSpecific/pixel_mask" in det:
-        names = ["detectorSpecific/pixel_mask"]
-    flags = None
-    for name in names:
-        ds = det[name]
-        if ds.shape != shape or ds.dtype.kind not in "iub":
-            raise ValueError(f"{where}: {ds.name} is {ds.dtype} {ds.shape}, expected integer flags of the frame "
-                             f"shape {shape}")
-        values = ds[()].astype(np.uint32)
-        flags = values if flags is None else flags | values
-    return None if flags is None else flags == 0
 
 
 def _first_line(exc: BaseException) -> str:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..outputs import FrameOutput, Reductions, SeriesContext
 from .exports import Background, beside, labels_of
-from .series_file import BSLZ4
+from .h5tables import BSLZ4
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,9 @@ holding every row flushed before the kill.  The queue is bounded in items and in
 frame data: if the disk falls behind, frames are dropped from the file and counted
 (``not_saved``), never silently and never by blocking the loop.
 
+With ``save_raw`` the file is an NXmx recording (:mod:`.nxmx`; ``[output.instrument]``
+fills what the series header lacks) and a CrystFEL ``.geom`` is written beside it.
+
 A write error (a full disk, a file size limit, an I/O error) ends the writing of that
 series' file, never the service: the error is logged once, every frame of the series not
 in the file is counted in ``not_saved``, the summary row is written if the disk takes it
@@ -25,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +36,7 @@ from ..model import SeriesStart
 from ..outputs import FrameOutput, Reductions, SeriesContext
 from ..params import param
 from .h5errors import describe
+from .nxmx import InstrumentSettings
 from .series_file import SeriesFile
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class OutputSettings:
     save_raw: bool = param(False, doc="record frames as received in /entry/data/data (bitshuffle-LZ4)")
     save_corrected: bool = param(False, doc="record the chain's output frames in /entry/livediff/corrected")
     export: tuple[Literal["refl", "cxi"], ...] = param((), doc="hand-off files beside each series file")
+    instrument: InstrumentSettings = field(default_factory=InstrumentSettings)
 
 
 @dataclass
@@ -238,7 +243,7 @@ class HDF5Writer:
         self._writing = series
         try:
             self._file = SeriesFile(series.path, start, layout, config_text, save_raw=self.config.save_raw,
-                                    save_corrected=self.config.save_corrected)
+                                    save_corrected=self.config.save_corrected, instrument=self.config.instrument)
         except Exception as exc:
             self.errors += 1
             series.reported = True
@@ -248,6 +253,12 @@ class HDF5Writer:
                       series.path, describe(exc))
             return
         log.info("writing %s", series.path)
+        if self._file.geometry is not None:   # CrystFEL's view of the recording, beside it
+            geom = series.path.with_suffix(".geom")
+            try:
+                geom.write_text(self._file.geometry)
+            except OSError as exc:
+                log.error("HDF5 writer: cannot write %s: %s", geom, exc.strerror or exc)
 
     def _check(self, f: SeriesFile | None, series: _Series | None) -> None:
         """Report the first write error of ``series``' file, once."""

@@ -2,21 +2,29 @@
 
 ::
 
-    /entry                             NXentry (start_time, end_time)
-    /entry/instrument/detector         NXdetector: pixel_mask (NXmx: 0 = good), pixel sizes, distance, ...
-    /entry/data                        NXdata
-    /entry/data/data                   raw frames as received (optional; bitshuffle-LZ4, chunk per frame)
+    /entry                             NXentry (start_time, end_time); with raw frames definition "NXmx"
+    /entry/source, sample, instrument  the NXmx description (:mod:`.nxmx`): sample and detector depends_on
+                                       chains, module, sensor, pixel_mask with the detector's bits, ...
+    /entry/data                        NXdata: raw frames as received in data (with save_raw; bitshuffle-LZ4,
+                                       chunk per frame), else a link to the default plot
     /entry/livediff                    NXcollection
     /entry/livediff/config             the TOML text that produced the file
+    /entry/livediff/provenance         JSON: where each NXmx value came from (header, config, default, missing)
     /entry/livediff/frames             one row per processed frame (compound dataset)
+    /entry/livediff/per_frame          NXdata: the same values, a 1-D dataset per column, against frame
+    /entry/livediff/written            u1 per frame number: 1 = its row (and raw frame) is in the file,
+                                       0 = never received, failed or not saved (an unwritten raw frame
+                                       reads back as zeros: this says so)
     /entry/livediff/<op>               rows an operator emits (e.g. spots), with their frame number
-    /entry/livediff/<op>/<name>        per-frame arrays of an operator (frame x shape), with .../frame
-    /entry/livediff/reductions/<op>/<name>   snapshots and final results (overwritten)
-    /entry/livediff/maps/<op>/<name>   scan maps (rows, cols), NaN where no frame arrived (overwritten)
+    /entry/livediff/<op>/<name>        NXdata: per-frame arrays of an operator (frame x shape), with .../frame
+    /entry/livediff/reductions/<op>    NXdata: snapshots and final results (overwritten), with their axes
+    /entry/livediff/maps/<op>          NXdata: scan maps (rows, cols), NaN where no frame arrived (overwritten)
     /entry/livediff/corrected          corrected frames (optional; float32, chunk per frame)
-    /entry/livediff/summary            one row, written at series end: the counts, the end reason,
-                                       complete (1 only when every announced frame was received,
+    /entry/livediff/summary            one row, written at series end: the counts (``written`` frames in
+                                       the file, ``missing`` frames of the series not in it), the end
+                                       reason, complete (1 only when every announced frame was received,
                                        processed and written) and, when 0, what is incomplete
+    @default                           from the root down to the most useful plot (:mod:`.nxdata`)
 
 SWMR needs every dataset to exist before ``swmr_mode`` is switched on, so everything is
 created here from the chain's :class:`~livediff.outputs.Layout`.  Used by the writer
@@ -37,15 +45,17 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import hdf5plugin
 import numpy as np
 
 from ..model import SeriesStart
 from ..outputs import Layout
+from . import nxdata
 from .h5errors import close_abandoned, describe
+from .h5tables import Columns, Stack, Table, frame_stack, write_frame
+from .nxmx import InstrumentSettings, NXmxWriter, crystfel_geometry
 
 SUMMARY_FIELDS = ("expected", "received", "processed", "failed", "dropped", "bad", "duplicates", "stray",
-                  "lost", "not_saved")
+                  "lost", "not_saved", "written", "missing")
 SUMMARY_DTYPE = np.dtype([*((k, "i8") for k in SUMMARY_FIELDS), ("reason", "S16"), ("complete", "u1"),
                           ("incomplete", "S160")])
 #: counts of frames that did not make it into the file; a complete series has all of them 0
@@ -54,12 +64,10 @@ SHORTFALLS = ("lost", "dropped", "failed", "not_saved")
 #: files whose close failed: never closed again, as a second close crashes libhdf5
 _UNCLOSABLE: list[SeriesFile] = []
 
-#: HDF5 filter for frames: bitshuffle + LZ4, byte-compatible with DECTRIS bslz4 blobs
-BSLZ4 = hdf5plugin.Bitshuffle(cname="lz4")
 
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+def _now(later_s: float = 0.0) -> str:
+    """ISO 8601 local time with its UTC offset (``later_s`` seconds from now)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() + later_s))
 
 
 def shortfalls(summary: dict[str, Any]) -> list[str]:
@@ -82,7 +90,7 @@ class SeriesFile:
     """An open series file; every dataset exists from the start (SWMR)."""
 
     def __init__(self, path: Path, start: SeriesStart, layout: Layout, config_text: str, *,
-                 save_raw: bool, save_corrected: bool) -> None:
+                 save_raw: bool, save_corrected: bool, instrument: InstrumentSettings | None = None) -> None:
         self.path = path
         self.error: str | None = None  # the first write error, once there was one
         self.offered = 0               # frames handed to add_frame
@@ -91,56 +99,96 @@ class SeriesFile:
         self._broken = False           # nothing more may be written
         self.file = h5py.File(path, "w-", libver="latest")
         self.summary_written = False
+        self.written_frames: set[int] = set()   # frame numbers whose row is on disk
+        self._written_pending: list[int] = []
         try:
-            self._create(start, layout, config_text, save_raw=save_raw, save_corrected=save_corrected)
+            self._create(start, layout, config_text, save_raw=save_raw, save_corrected=save_corrected,
+                         instrument=instrument or InstrumentSettings())
         except Exception:
             self._broken = True
             self._close()
             raise
 
     def _create(self, start: SeriesStart, layout: Layout, config_text: str, *, save_raw: bool,
-                save_corrected: bool) -> None:
+                save_corrected: bool, instrument: InstrumentSettings) -> None:
         entry = self.file.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
         entry["start_time"] = _now()
         self.end_time = entry.create_dataset("end_time", shape=(), dtype="S32")
-        _write_detector(entry, start)
-        data = entry.create_group("data")
-        data.attrs["NX_class"] = "NXdata"
+        frame_time = start.instrument.frame_time or start.count_time or 0.0
+        self.end_estimated = entry.create_dataset("end_time_estimated", shape=(), dtype="S32",
+                                                  data=_now(frame_time * (start.n_frames or 0)).encode())
+        self.nxmx = NXmxWriter(entry, start, instrument, raw=save_raw)
+        #: the CrystFEL geometry of the recording (None without raw frames or a complete geometry)
+        self.geometry = crystfel_geometry(self.nxmx.d, start.shape) if save_raw else None
+        plots: dict[str, str] = {}
         self.raw = self.corrected = None
         if save_raw:
-            data.attrs["signal"] = "data"
-            self.raw = _frame_stack(data, "data", start.shape, start.dtype)
+            data = entry.create_group("data")
+            self.raw = frame_stack(data, "data", start.shape, start.dtype)
+            nxdata.nxdata(data, "data", [".", ".", "."], image=True)
+            plots["raw"] = data.name
         ld = entry.create_group("livediff")
         ld.attrs.update({"NX_class": "NXcollection", "series": start.series, "shape": start.shape,
                          "dtype": start.dtype, "n_frames": -1 if start.n_frames is None else start.n_frames})
         if start.scan is not None:
             ld.attrs["scan"] = start.scan.shape
         ld.attrs["meta"] = json.dumps(start.meta, default=str)
+        ld.attrs["instrument"] = json.dumps(start.instrument.to_dict())
         ld.create_dataset("config", data=config_text)
+        ld["provenance"] = self.nxmx.provenance
         if save_corrected and layout.output is not None:
-            self.corrected = _frame_stack(ld, "corrected", layout.output.shape, "float32")
-        self.frames = _Table(ld, "frames", layout.columns)
-        self.rows = {op: _Table(ld, op, {"frame": "i8", **cols}) for op, cols in layout.rows.items()}
-        self.arrays = {(op, name): _Stack(ld.require_group(op), name, shape, dtype)
-                       for op, decl in layout.arrays.items() for name, (shape, dtype) in decl.items()}
-        self.array_frames = {op: _Stack(ld[op], "frame", (), "i8") for op in layout.arrays}
+            self.corrected = frame_stack(ld, "corrected", layout.output.shape, "float32")
+        self.frames = Table(ld, "frames", layout.columns)
+        self.per_frame = Columns(ld.create_group("per_frame"), layout.columns)
+        plots["per_frame"] = ld["per_frame"].name
+        self.written = ld.create_dataset("written", shape=(0,), maxshape=(None,), dtype="u1", chunks=(4096,))
+        self.rows = {op: Table(ld, op, {"frame": "i8", **cols}) for op, cols in layout.rows.items()}
         red = ld.create_group("reductions")
+        red.attrs["NX_class"] = "NXcollection"
         self.reductions = {(op, name): red.require_group(op).create_dataset(
             name, shape=shape, dtype=dtype, fillvalue=np.nan if np.dtype(dtype).kind == "f" else 0)
             for op, decl in layout.reductions.items() for name, (shape, dtype) in decl.items()}
+        for op, decl in layout.reductions.items():
+            if nxdata.plot_results(red[op], decl, start.shape):
+                kind = layout.kinds.get(op)
+                key = "profile" if any(a in decl for a in nxdata.AXES) else "mean" if kind == "stats" else "reduction"
+                plots.setdefault(key, red[op].name)
+        self.arrays = {(op, name): Stack(ld.require_group(op), name, shape, dtype)
+                       for op, decl in layout.arrays.items() for name, (shape, dtype) in decl.items()}
+        self.array_frames = {op: Stack(ld[op], "frame", (), "i8") for op in layout.arrays}
+        for op, decl in layout.arrays.items():
+            links = {a: red[op][a] for a in nxdata.AXES if op in red and a in red[op]}
+            nxdata.plot_results(ld[op], decl, start.shape, leading="frame", axis_links=links)
         self.maps = {}
         if layout.scan is not None and layout.maps:
-            maps = ld.create_group("maps")
-            maps.attrs["NX_class"] = "NXcollection"
-            maps.attrs.update(scan_order=layout.scan.order, scan_flyback=layout.scan.flyback)
-            self.maps = {(op, name): maps.require_group(op).create_dataset(
-                name, shape=layout.scan.shape, dtype="f8", fillvalue=np.nan)
-                for op, names in layout.maps.items() for name in names}
+            self.maps = self._create_maps(ld, layout)
+            plots["map"] = ld["maps"][next(iter(layout.maps))].name
+        target = nxdata.default_target(plots)
+        if not save_raw:  # /entry/data: the default plot, so that the entry's NXdata is never empty
+            entry["data"] = self.file[target]
+        nxdata.default_chain(self.file, target)
         self.summary = ld.create_dataset("summary", shape=(1,), dtype=SUMMARY_DTYPE)
         self.file.swmr_mode = True
         self.file.flush()
         self.last_flush = time.monotonic()
+
+    def _create_maps(self, ld: h5py.Group, layout: Layout) -> dict[tuple[str, str], h5py.Dataset]:
+        maps = ld.create_group("maps")
+        maps.attrs["NX_class"] = "NXcollection"
+        scan = layout.scan
+        maps.attrs.update(scan_order=scan.order, scan_flyback=scan.flyback)
+        found = {(op, name): maps.require_group(op).create_dataset(name, shape=scan.shape, dtype="f8",
+                                                                   fillvalue=np.nan)
+                 for op, names in layout.maps.items() for name in names}
+        step = 1.0 if scan.step is None else scan.step
+        for op, names in layout.maps.items():
+            group = maps[op]
+            for k, name in enumerate(("scan_y", "scan_x")):
+                nxdata.axis(group, name, step * np.arange(scan.shape[k], dtype=np.float64), units=scan.unit)
+            names = list(names)
+            nxdata.nxdata(group, names[0], ["scan_y", "scan_x"], auxiliary=names[1:])
+        return found
 
     @property
     def pending(self) -> int:
@@ -160,15 +208,16 @@ class SeriesFile:
                    rows: dict[str, dict[str, np.ndarray]], raw: Any, corrected: np.ndarray | None) -> None:
         index = row["frame"]
         self.frames.pending.append(row)
+        self._written_pending.append(index)
         self._add_rows(index, rows)
         for op, values in arrays.items():
             for name, value in values.items():
                 self.arrays[op, name].pending.append(value)
             self.array_frames[op].pending.append(index)
         if self.raw is not None and raw is not None:
-            _write_frame(self.raw, index, raw)
+            write_frame(self.raw, index, raw)
         if self.corrected is not None and corrected is not None:
-            _write_frame(self.corrected, index, corrected)
+            write_frame(self.corrected, index, corrected)
 
     def add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]]) -> bool:
         """Buffer operators' rows ({operator: {column: array}}) emitted with frame ``index``."""
@@ -197,10 +246,25 @@ class SeriesFile:
         return self._attempt("flush", self._flush)
 
     def _flush(self) -> None:
-        self._unflushed += self.frames.write()
+        rows = self.frames.write()
+        self.per_frame.write(rows)
+        self._unflushed += len(rows)
         for table in self._growing():
             table.write()
+        self._mark_written()
         self._flushed()
+
+    def _mark_written(self, length: int = 0) -> None:
+        """Set the written flags of the frames whose rows were just appended; grow them to ``length``."""
+        pending, self._written_pending = self._written_pending, []
+        self.written_frames.update(pending)
+        n = max(length, self.written.shape[0], max(pending, default=-1) + 1)
+        if n != self.written.shape[0]:
+            self.written.resize((n,))
+        if pending:
+            flags = self.written[...]
+            flags[pending] = 1
+            self.written[...] = flags
 
     def _flushed(self) -> None:
         self.file.flush()
@@ -229,6 +293,12 @@ class SeriesFile:
         return not_saved
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
+        n = max(summary.get("expected", 0), max(self.written_frames, default=-1) + 1)
+        self._mark_written(n)
+        if self.raw is not None and self.raw.shape[0] < n:   # frames missing at the end: flagged, not cut off
+            self.raw.resize((n, *self.raw.shape[1:]))
+        self.nxmx.size(n if self.raw is None else self.raw.shape[0])
+        summary = {**summary, "written": len(self.written_frames), "missing": n - len(self.written_frames)}
         rec = np.zeros(1, dtype=SUMMARY_DTYPE)
         for k in SUMMARY_FIELDS:
             rec[k] = summary.get(k, 0)
@@ -239,7 +309,7 @@ class SeriesFile:
         rec["complete"] = not missing
         rec["incomplete"] = ", ".join(missing).encode()[:SUMMARY_DTYPE["incomplete"].itemsize]
         self.summary[...] = rec
-        self.end_time[()] = _now().encode()
+        self.end_time[()] = self.end_estimated[()] = _now().encode()
         self.file.flush()
 
     def _attempt(self, what: str, action: Callable[..., None], *args: Any) -> bool:
@@ -265,12 +335,15 @@ class SeriesFile:
         self._attempt("flush", self._trim)
 
     def _trim(self) -> None:
-        for table in (self.frames, *self._growing()):
+        for table in self._trimmed():
             table.trim()
         self.file.flush()
 
-    def _growing(self) -> tuple[_Table | _Stack, ...]:
+    def _growing(self) -> tuple[Table | Stack | Columns, ...]:
         return (*self.rows.values(), *self.arrays.values(), *self.array_frames.values())
+
+    def _trimmed(self) -> tuple[Table | Stack | Columns, ...]:
+        return (self.frames, self.per_frame, *self._growing())
 
     def _close(self) -> None:
         """Close the file, abandoning it if it is in error; never raises."""
@@ -282,117 +355,3 @@ class SeriesFile:
         except Exception as exc:  # its objects are half freed: closing them again would crash
             _UNCLOSABLE.append(self)
             self.error = self.error or f"close: {describe(exc)}"
-
-
-class _Growing:
-    """A dataset growing along its first axis; ``length`` rows of it were written."""
-
-    dataset: h5py.Dataset
-    length = 0
-
-    def _append(self, block: np.ndarray) -> None:
-        if len(block):
-            n = self.length
-            self.dataset.resize((n + len(block), *self.dataset.shape[1:]))
-            self.dataset[n:] = block
-            self.length = n + len(block)
-
-    def trim(self) -> None:
-        """Cut the dataset back to the rows written (an append that failed may have grown it)."""
-        if self.dataset.shape[0] != self.length:
-            self.dataset.resize((self.length, *self.dataset.shape[1:]))
-
-
-class _Table(_Growing):
-    """A growable 1-D compound dataset, appended in chunks."""
-
-    def __init__(self, group: h5py.Group, name: str, columns: dict[str, str]) -> None:
-        self.dtype = np.dtype(list(columns.items()))
-        self.dataset = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=self.dtype,
-                                            chunks=(max(1, 65536 // self.dtype.itemsize),))
-        self.pending: list[dict[str, Any]] = []
-        self._columns: list[np.ndarray] = []
-
-    def add_columns(self, frame: int, columns: dict[str, np.ndarray]) -> None:
-        n = len(next(iter(columns.values()))) if columns else 0
-        block = np.zeros(n, dtype=self.dtype)
-        block["frame"] = frame
-        for name, values in columns.items():
-            if name in self.dtype.names:
-                block[name] = values
-        self._columns.append(block)
-
-    def write(self) -> int:
-        """Append what is buffered; returns the rows appended."""
-        blocks = self._columns
-        if self.pending:
-            blocks = [*blocks, np.array([tuple(r.get(n, _missing(self.dtype[n])) for n in self.dtype.names)
-                                         for r in self.pending], dtype=self.dtype)]
-        self.pending, self._columns = [], []
-        rows = np.concatenate(blocks) if blocks else np.zeros(0, self.dtype)
-        self._append(rows)
-        return len(rows)
-
-
-class _Stack(_Growing):
-    """A growable dataset of fixed-shape per-frame arrays."""
-
-    def __init__(self, group: h5py.Group, name: str, shape: tuple[int, ...], dtype: str) -> None:
-        rows_per_chunk = max(1, (1 << 16) // max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
-        self.dataset = group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                            chunks=(rows_per_chunk, *shape) if shape else (4096,))
-        self.pending: list[Any] = []
-
-    def write(self) -> None:
-        """Append what is buffered."""
-        pending, self.pending = self.pending, []
-        self._append(np.asarray(pending, dtype=self.dataset.dtype))
-
-
-def _frame_stack(group: h5py.Group, name: str, shape: tuple[int, int], dtype: str) -> h5py.Dataset:
-    return group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                chunks=(1, *shape), **BSLZ4)
-
-
-def _write_frame(dataset: h5py.Dataset, index: int, frame: Any) -> None:
-    """Store frame ``index``: a (encoding, blob) bslz4 pair by direct chunk write, else an array."""
-    if index >= dataset.shape[0]:
-        dataset.resize((index + 1, *dataset.shape[1:]))
-    if isinstance(frame, tuple):
-        dataset.id.write_direct_chunk((index, 0, 0), bytes(frame[1]))
-    else:
-        dataset[index] = frame
-
-
-def _missing(dtype: np.dtype) -> Any:
-    return np.nan if dtype.kind == "f" else -1
-
-
-def _write_detector(entry: h5py.Group, start: SeriesStart) -> None:
-    inst = entry.create_group("instrument")
-    inst.attrs["NX_class"] = "NXinstrument"
-    det = inst.create_group("detector")
-    det.attrs["NX_class"] = "NXdetector"
-    if start.mask is not None:
-        det.create_dataset("pixel_mask", data=(~start.mask).astype(np.uint32), compression="gzip")
-    geo = start.geometry
-    fields: dict[str, tuple[Any, str | None]] = {}
-    if geo.pixel_size is not None:
-        fields["y_pixel_size"], fields["x_pixel_size"] = ((v, "m") for v in geo.pixel_size)
-    if geo.beam_center is not None:  # NXmx counts from the pixel corner; livediff from its centre
-        fields["beam_center_y"], fields["beam_center_x"] = ((v + 0.5, "pixel") for v in geo.beam_center)
-    if geo.distance is not None:
-        fields["distance"] = (geo.distance, "m")
-    if start.count_time is not None:
-        fields["count_time"] = (start.count_time, "s")
-    if start.saturation is not None:
-        fields["saturation_value"] = (start.saturation, None)
-    for name, (value, units) in fields.items():
-        det[name] = value
-        if units:
-            det[name].attrs["units"] = units
-    if geo.wavelength is not None:
-        beam = inst.create_group("beam")
-        beam.attrs["NX_class"] = "NXbeam"
-        beam["incident_wavelength"] = geo.wavelength
-        beam["incident_wavelength"].attrs["units"] = "angstrom"

@@ -4,8 +4,13 @@ The inverse of the decoders beside them, :mod:`livediff.sources.dectris_v1` and
 :mod:`livediff.sources.dectris_v2`, written from the same descriptions (SIMPLON API 1.8
 stream interface; DECTRIS' ``stream_v2/README.md`` and ``cbor/dectris-compression-tag.md``),
 converting livediff's conventions to DECTRIS' ones: shapes as [x, y], ``pixel_mask``
-nonzero = bad, beam centre from the corner of the first pixel (+0.5 px), distance in m,
-wavelength in Å.
+nonzero = bad (the series' own flags when it has them), beam centre from the corner of the
+first pixel (+0.5 px), distance in m, wavelength in Å.  Like a real EIGER they send the
+sensor (material, thickness), the detector's description and serial number, the frame
+time and the goniometer (``omega_start``, ``omega_increment``, ... in Stream v1;
+``goniometer`` {axis: {start, increment}} in Stream v2), the series' own values where it
+has them (:class:`livediff.model.Instrument`), else a silicon sensor of 450 µm and every
+axis at 0.
 
 Each encoder serves one stream (it remembers when the series was armed, for the frame
 times) and has the interface :func:`livediff.sources.sender.stream_series` uses:
@@ -34,6 +39,8 @@ from . import codecs
 TYPED_ARRAY_TAGS = {"uint8": 64, "uint16": 69, "uint32": 70, "int32": 78, "float32": 85}
 _SELF_DESCRIBE, _MULTI_DIM, _COMPRESSED = 55799, 40, 56500
 _HC_KEV_ANGSTROM = 12.398419843320026  # h c in keV Å (CODATA 2018)
+#: the goniometer axes an EIGER is told about, each sent at 0 when the series has none
+_AXES = ("omega", "phi", "chi", "kappa", "two_theta")
 
 
 class StreamV1Encoder:
@@ -76,8 +83,10 @@ class StreamV1Encoder:
     def configuration(self, start: SeriesStart) -> dict[str, Any]:
         """The detector configuration part (SIMPLON ``detector/api/config`` keys and units)."""
         g = start.geometry
+        ins = start.instrument
         config: dict[str, Any] = {
-            "description": "livediff simulator", "detector_number": "SIM-0001",
+            "description": ins.description or "livediff simulator", "detector_number": ins.serial_number or "SIM-0001",
+            "sensor_material": ins.sensor_material or "Si", "sensor_thickness": ins.sensor_thickness or 450e-6,
             "x_pixels_in_detector": start.shape[1], "y_pixels_in_detector": start.shape[0],
             "bit_depth_image": 8 * np.dtype(start.dtype).itemsize, "nimages": start.n_frames or 1,
             "ntrigger": 1, "data_collection_date": datetime.fromtimestamp(self._armed, timezone.utc).isoformat(),
@@ -86,8 +95,11 @@ class StreamV1Encoder:
             config["beam_center_x"], config["beam_center_y"] = g.beam_center[1] + 0.5, g.beam_center[0] + 0.5
         if g.pixel_size is not None:
             config["y_pixel_size"], config["x_pixel_size"] = g.pixel_size
+        for axis, first, step in goniometer(start):
+            config[f"{axis}_start"], config[f"{axis}_increment"] = first, step
         optional = {"detector_distance": g.distance, "wavelength": g.wavelength, "count_time": start.count_time,
-                    "frame_time": start.count_time, "countrate_correction_count_cutoff": start.saturation}
+                    "frame_time": ins.frame_time or start.count_time,
+                    "countrate_correction_count_cutoff": start.saturation}
         return config | {k: v for k, v in optional.items() if v is not None}
 
     def image(self, series: int, index: int, data: np.ndarray, *, timestamp: float | None = None,
@@ -143,28 +155,34 @@ class StreamV2Encoder:
     def start(self, start: SeriesStart) -> list[bytes]:
         """The ``start`` message, without the self-describe tag (as real detectors send it)."""
         self._armed = datetime.now(timezone.utc)
-        g = start.geometry
+        g, ins = start.geometry, start.instrument
         msg: dict[str, Any] = {
             "type": "start", "series_id": start.series, "series_unique_id": self.unique_id(start.series),
             "arm_date": self._armed, "channels": list(self.channels),
             "image_size_x": start.shape[1], "image_size_y": start.shape[0],
-            "number_of_images": start.n_frames or 1, "detector_description": "livediff simulator",
+            "number_of_images": start.n_frames or 1,
+            "detector_description": ins.description or "livediff simulator",
+            "detector_serial_number": ins.serial_number or "SIM-0001",
             "pixel_mask": {c: self._array(pixel_mask(start).astype("<u4")) for c in self.channels},
-            "pixel_mask_enabled": True, "sensor_material": "Si", "sensor_thickness": 450e-6,
+            "pixel_mask_enabled": True, "sensor_material": ins.sensor_material or "Si",
+            "sensor_thickness": ins.sensor_thickness or 450e-6,
+            "goniometer": {axis: {"start": first, "increment": step} for axis, first, step in goniometer(start)},
             "threshold_energy": {c: 6000.0 * (k + 1) for k, c in enumerate(self.channels)},
         }
         if g.beam_center is not None:
             msg["beam_center_x"], msg["beam_center_y"] = g.beam_center[1] + 0.5, g.beam_center[0] + 0.5
         if g.pixel_size is not None:
             msg["pixel_size_y"], msg["pixel_size_x"] = g.pixel_size
-        if g.distance is not None:
+        if ins.detector_translation is not None:
+            msg["detector_translation"] = list(ins.detector_translation)
+        elif g.distance is not None:
             bx, by = msg.get("beam_center_x", 0.0), msg.get("beam_center_y", 0.0)
             py, px = g.pixel_size or (0.0, 0.0)
             msg["detector_translation"] = [bx * px, by * py, -g.distance]
         if g.wavelength is not None:
             msg["incident_wavelength"] = g.wavelength
             msg["incident_energy"] = 1000 * _HC_KEV_ANGSTROM / g.wavelength
-        optional = {"count_time": start.count_time, "frame_time": start.count_time,
+        optional = {"count_time": start.count_time, "frame_time": ins.frame_time or start.count_time,
                     "saturation_value": start.saturation}
         msg |= {k: v for k, v in optional.items() if v is not None}
         return [cbor2.dumps(msg)]
@@ -211,10 +229,20 @@ class StreamV2Encoder:
 
 
 def pixel_mask(start: SeriesStart) -> np.ndarray:
-    """NXmx/DECTRIS pixel mask of ``start``: 0 = good, 1 (the "gap" bit) = not valid."""
+    """NXmx/DECTRIS pixel mask of ``start``: its detector's flags when it has them, else 0 = good and
+    1 (the "gap" bit) = not valid."""
+    flags = start.instrument.pixel_flags
+    if flags is not None and flags.shape == tuple(start.shape):
+        return flags
     if start.mask is None:
         return np.zeros(start.shape, dtype=np.uint32)
     return (~start.mask).astype(np.uint32)
+
+
+def goniometer(start: SeriesStart) -> tuple[tuple[str, float, float], ...]:
+    """``(axis, start, increment)`` of each axis to send: the series' own, else every axis an EIGER
+    knows at 0 (a still)."""
+    return start.instrument.goniometer or tuple((axis, 0.0, 0.0) for axis in _AXES)
 
 
 def _json(obj: dict[str, Any]) -> bytes:

@@ -40,12 +40,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import DecodeError
-from ..model import FRAME_DTYPES, Frame, Geometry, SeriesEnd, SeriesStart
+from ..model import FRAME_DTYPES, Frame, Geometry, Instrument, SeriesEnd, SeriesStart
 from ..throttle import Throttle
 from . import codecs
-from .dectris_common import Event, beam_center, valid_mask
+from .dectris_common import Event, beam_center, goniometer_v1, pixel_flags, valid_mask
 from .fields import (MAX_FRAMES, Limits, check_fits, frame_index, integer, is_int, number, positive, scalars, show,
-                     side, sides)
+                     side, sides, text)
 
 log = logging.getLogger(__name__)
 _WARN = Throttle()  # a stream may repeat a tolerated oddity thousands of times: warnings throttled by kind
@@ -55,8 +55,7 @@ PROTOCOL = "dectris-stream1"
 _ARRAY_PARTS = {"dflatfield-1.0": "flatfield", "flatfield-1.0": "flatfield",
                 "dpixelmask-1.0": "pixel_mask", "dcountrate_table-1.0": "countrate_table"}
 _BIT_DEPTHS = {8: "uint8", 16: "uint16", 32: "uint32"}
-_META_KEYS = ("description", "detector_number", "software_version", "sensor_material", "sensor_thickness",
-              "frame_time", "omega_start", "omega_increment", "photon_energy", "data_collection_date")
+_META_KEYS = ("software_version", "photon_energy", "data_collection_date")
 
 
 @dataclass
@@ -249,7 +248,10 @@ def _start(header: _Header, limits: Limits, shape: tuple[int, int] | None = None
     ``limits``; ``bit_depth_image`` 8, 16 or 32; ``nimages`` and ``ntrigger`` integers
     >= 0, their product at most 2**31; ``x/y_pixel_size`` positive finite; ``beam_center_x/y``
     finite; ``detector_distance`` and ``wavelength`` positive finite (0 = not set: unknown);
-    ``count_time`` finite >= 0; ``countrate_correction_count_cutoff`` an integer >= 0; each
+    ``count_time`` finite >= 0; ``countrate_correction_count_cutoff`` an integer >= 0;
+    ``sensor_material``, ``description``, ``detector_number`` strings (256 characters at
+    most); ``sensor_thickness`` and ``frame_time`` positive finite (0 = not set);
+    ``<axis>_start`` and ``<axis>_increment`` (omega, phi, chi, kappa, two_theta) finite; each
     may be absent.  A beam centre or pixel size with one coordinate absent is unknown.
     """
     where = f"{PROTOCOL}: series {header.series}"
@@ -266,11 +268,11 @@ def _start(header: _Header, limits: Limits, shape: tuple[int, int] | None = None
             limits.check(shape, None, f"{where} refused")
         return None
     limits.check(shape, dtype, f"{where} refused")
-    mask = None
+    mask = flags = None
     if header.pixel_mask is not None:
         if header.pixel_mask.shape != shape:
             raise DecodeError(f"{where}: pixel mask shape {header.pixel_mask.shape} != image shape {shape}")
-        mask = valid_mask(header.pixel_mask)
+        mask, flags = valid_mask(header.pixel_mask), pixel_flags(header.pixel_mask)
     nimages = integer(config, "nimages", where, required=False)
     n_frames = None if nimages is None else nimages * (integer(config, "ntrigger", where, required=False) or 1)
     if n_frames is not None and n_frames > MAX_FRAMES:
@@ -286,6 +288,12 @@ def _start(header: _Header, limits: Limits, shape: tuple[int, int] | None = None
             wavelength=positive(config, "wavelength", where, zero_unset=True)),
         count_time=number(config, "count_time", where, minimum=0),
         saturation=integer(config, "countrate_correction_count_cutoff", where, required=False),
+        instrument=Instrument(
+            sensor_material=text(config, "sensor_material", where),
+            sensor_thickness=positive(config, "sensor_thickness", where, zero_unset=True),
+            frame_time=positive(config, "frame_time", where, zero_unset=True),
+            description=text(config, "description", where), serial_number=text(config, "detector_number", where),
+            goniometer=goniometer_v1(config, where), pixel_flags=flags),
         meta={"protocol": PROTOCOL, "header_detail": header.detail, **scalars(config, _META_KEYS),
               **({} if epoch is None else {"series_epoch": epoch})},
     )

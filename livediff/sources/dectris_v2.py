@@ -22,8 +22,13 @@ the first image's pixel type, which refuses the series when exceeded); ``channel
 list of names; ``number_of_images`` an integer in 0..2**31; ``beam_center_x/y`` finite;
 ``pixel_size_x/y`` positive finite; ``detector_distance`` (or ``|detector_translation[2]|``)
 and ``incident_wavelength`` positive finite, 0 meaning not set; ``count_time`` finite
->= 0; ``saturation_value`` an integer >= 0; ``image_id`` in 0..2**31 - 1; every array's
-shape two sides in 1..2**20 - 1 within the limits, checked before it is decompressed.
+>= 0; ``saturation_value`` an integer >= 0; ``sensor_material``, ``detector_description``,
+``detector_serial_number`` strings of at most 256 characters; ``sensor_thickness`` and
+``frame_time`` positive finite (0 = not set); ``goniometer`` a map of axis ->
+``{start, increment}`` (finite, degrees); ``detector_translation`` three finite numbers (m);
+``image_id`` in 0..2**31 - 1; every array's shape two sides in 1..2**20 - 1 within the
+limits, checked before it is decompressed.  The pixel mask's flags are kept as received
+(:attr:`livediff.model.Instrument.pixel_flags`, uint32) beside the boolean mask.
 
 Multi-channel (multi-threshold) images: one channel is processed, by default the first
 of the start message's ``channels``, else the one configured (``source.channel``).
@@ -48,12 +53,12 @@ import cbor2
 import numpy as np
 
 from ..errors import DecodeError
-from ..model import FRAME_DTYPES, Frame, Geometry, SeriesEnd, SeriesStart
+from ..model import FRAME_DTYPES, Frame, Geometry, Instrument, SeriesEnd, SeriesStart
 from ..throttle import Throttle
 from . import codecs
-from .dectris_common import Event, beam_center, valid_mask
+from .dectris_common import Event, beam_center, goniometer_v2, pixel_flags, valid_mask
 from .fields import (Limits, check_fits, frame_count, frame_index, integer, number, positive, scalars, show, side,
-                     sides)
+                     sides, text, vector)
 
 log = logging.getLogger(__name__)
 _WARN = Throttle()  # a stream may repeat a tolerated oddity thousands of times: warnings throttled by kind
@@ -63,8 +68,7 @@ PROTOCOL = "dectris-stream2"
 #: RFC 8746 typed-array tags livediff reads (little-endian, and bytes).
 TYPED_ARRAYS = {64: "uint8", 69: "uint16", 70: "uint32", 71: "uint64", 77: "int16", 78: "int32", 85: "float32"}
 _MULTI_DIM, _COMPRESSED = 40, 56500
-_META_KEYS = ("series_unique_id", "detector_description", "detector_serial_number", "sensor_material",
-              "sensor_thickness", "frame_time", "incident_energy", "countrate_correction_enabled",
+_META_KEYS = ("series_unique_id", "incident_energy", "countrate_correction_enabled",
               "flatfield_enabled", "pixel_mask_enabled", "virtual_pixel_interpolation_enabled")
 
 
@@ -143,14 +147,23 @@ class StreamV2Decoder:
         epoch = _date(msg.get("arm_date"))
         if epoch is not None:
             meta["arm_epoch"] = epoch
+        flags = _pixel_mask(msg, channel, shape, where, self.limits)
         return _Pending(series_no, _unique_id(msg, where), shape, channel, {
-            "n_frames": n_frames, "mask": _mask(msg, channel, shape, where, self.limits),
+            "n_frames": n_frames, "mask": None if flags is None else valid_mask(flags),
             "geometry": Geometry(
                 beam_center=beam_center(number(msg, "beam_center_x", where), number(msg, "beam_center_y", where)),
                 pixel_size=None if None in pixel else pixel, distance=_distance(msg, where),
                 wavelength=positive(msg, "incident_wavelength", where, zero_unset=True)),
             "count_time": number(msg, "count_time", where, minimum=0),
             "saturation": integer(msg, "saturation_value", where, required=False), "meta": meta,
+            "instrument": Instrument(
+                sensor_material=text(msg, "sensor_material", where),
+                sensor_thickness=positive(msg, "sensor_thickness", where, zero_unset=True),
+                frame_time=positive(msg, "frame_time", where, zero_unset=True),
+                description=text(msg, "detector_description", where),
+                serial_number=text(msg, "detector_serial_number", where),
+                goniometer=goniometer_v2(msg, where),
+                detector_translation=vector(msg, "detector_translation", where), pixel_flags=flags),
         })
 
     def _image(self, msg: Mapping[str, Any], series: SeriesStart | None) -> list[Event | DecodeError]:
@@ -253,8 +266,9 @@ def _pixel_type(dtype: np.dtype, where: str) -> np.dtype:
     return dtype
 
 
-def _mask(msg: Mapping[str, Any], channel: str, shape: tuple[int, int], where: str,
-          limits: Limits) -> np.ndarray | None:
+def _pixel_mask(msg: Mapping[str, Any], channel: str, shape: tuple[int, int], where: str,
+                limits: Limits) -> np.ndarray | None:
+    """The channel's pixel mask flags (uint32, 0 = good), or None."""
     masks = msg.get("pixel_mask")
     value = masks.get(channel) if isinstance(masks, Mapping) else None
     if value is None:
@@ -269,7 +283,7 @@ def _mask(msg: Mapping[str, Any], channel: str, shape: tuple[int, int], where: s
     if dtype.kind not in "ui":
         raise DecodeError(f"{where}: pixel_mask must be integers, got {dtype.name}")
     try:
-        return valid_mask(codecs.decode(blob, encoding, shape, dtype))
+        return pixel_flags(codecs.decode(blob, encoding, shape, dtype))
     except DecodeError as exc:
         raise DecodeError(f"{where}: pixel_mask: {exc}") from None
 

@@ -143,6 +143,39 @@ def pair(d: Mapping[str, Any], key: str, where: str, *, positive: bool = False) 
     return (float(value[0]), float(value[1]))
 
 
+def text(d: Mapping[str, Any], key: str, where: str, *, max_length: int = 256) -> str | None:
+    """``d[key]`` as a string of at most ``max_length`` characters, or None when absent (or nil).
+
+    Raises
+    ------
+    DecodeError
+        Present but not such a string.
+    """
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_length:
+        raise DecodeError(f"{where}: {key!r} must be a string of at most {max_length} characters, "
+                          f"got {show(value)}")
+    return value
+
+
+def vector(d: Mapping[str, Any], key: str, where: str, n: int = 3) -> tuple[float, ...] | None:
+    """``d[key]`` as ``n`` finite floats, or None when absent (or nil).
+
+    Raises
+    ------
+    DecodeError
+        Not a list of exactly ``n`` finite numbers.
+    """
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != n or not all(_finite(v) for v in value):
+        raise DecodeError(f"{where}: {key!r} must be {n} finite numbers, got {show(value)}")
+    return tuple(float(v) for v in value)
+
+
 def frame_index(d: Mapping[str, Any], key: str, where: str) -> int:
     """``d[key]`` as a frame number, 0 <= n < :data:`MAX_FRAMES`.
 

@@ -6,8 +6,10 @@ Each message is a ZeroMQ multipart message.  Part 1 is a msgpack map with ``"v"`
 
 ``start``: ``shape`` [rows, cols], ``dtype``, ``n_frames``, ``geometry`` (see
 :class:`livediff.model.Geometry`), ``scan`` [rows, cols] or nil, ``count_time``,
-``saturation``, ``meta``; ``mask`` true when part 2 holds the pixel mask as uint8
-(1 = valid, livediff's convention) of ``shape``.
+``saturation``, ``instrument`` (see :class:`livediff.model.Instrument`), ``meta``; ``mask``
+true when part 2 holds the pixel mask as uint8 (1 = valid, livediff's convention) of
+``shape``; ``pixel_flags`` true when the next part holds the detector's pixel mask flags
+as received, uint32 little-endian (0 = good, NXmx bits), of ``shape``.
 
 ``image``: ``frame`` (0-based), ``timestamp`` (s since the epoch), ``shape``, ``dtype``,
 ``encoding``, optionally ``position`` [row, col] in the scan; part 2 the pixels, C order: ``"raw"`` little-endian, or compressed as
@@ -23,8 +25,12 @@ within the receiver's :class:`~livediff.sources.fields.Limits` with the ``dtype`
 ``pixel_size`` nil or 2 positive finite numbers, ``distance`` and ``wavelength`` nil or
 positive finite numbers (other keys ignored); ``scan`` nil or two positive integers
 whose product is within the pixel limit; ``count_time`` nil or a finite number >= 0;
-``saturation`` nil or a finite number; ``meta`` nil or a map with string keys at every
-level; ``mask`` nil, true or false; ``frame`` an integer in 0..2**31 - 1; ``timestamp``
+``saturation`` nil or a finite number; ``instrument`` nil or a map whose
+``sensor_material``, ``description`` and ``serial_number`` are nil or strings (256
+characters at most), ``sensor_thickness`` and ``frame_time`` nil or positive finite,
+``goniometer`` nil or a list of [axis name, start, increment] (finite, degrees) and
+``detector_translation`` nil or 3 finite numbers (other keys ignored); ``meta`` nil or a map
+with string keys at every level; ``mask`` and ``pixel_flags`` nil, true or false; ``frame`` an integer in 0..2**31 - 1; ``timestamp``
 absent, nil or a finite number; ``encoding`` absent (raw) or one of :data:`ENCODINGS`.
 
 ``end``: nothing more.
@@ -38,9 +44,10 @@ import msgpack
 import numpy as np
 
 from ..errors import DecodeError
-from ..model import FRAME_DTYPES, Frame, Geometry, Scan, SeriesEnd, SeriesStart
+from ..model import FRAME_DTYPES, Frame, Geometry, Instrument, Scan, SeriesEnd, SeriesStart
 from . import codecs
-from .fields import Limits, check_fits, frame_count, frame_index, integer, is_int, number, pair, positive, show, sides
+from .fields import (Limits, check_fits, frame_count, frame_index, integer, is_int, number, pair, positive, show, sides,
+                     text, vector)
 
 VERSION = 1
 ENCODINGS = codecs.ENCODINGS
@@ -55,11 +62,14 @@ def encode_start(start: SeriesStart) -> list[bytes]:
         "v": VERSION, "type": "start", "series": start.series, "shape": list(start.shape),
         "dtype": start.dtype, "n_frames": start.n_frames, "geometry": start.geometry.to_dict(),
         "scan": _scan_header(start.scan), "count_time": start.count_time,
-        "saturation": start.saturation, "meta": start.meta, "mask": start.mask is not None,
+        "saturation": start.saturation, "instrument": start.instrument.to_dict(), "meta": start.meta,
+        "mask": start.mask is not None, "pixel_flags": start.instrument.pixel_flags is not None,
     }
     parts = [msgpack.packb(header, use_bin_type=True)]
     if start.mask is not None:
         parts.append(start.mask.astype(np.uint8).tobytes())
+    if start.instrument.pixel_flags is not None:
+        parts.append(start.instrument.pixel_flags.astype("<u4").tobytes())
     return parts
 
 
@@ -142,17 +152,46 @@ def _decode_start(header: dict[str, Any], parts: list[bytes], series_no: int, li
     where = f"native: start of series {series_no}"
     shape, dtype = _shape(header, where), _dtype(header, where)
     limits.check(shape, dtype, f"{where} refused")
-    has_mask = header.get("mask")
-    if has_mask is not None and not isinstance(has_mask, bool):
-        raise DecodeError(f"{where}: 'mask' must be true or false, got {show(has_mask)}")
-    _expect_parts(parts, 2 if has_mask else 1, "start")
+    has_mask, has_flags = (_flag(header, key, where) for key in ("mask", "pixel_flags"))
+    _expect_parts(parts, 1 + has_mask + has_flags, "start")
+    flags = _buffer(parts[-1], shape, np.dtype("<u4"), "pixel_flags") if has_flags else None
     return SeriesStart(
         series=series_no, shape=shape, dtype=dtype.name, n_frames=frame_count(header, "n_frames", where),
         mask=_buffer(parts[1], shape, np.dtype(np.uint8), "mask").astype(bool) if has_mask else None,
         geometry=_geometry(header.get("geometry"), where), scan=_scan(header.get("scan"), where, limits),
         count_time=number(header, "count_time", where, minimum=0), saturation=_saturation(header, where),
-        meta=_meta(header.get("meta"), where),
+        instrument=_instrument(header.get("instrument"), where, flags), meta=_meta(header.get("meta"), where),
     )
+
+
+def _flag(header: dict[str, Any], key: str, where: str) -> bool:
+    value = header.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise DecodeError(f"{where}: {key!r} must be true or false, got {show(value)}")
+    return bool(value)
+
+
+def _instrument(value: Any, where: str, flags: np.ndarray | None) -> Instrument:
+    """``instrument``: nil, or a map as :meth:`livediff.model.Instrument.to_dict` writes it."""
+    if value is None:
+        return Instrument(pixel_flags=None if flags is None else flags.astype(np.uint32))
+    if not isinstance(value, dict):
+        raise DecodeError(f"{where}: 'instrument' must be a map, got {show(value)}")
+    where = f"{where}: instrument"
+    axes = value.get("goniometer") or []
+    if not isinstance(axes, list) or len(axes) > 32 or not all(
+            isinstance(a, list) and len(a) == 3 and isinstance(a[0], str) and len(a[0]) <= 64 for a in axes):
+        raise DecodeError(f"{where}: 'goniometer' must be a list of [axis name, start, increment], got {show(axes)}")
+    goniometer = tuple((a[0], number({"start": a[1]}, "start", f"{where}: goniometer {a[0]}"),
+                        number({"increment": a[2]}, "increment", f"{where}: goniometer {a[0]}")) for a in axes)
+    if any(v is None for a in goniometer for v in a[1:]):
+        raise DecodeError(f"{where}: goniometer start and increment must be numbers, got {show(axes)}")
+    return Instrument(sensor_material=text(value, "sensor_material", where),
+                      sensor_thickness=positive(value, "sensor_thickness", where),
+                      frame_time=positive(value, "frame_time", where), description=text(value, "description", where),
+                      serial_number=text(value, "serial_number", where), goniometer=goniometer,
+                      detector_translation=vector(value, "detector_translation", where),
+                      pixel_flags=None if flags is None else flags.astype(np.uint32))
 
 
 def _decode_image(header: dict[str, Any], parts: list[bytes], series_no: int,

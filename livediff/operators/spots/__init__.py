@@ -18,7 +18,8 @@ When the geometry is complete (the series header's, with the operator's optional
 rows also carry ``d`` (Å) and ``inv_d2`` (1/d², Å⁻²); the operators after ``spots`` see
 that geometry too.  Otherwise the rows lack them, and one log line per series says why.
 
-Modules: ``threshold`` (numba threshold kernels, row blocks on threads), ``label``
+Modules: ``threshold`` (numba threshold kernels, row blocks on threads), ``integer`` (the
+threshold's fast path for integer images), ``label``
 (components and their properties), ``link`` (linking across frames), ``operator`` (the
 ``spots`` operator).
 """
@@ -35,7 +36,8 @@ from scipy import ndimage
 
 from ..checks import check_mask, check_ndim, check_shape
 from .label import NSTAT, component_stats, label_runs, select, shoeboxes, spot_columns, strong_runs
-from .threshold import MAX_VALUE, background_block, dispersion_block, extended_strong, run_blocks
+from .integer import SLACK, dispersion_block_int, fits, limits
+from .threshold import MAX_VALUE, background_block, block_rows, dispersion_block, extended_strong, run_blocks
 
 __all__ = ["FRAME_SPOTS", "MAX_VALUE", "ROW_COLUMNS", "FrameSpots", "Spots", "SpotsParams", "dispersion_mask",
            "find_spots", "frame_spots", "strong_pixels"]
@@ -96,8 +98,10 @@ def dispersion_mask(image: np.ndarray, mask: np.ndarray | None = None, *, gain: 
     Winter et al., Acta Cryst. D74 (2018) 85-97.
 
     Sums are exact for integer-valued images, so the mask equals that of any exact
-    implementation (e.g. float64 summed-area tables); for other float images, pixels
-    within rounding (about 1e-12 relative) of a threshold may go either way.
+    implementation (e.g. float64 summed-area tables, as DIALS' C++); for other float
+    images, pixels within rounding (about 1e-12 relative) of a threshold may go either
+    way.  Integer images of at most 32 bits (with windows of at most 127 pixels) are
+    summed in 32-bit integers, about twice as fast, with the same result.
     """
     return _strong_pixels(image, mask, gain=gain, kernel_size=kernel_size, sigma_background=sigma_background,
                           sigma_strong=sigma_strong, min_local=min_local, global_threshold=global_threshold,
@@ -120,23 +124,35 @@ def strong_pixels(image: np.ndarray, mask: np.ndarray | None = None,
     """
     bound = inspect.signature(dispersion_mask).bind(image, mask, **params)
     bound.apply_defaults()
-    return _strong_pixels(**bound.arguments)
+    out, runs = _strong_pixels(**bound.arguments)
+    return out, runs, int(out.size if mask is None else np.count_nonzero(mask))
 
 
 def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | np.ndarray | None,
                    kernel_size: tuple[int, int], sigma_background: float, sigma_strong: float, min_local: int,
                    global_threshold: float, extended: bool, max_value: float,
-                   threads: int) -> tuple[np.ndarray, np.ndarray, int]:
+                   threads: int) -> tuple[np.ndarray, np.ndarray]:
     image, mask_rows, gain_rows, has_gain, limit = _prepare(image, mask, gain, max_value)
     kh, kw = _kernel(kernel_size)
     _check_params(sigma_background=sigma_background, sigma_strong=sigma_strong, min_local=min_local,
                   threads=threads)
     out = np.zeros(image.shape, dtype=np.bool_)
     if not extended:
-        blocks = run_blocks(threads, image.shape[0], dispersion_block, image, mask_rows, gain_rows, has_gain,
-                            kh, kw, float(sigma_background), float(sigma_strong), int(min_local),
-                            float(global_threshold), limit, out=out)
-        return out, np.concatenate([runs for runs, _ in blocks]), sum(n for _, n in blocks)
+        fast = _integer_args(image.dtype, gain_rows, kh, kw, float(sigma_strong), float(global_threshold), limit)
+        args = (image, mask_rows, gain_rows, has_gain)
+        params = (kh, kw, float(sigma_background), float(sigma_strong), int(min_local), float(global_threshold))
+        if fast is not None:
+            results = run_blocks(threads, image.shape[0], dispersion_block_int, *args, fast[0], *params, *fast[1:],
+                                 *limits(kh, kw), out=out)
+            blocks = []
+            for (runs, complete), (r0, r1) in zip(results, block_rows(threads, image.shape[0])):
+                if not complete:  # too many values too large for int32 sums: the general kernel
+                    out[r0:r1] = False
+                    runs = dispersion_block(*args, *params, limit, r0, r1, out)
+                blocks.append(runs)
+        else:
+            blocks = run_blocks(threads, image.shape[0], dispersion_block, *args, *params, limit, out=out)
+        return out, np.concatenate(blocks)
     flags = np.zeros(image.shape, dtype=np.bool_)
     run_blocks(threads, image.shape[0], background_block, image, mask_rows, gain_rows, has_gain, kh, kw,
                float(sigma_background), int(min_local), limit, out=flags)
@@ -148,7 +164,28 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
     rr, cc = np.nonzero(core & usable)
     extended_strong(image, usable & ~core, gain_rows, rr, cc, kh + 2, kw + 2, float(sigma_strong),
                     float(global_threshold), limit, out)
-    return out, strong_runs(out), int(image.size if mask is None else np.count_nonzero(mask))
+    return out, strong_runs(out)
+
+
+def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigma_strong: float,
+                  global_threshold: float, limit: Any) -> tuple[Any, ...] | None:
+    """The arguments of ``dispersion_block_int`` beyond the general kernel's (factor, low, vmin,
+    vmax, svmin, svmax), or None when the image or the parameters need the general kernel
+    (see ``integer``)."""
+    if not fits(dtype, kh, kw) or not math.isfinite(global_threshold):
+        return None
+    with np.errstate(over="ignore"):
+        factor = (sigma_strong ** 2 * (1 - SLACK) * gain_rows).astype(np.float32)
+    if not np.isfinite(factor).all():
+        return None
+    low = np.int32(min(max(math.floor(global_threshold), -2 ** 31), 2 ** 31 - 1))  # v > low: v > threshold
+    info = np.iinfo(dtype)
+    vmax, vmin = min(int(limit) - 1, int(info.max)), max(1 - int(limit), int(info.min))
+    usable = (None if vmin == info.min else dtype.type(vmin), None if vmax == info.max else dtype.type(vmax))
+    big = limits(kh, kw)[1]
+    if dtype.kind == "i" and vmin <= 1 - big and vmax >= big - 1:  # the sums let every value in (integer.py)
+        return factor, low, *usable, None, None
+    return factor, low, *usable, *usable
 
 
 def _prepare(image: np.ndarray, mask: np.ndarray | None, gain: float | np.ndarray | None,

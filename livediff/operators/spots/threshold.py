@@ -16,8 +16,11 @@ formulas, with y summed from the column sums of squares.  For integer-valued ima
 every sum is exact, so the mask is identical to that of any exact implementation of the
 formulas (float64 summed-area tables, say).
 
-All numba kernels release the GIL; :func:`run_blocks` splits the rows into blocks for
-worker threads.  The public entry point is ``spots.dispersion_mask``.
+Integer images of at most 32 bits take a faster path with the same result, in 32-bit
+integer arithmetic (``integer.dispersion_block_int``); :func:`dispersion_block` serves
+float images, 64-bit integers, windows of more than 127 pixels and the blocks the fast
+path hands back.  All numba kernels release the GIL; :func:`run_blocks` splits the rows
+into blocks for worker threads.  The public entry point is ``spots.dispersion_mask``.
 """
 from __future__ import annotations
 
@@ -165,7 +168,7 @@ def _dispersed(m, x, y, g, has_gain, sigma_b):
 @numba.njit(nogil=True, cache=True)
 def _strong(m, x, y, v, g, has_gain, sigma_b, sigma_s):
     """Both DIALS tests on float64 window sums; the strong one is v > mean + sigma_s sqrt(g mean)."""
-    return _dispersed(m, x, y, g, has_gain, sigma_b) and m * v - x > sigma_s * np.sqrt(g * x * m)
+    return _dispersed(m, x, y, g, has_gain, sigma_b) & (m * v - x > sigma_s * np.sqrt(g * x * m))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -195,7 +198,6 @@ def dispersion_block(image, mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_
     Returns
     -------
     runs : (n, 3) int32 runs (row, col0, col1) of the strong pixels, in scan order.
-    n_valid : valid pixels (mask True) on these rows.
 
     Notes
     -----
@@ -206,7 +208,6 @@ def dispersion_block(image, mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_
     cn, cx, cy, wn, wx = _buffers(image, cols, span)
     runs = np.empty(((r1 - r0) * (cols + 1) // 2, 3), np.int32)  # the most there can be
     n_runs = 0
-    n_valid = 0
     cand = np.zeros((cols + 7) // 8 * 8, np.uint8)
     words = cand.view(np.uint64)
     ks = sigma_s * sigma_s * _SLACK
@@ -225,7 +226,6 @@ def dispersion_block(image, mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_
             ok = mrow[c] & (v < limit) & (v > low) & (b > 0.0) & (b * b > ks * grow[c] * x * m)
             cand[c] = ok
             count += ok
-            n_valid += mrow[c]
         if count == 0:
             continue
         for k in range(words.size):
@@ -238,7 +238,7 @@ def dispersion_block(image, mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_
                     out[r, c] = True
                     n_runs = add_pixel(runs, n_runs, r, c)
             words[k] = 0
-    return runs[:n_runs], n_valid
+    return runs[:n_runs]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -308,16 +308,22 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="livediff-spots")
 
 
+def block_rows(threads: int, rows: int) -> list[tuple[int, int]]:
+    """The row blocks (r0, r1) of :func:`run_blocks`: up to ``threads``, starting on multiples of RESTART."""
+    chunks = -(-rows // RESTART)
+    threads = min(int(threads), chunks)
+    edges = [min(rows, RESTART * (chunks * i // threads)) for i in range(threads + 1)]
+    return list(zip(edges, edges[1:]))
+
+
 def run_blocks(threads: int, rows: int, kernel: Callable[..., Any], *args: Any, out: np.ndarray) -> list[Any]:
-    """Run ``kernel(*args, r0, r1, out)`` on up to ``threads`` blocks of rows.
+    """Run ``kernel(*args, r0, r1, out)`` on the row blocks of :func:`block_rows`.
 
     Blocks start on multiples of RESTART, so results do not depend on ``threads``.
     Returns the kernel's results, block by block (in row order).
     """
-    chunks = -(-rows // RESTART)
-    threads = min(int(threads), chunks)
-    if threads == 1:
+    blocks = block_rows(threads, rows)
+    if len(blocks) == 1:
         return [kernel(*args, 0, rows, out)]
-    edges = [min(rows, RESTART * (chunks * i // threads)) for i in range(threads + 1)]
-    futures = [_pool(threads).submit(kernel, *args, r0, r1, out) for r0, r1 in zip(edges, edges[1:])]
+    futures = [_pool(len(blocks)).submit(kernel, *args, r0, r1, out) for r0, r1 in blocks]
     return [f.result() for f in futures]
