@@ -117,7 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     e2e.add_argument("--config", help="the chain to run (default: the embedded default chain)")
     e2e.add_argument("--protocol", default="native", choices=["native", "dectris-stream1", "dectris-stream2"])
     e2e.add_argument("--encoding", default="bslz4", choices=["raw", "bslz4", "lz4"])
-    e2e.add_argument("--workers", type=int, help="override pipeline.workers")
+    e2e.add_argument("--workers", type=_int_list, help="override pipeline.workers; a list (1,2) runs each")
+    e2e.add_argument("--executor", type=_executor_list,
+                     help="override pipeline.executor: threads, dask, or both (threads,dask) to run each")
+    e2e.add_argument("--scheduler", help="override pipeline.scheduler (dask: 'local' or tcp://host:8786)")
     e2e.add_argument("--overflow", choices=["block", "drop"], help="override pipeline.overflow")
     e2e.add_argument("--web-clients", type=int, default=0, metavar="N",
                      help="hold N live page clients open during the run (default %(default)s)")
@@ -231,25 +234,47 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _executor_list(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [n for n in names if n not in ("threads", "dask")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown executor {unknown[0]!r} (expected threads, dask)")
+    return names
+
+
 def _bench_e2e(args: argparse.Namespace) -> int:
     from .bench import e2e
 
-    common = {"detector": args.detector, "config": args.config, "protocol": args.protocol,
-              "encoding": args.encoding, "workers": args.workers, "web_clients": args.web_clients,
-              "web_stalled": args.web_stalled}
-    if args.max_rate:
-        result = e2e.find_max_rate(start=args.rate, seconds=args.seconds, **common)
-        reports = result["runs"]
-    else:
-        result = e2e.run_load(rate=args.rate, seconds=args.seconds, overflow=args.overflow, **common)
-        reports = [result]
+    results = []
+    for executor in args.executor or [None]:
+        for workers in args.workers or [None]:
+            common = {"detector": args.detector, "config": args.config, "protocol": args.protocol,
+                      "encoding": args.encoding, "workers": workers, "executor": executor,
+                      "scheduler": args.scheduler, "web_clients": args.web_clients,
+                      "web_stalled": args.web_stalled}
+            if args.max_rate:
+                result = e2e.find_max_rate(start=args.rate, seconds=args.seconds, **common)
+            else:
+                result = e2e.run_load(rate=args.rate, seconds=args.seconds, overflow=args.overflow, **common)
+            results.append(result)
+            if args.json:
+                continue
+            for report in result["runs"] if args.max_rate else [result]:
+                print(e2e.format_report(report), flush=True)
+            if args.max_rate:
+                print(f"max sustainable rate (no frame dropped): {result['max_rate']:.1f} frames/s", flush=True)
     if args.json:
-        print(json.dumps(result))
-        return 0
-    for report in reports:
-        print(e2e.format_report(report))
-    if args.max_rate:
-        print(f"max sustainable rate (no frame dropped): {result['max_rate']:.1f} frames/s")
+        print(json.dumps(results[0] if len(results) == 1 else results))
     return 0
 
 

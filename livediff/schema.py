@@ -66,6 +66,8 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "not_saved": "frames processed but not in the HDF5 file (the writer fell behind, or a write failed)",
         "file": "HDF5 file of the series, or null when it could not be created",
         "map_holes": "scan positions no frame filled (NaN in the maps), or null without scan maps",
+        "resent": "frames processed again because the worker holding their contribution was lost (dask executor; "
+                  "0 with threads)",
     }),
     ("stats", "frame"): KeySet({
         "series": "series number",
@@ -107,6 +109,8 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "published": "messages published since start",
         "cpu_s": "CPU seconds the service used",
         "peak_rss_mb": "peak resident memory, MiB",
+        "ledger_frames": "frames the dask executor keeps to re-send if a worker is lost (0 with threads)",
+        "ledger_mb": "MiB those frames and the versions of series-wide state they need hold",
     }),
 }
 
@@ -242,7 +246,7 @@ def series_start(start: SeriesStart, *, config_hash: str, file: str | None) -> d
 
 def series_end(*, series: int, reason: str, expected: int, received: int, bad: int, duplicates: int, stray: int,
                lost: int, processed: int, failed: int, dropped: int, not_saved: int, file: str | None,
-               map_holes: int | None) -> dict[str, Any]:
+               map_holes: int | None, resent: int) -> dict[str, Any]:
     """Body of the ``series``/``end`` message (the series' summary); keys as in :data:`MESSAGES`."""
     return _fixed(("series", "end"), locals())
 
@@ -283,6 +287,7 @@ def image_snapshot(*, series: int, operator: str, frame: int, processed: int, fi
 def status_heartbeat(*, uptime_s: float, fps: float, series: int | None, n_frames: int | None, received: int,
                      processed: int, dropped: int, queue: int, total_processed: int, total_failed: int,
                      messages: int, bad: int, orphans: int, open_series: int | None, hdf5_not_saved: int,
-                     hdf5_errors: int, published: int, cpu_s: float, peak_rss_mb: float) -> dict[str, Any]:
+                     hdf5_errors: int, published: int, cpu_s: float, peak_rss_mb: float, ledger_frames: int,
+                     ledger_mb: float) -> dict[str, Any]:
     """Body of the ``status``/``heartbeat`` message; keys as in :data:`MESSAGES`."""
     return _fixed(("status", "heartbeat"), locals())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import math
 import resource
@@ -85,7 +86,7 @@ class Service:
         self.publisher = Publisher(zmq.Context.shadow(context.underlying), cfg.publisher)
         self.writer = HDF5Writer(cfg.output)
         self.exporters = create_exporters(cfg.output.export)
-        self.executor = executors.create(cfg.pipeline, cfg.operators)
+        self.executor = executors.create(cfg.pipeline, cfg.operators, decode=codecs.decode)
         self.web = LiveView(cfg.http, status=self.status, protocol=source.protocol) if cfg.http.enabled else None
         sinks = [self.writer, self.publisher, *self.exporters, *([self.web] if self.web else [])]
         self.run_loop = RunLoop(self.queue, self.executor, sinks,
@@ -118,7 +119,9 @@ class Service:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.web is not None:
                 await self.web.stop()
-            self.executor.close()
+            closing = self.executor.close()
+            if inspect.isawaitable(closing):
+                await closing
             self.publisher.close()  # closed with a linger: what is still queued goes out while the file closes
             self.writer.close()
             for exporter in self.exporters:
@@ -204,6 +207,7 @@ class Service:
             "published": self.publisher.sent,
             "cpu_s": time.process_time(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **self.executor.status(),
         }
 
     async def _heartbeat(self) -> None:

@@ -112,8 +112,13 @@ def test_an_executor_is_chosen_in_the_config():
     from livediff.errors import ConfigError
 
     assert parse({"pipeline": {"executor": "threads"}}).pipeline.executor == "threads"
-    with pytest.raises(ConfigError, match=r"pipeline.executor: must be one of 'threads', got 'mpi'"):
+    with pytest.raises(ConfigError, match=r"pipeline.executor: must be one of 'threads', 'dask', got 'mpi'"):
         parse({"pipeline": {"executor": "mpi"}})
+    pipeline = parse({"pipeline": {"executor": "dask", "scheduler": "tcp://10.0.0.5:8786", "workers": 8}}).pipeline
+    assert (pipeline.executor, pipeline.scheduler, pipeline.workers) == ("dask", "tcp://10.0.0.5:8786", 8)
+    with pytest.raises(ConfigError, match=r"scheduler must be 'local' or an address like 'tcp://host:8786', "
+                                          r"got '10.0.0.5:8786'"):
+        parse({"pipeline": {"executor": "dask", "scheduler": "10.0.0.5:8786"}})
 
 
 async def test_kernels_are_compiled_when_a_series_of_a_new_pixel_type_starts(caplog):

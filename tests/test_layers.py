@@ -49,6 +49,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("livediff.pipeline", (*_RUNNER_MUST_NOT, "livediff.operators.registry", "numba")),
     ("livediff.executors", _RUNNER_MUST_NOT),
     ("livediff.executors.runloop", _RUNNER_MUST_NOT),
+    ("livediff.executors.dask", _RUNNER_MUST_NOT),  # Dask itself loads when a cluster is used, not before
+    ("livediff.executors.dask_actor", (*_RUNNER_MUST_NOT, "dask", "distributed")),
     ("livediff.config", ("livediff.operators.registry", "numba", "livediff.readers", "livediff.service",
                          "livediff.cli", "simulators")),
     ("livediff.replay", ("simulators", "livediff.operators", "livediff.config")),

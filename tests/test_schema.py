@@ -68,7 +68,7 @@ def _bodies() -> dict[tuple[str, str], tuple[dict, set[str]]]:
         ("series", "start"): (schema.series_start(start, config_hash="ab", file="/data/s.h5"), set()),
         ("series", "end"): (schema.series_end(series=2, reason="timeout", expected=5, received=4, bad=1, duplicates=0,
                                               stray=0, lost=1, processed=3, failed=1, dropped=0, not_saved=2,
-                                              file="/data/s.h5", map_holes=3), set()),
+                                              file="/data/s.h5", map_holes=3, resent=2), set()),
         ("stats", "frame"): (schema.stats_frame(
             series=2, row={"frame": 3, "timestamp": 1.5e9, "received": 1.6e9, "latency_s": 0.01, "sum": 12.0,
                            "n_spots": 4},
@@ -81,7 +81,8 @@ def _bodies() -> dict[tuple[str, str], tuple[dict, set[str]]]:
         ("status", "heartbeat"): (schema.status_heartbeat(
             uptime_s=12.5, fps=99.5, series=2, n_frames=5, received=4, processed=3, dropped=0, queue=1,
             total_processed=30, total_failed=1, messages=40, bad=1, orphans=0, open_series=2, hdf5_not_saved=2,
-            hdf5_errors=0, published=77, cpu_s=3.25, peak_rss_mb=250.0), set()),
+            hdf5_errors=0, published=77, cpu_s=3.25, peak_rss_mb=250.0, ledger_frames=12,
+            ledger_mb=17.5), set()),
     }
 
 

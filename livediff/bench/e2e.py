@@ -84,14 +84,22 @@ class LoadSource:
 
 def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float = 10.0,
              config: str | None = None, protocol: str = "native", encoding: str = "bslz4",
-             overflow: str | None = None, workers: int | None = None, web_clients: int = 0,
-             web_stalled: int = 0) -> dict[str, Any]:
-    """Stream ``rate`` frames/s for ``seconds`` to a fresh service process; measure it."""
+             overflow: str | None = None, workers: int | None = None, executor: str | None = None,
+             scheduler: str | None = None, web_clients: int = 0, web_stalled: int = 0) -> dict[str, Any]:
+    """Stream ``rate`` frames/s for ``seconds`` to a fresh service process; measure it.
+
+    ``workers``, ``executor`` and ``scheduler`` override ``[pipeline]``; with the dask
+    executor the CPU reported is the service's (the client's), the workers' excluded.
+    ``web_clients`` pages read the live view throughout, ``web_stalled`` never read.
+    """
     rows, cols, dtype = DETECTORS[detector]
     source = LoadSource((rows, cols), dtype, max(1, int(round(rate * seconds))))
+    pipeline = {k: v for k, v in (("overflow", overflow), ("workers", workers), ("executor", executor),
+                                  ("scheduler", scheduler)) if v is not None}
     web: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="livediff-e2e-") as tmp:
-        cfg_path, source_ep, publish_ep, http_port = _service_config(Path(tmp), config, protocol, overflow, workers)
+        cfg_path, source_ep, publish_ep, http_port = _service_config(Path(tmp), config, protocol, pipeline)
+        settings = load(cfg_path).pipeline
         proc = subprocess.Popen([sys.executable, "-m", "livediff", "--log-level", "warning", "serve",
                                  "--config", str(cfg_path), "--max-series", "1", "--no-progress"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -129,7 +137,9 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
         "latency_ms": {f"p{q}": float(np.percentile(latencies, q) * 1e3) if latencies.size else None
                        for q in (50, 95, 99)},
         "first_latency_ms": (listener.done[0] - source.sent_at[0]) * 1e3 if 0 in listener.done else None,
+        "executor": settings.executor, "workers": settings.workers,
         "cpu_cores": listener.cpu_cores(),
+        "cpu_ms_per_frame": listener.cpu_ms_per_frame(),
         "peak_rss_mb": listener.peak_rss_mb,
         "max_queue": listener.max_queue,
         **web,
@@ -159,9 +169,9 @@ def _keeps_up(report: dict[str, Any]) -> bool:
     return report["dropped"] == 0 and report["processed"] == report["sent"] and report["sent_fps"] >= 0.95 * report["rate"]
 
 
-def _service_config(tmp: Path, config: str | None, protocol: str, overflow: str | None,
-                    workers: int | None) -> tuple[Path, str, str, int]:
-    """Write the user's config with the source, publisher, output and page port the bench needs."""
+def _service_config(tmp: Path, config: str | None, protocol: str,
+                    pipeline: dict[str, Any]) -> tuple[Path, str, str, int]:
+    """Write the user's config with the source, publisher, output, page port and ``[pipeline]`` overrides the bench needs."""
     table = tomllib.loads(Path(config).read_text()) if config else {}
     source_ep, publish_ep = free_tcp_endpoint(), free_tcp_endpoint()
     http_port = int(free_tcp_endpoint().rsplit(":", 1)[1])
@@ -170,8 +180,7 @@ def _service_config(tmp: Path, config: str | None, protocol: str, overflow: str 
                        "pattern": "pull"}
     table["publisher"] = {**table.get("publisher", {}), "endpoint": publish_ep, "status_period": 0.2}
     table["output"] = {**table.get("output", {}), "directory": str(tmp / "out")}
-    table["pipeline"] = {**table.get("pipeline", {}),
-                         **({"overflow": overflow} if overflow else {}), **({"workers": workers} if workers else {})}
+    table["pipeline"] = {**table.get("pipeline", {}), **pipeline}
     path = tmp / "e2e.toml"
     path.write_text(tomli_w.dumps(table))
     load(path)  # a config error shows here, in this process, as the usual one line
@@ -185,7 +194,7 @@ class _Listener:
         self.done: dict[int, float] = {}
         self.max_queue = 0
         self.peak_rss_mb = 0.0
-        self._cpu: list[tuple[float, float]] = []  # (uptime_s, cpu_s) of heartbeats since mark()
+        self._cpu: list[tuple[float, float, int]] = []  # (uptime_s, cpu_s, processed) of heartbeats since mark()
         self._marked = False
         self.end: dict[str, Any] | None = None
         self._ready = threading.Event()
@@ -209,7 +218,7 @@ class _Listener:
                     self.max_queue = max(self.max_queue, msg["queue"])
                     self.peak_rss_mb = max(self.peak_rss_mb, msg["peak_rss_mb"])
                     if self._marked and self.end is None:
-                        self._cpu.append((msg["uptime_s"], msg["cpu_s"]))
+                        self._cpu.append((msg["uptime_s"], msg["cpu_s"], msg["total_processed"]))
                     self._ready.set()
                 elif topic == "series" and msg["type"] == "end":
                     self.end = msg
@@ -229,8 +238,18 @@ class _Listener:
         """Cores the service kept busy while the series ran (CPU seconds per second)."""
         if len(self._cpu) < 2:
             return None
-        (t0, c0), (t1, c1) = self._cpu[0], self._cpu[-1]
+        (t0, c0, _), (t1, c1, _) = self._cpu[0], self._cpu[-1]
         return (c1 - c0) / (t1 - t0)
+
+    def cpu_ms_per_frame(self) -> float | None:
+        """The service's CPU per processed frame, ms, from the first heartbeat after frames started
+        to come out to the one that saw the last (series start and end left out)."""
+        samples = [s for s in self._cpu if s[2] > self._cpu[0][2]] if self._cpu else []
+        if len(samples) < 2:
+            return None
+        last = next(s for s in samples if s[2] == samples[-1][2])
+        (_, c0, p0), (_, c1, p1) = samples[0], last
+        return (c1 - c0) / (p1 - p0) * 1e3 if p1 > p0 else None
 
     def wait_end(self, timeout: float) -> dict[str, Any] | None:
         self._ended.wait(timeout)
@@ -243,13 +262,14 @@ class _Listener:
 
 def format_report(r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
-    fmt = (lambda v: "-" if v is None else f"{v:.1f}")
+    fmt = (lambda v, spec=".1f": "-" if v is None else format(v, spec))
     return (f"{r['detector']} {r['shape'][0]}x{r['shape'][1]} {r['dtype']}, {r['protocol']}/{r['encoding']}, "
-            f"requested {r['rate']:.1f} fr/s for {r['seconds']:.0f} s\n"
+            f"{r['executor']} x {r['workers']}, requested {r['rate']:.1f} fr/s for {r['seconds']:.0f} s\n"
             f"  sent {r['sent']} ({r['sent_fps']:.1f} fr/s)  processed {r['processed']}  dropped {r['dropped']}  "
             f"lost {r['lost']}  bad {r['bad']}\n"
             f"  sustained {fmt(r['sustained_fps'])} fr/s  latency p50/p95/p99 {fmt(lat['p50'])}/{fmt(lat['p95'])}/"
-            f"{fmt(lat['p99'])} ms (first frame {fmt(r['first_latency_ms'])} ms)  cpu {fmt(r['cpu_cores'])} cores  peak RSS {r['peak_rss_mb']:.0f} MB  "
+            f"{fmt(lat['p99'])} ms (first frame {fmt(r['first_latency_ms'])} ms)  cpu {fmt(r['cpu_cores'])} cores, "
+            f"{fmt(r['cpu_ms_per_frame'], '.2f')} ms/frame  peak RSS {r['peak_rss_mb']:.0f} MB  "
             f"max queue {r['max_queue']}" + _format_web(r))
 
 

@@ -13,13 +13,18 @@ sinks never know which executor runs them.  An executor
   worker that version: results never depend on the number of workers or on timing;
 - merges the workers' partial states for ``snapshot`` and ``finish``.
 
+Two implementations: ``threads`` (:mod:`.threads`, worker threads of this process) and
+``dask`` (:mod:`.dask`, chains on Dask workers fed with the frames as received, with a
+ledger that survives the loss of a worker).
+
 :data:`EXECUTORS` maps ``[pipeline] executor`` to an implementation.
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..params import param
 from ..pipeline import OperatorSpec
@@ -33,20 +38,53 @@ __all__ = ["EXECUTORS", "Executor", "Job", "PipelineSettings", "ThreadExecutor",
 class PipelineSettings:
     """How frames are buffered and processed (``[pipeline]``)."""
 
-    executor: Literal["threads"] = param("threads", doc="where chains run: worker threads of this process")
-    workers: int = param(1, ge=1, le=64, doc="workers, each with its own chain")
+    executor: Literal["threads", "dask"] = param("threads", doc="where chains run: worker threads of this "
+                                                                "process, or Dask workers")
+    workers: int = param(1, ge=1, le=1024, doc="workers, each with its own chain")
     queue_size: int = param(64, ge=1, doc="frames buffered between receiver and pipeline")
     overflow: Literal["block", "drop"] = "block"
     snapshot_period: float = param(2.0, ge=0, doc="seconds between published/saved snapshots of running "
                                                   "results; 0 = only at series end")
+    scheduler: str = param("local", doc="dask: 'local' (a LocalCluster of `workers` processes here) or a running "
+                                        "scheduler's address, e.g. 'tcp://host:8786'")
+    credits: int = param(2, ge=1, le=64, doc="dask: calls in flight per worker")
+    batch_mb: float = param(4.0, gt=0, doc="dask: most payload per call (small frames travel together)")
+    ledger_mb: float = param(1024.0, gt=0, doc="dask: frames kept for re-sending after a worker loss; when "
+                                               "full, the workers' partial states are pulled")
+    wait_s: float = param(60.0, gt=0, doc="dask: a call not back after this long loses its worker; frames "
+                                          "that find no worker this long are given up")
+
+    def __post_init__(self) -> None:
+        if self.scheduler != "local" and "://" not in self.scheduler:
+            raise ValueError(f"scheduler must be 'local' or an address like 'tcp://host:8786', "
+                             f"got {self.scheduler!r}")
+        if self.executor == "dask" and importlib.util.find_spec("distributed") is None:
+            raise ValueError("executor 'dask' needs Dask distributed: pip install 'livediff[dask]'")
 
 
-#: ``[pipeline] executor`` -> factory ``(specs, workers) -> Executor``
-EXECUTORS: dict[str, Callable[[Sequence[OperatorSpec], int], Executor]] = {
-    "threads": ThreadExecutor,
+def _threads(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Any) -> Executor:
+    return ThreadExecutor(specs, settings.workers)
+
+
+def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Any) -> Executor:
+    from .dask import DaskExecutor  # Dask is an optional extra: loaded only when chosen
+
+    return DaskExecutor(specs, settings.workers, decode=decode, scheduler=settings.scheduler,
+                        credits=settings.credits, batch_mb=settings.batch_mb, ledger_mb=settings.ledger_mb,
+                        wait_s=settings.wait_s)
+
+
+#: ``[pipeline] executor`` -> factory ``(specs, settings, decode) -> Executor``
+EXECUTORS: dict[str, Callable[[Sequence[OperatorSpec], PipelineSettings, Any], Executor]] = {
+    "threads": _threads,
+    "dask": _dask,
 }
 
 
-def create(settings: PipelineSettings, specs: Sequence[OperatorSpec]) -> Executor:
-    """The executor ``settings`` chooses, with one chain per worker built from ``specs``."""
-    return EXECUTORS[settings.executor](specs, settings.workers)
+def create(settings: PipelineSettings, specs: Sequence[OperatorSpec], *, decode: Any = None) -> Executor:
+    """The executor ``settings`` chooses, with one chain per worker built from ``specs``.
+
+    ``decode`` is the codec for payloads that arrived compressed
+    (``livediff.sources.codecs.decode``): an executor whose workers decode needs it.
+    """
+    return EXECUTORS[settings.executor](specs, settings, decode)

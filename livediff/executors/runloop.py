@@ -1,6 +1,6 @@
 """The run loop: queue -> executor -> sinks, in order, one series at a time.
 
-Frames run on the executor's workers (up to ``workers`` in flight); results leave in
+Frames run on the executor's workers (up to its ``capacity`` in flight); results leave in
 arrival order through the executor's in-order step to every sink.  Series starts and
 ends, snapshots and the stop marker wait until no frame is in flight, so every operator
 state they read is complete.  The run loop knows no socket and no file: it hands typed
@@ -70,12 +70,12 @@ class RunLoop:
         self._last_snapshot = time.monotonic()
 
     async def run(self) -> None:
-        """Take events in order; keep up to ``workers`` frames in flight; emit in order."""
+        """Take events in order; keep up to the executor's ``capacity`` frames in flight; emit in order."""
         inflight: deque[Job] = deque()
         getter: asyncio.Future | None = None
         try:
             while True:
-                if getter is None and len(inflight) < self.executor.workers:
+                if getter is None and len(inflight) < self.executor.capacity:
                     getter = asyncio.ensure_future(self.queue.get())
                 waiting = {f for f in (getter, inflight[0].future if inflight else None) if f is not None}
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -108,7 +108,8 @@ class RunLoop:
             await self._emit(job)
 
     async def _start_series(self, start: SeriesStart) -> None:
-        layout = await self.executor.start(start)
+        output = any(getattr(sink, "wants_output", True) for sink in self.sinks)
+        layout = await self.executor.start(start, output=output)
         context = SeriesContext(start, layout, self.config_text, self.config_hash)
         for sink in self.sinks:
             context.facts.update(sink.start_series(context) or {})
@@ -176,7 +177,7 @@ class RunLoop:
         await self._snapshot(final=True)
         self.current = None
         summary = {"series": end.series, "reason": end.reason, **end.counts,
-                   "processed": cur.processed, "failed": cur.failed,
+                   "processed": cur.processed, "failed": cur.failed, "resent": self.executor.resent,
                    "dropped": end.counts.get("received", 0) - cur.processed - cur.failed, **cur.facts,
                    "map_holes": None if cur.maps is None else cur.maps.holes}
         for sink in self.sinks:

@@ -21,13 +21,15 @@ from typing import Any
 from ..model import Frame, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
-from .base import Job, Versions
+from .base import InOrder, Job, merged_report, report
 
 log = logging.getLogger(__name__)
 
 
 class ThreadExecutor:
     """A pool of ``workers`` threads, each with its own :class:`Chain`, plus a folding thread.
+
+    Nothing is ever re-sent (``resent`` stays 0) and nothing waits in a ledger.
 
     Parameters
     ----------
@@ -36,23 +38,29 @@ class ThreadExecutor:
     warm : compile the kernels (:mod:`.warmup`) before a series of a new pixel type starts.
     """
 
+    resent = 0
+
     def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, warm: bool = True) -> None:
         self.workers = workers
         self._specs = list(specs)
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
         self._chains = [Chain(specs) for _ in range(workers)]
-        self._folder = Chain(specs, folding=True)
+        self._inorder = InOrder(specs)
         self._merged = Chain(specs) if workers > 1 else self._chains[0]
         self._idle = list(self._chains)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="livediff-worker")
         self._fold_pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-fold")
         self._series: SeriesStart | None = None
-        self._stateful: list[str] = []
 
     @property
     def layout(self) -> Layout:
         return self._chains[0].layout
+
+    @property
+    def capacity(self) -> int:
+        """Frames in flight: one per worker."""
+        return self.workers
 
     async def warm_up(self, series: SeriesStart) -> None:
         """Compile the chain's kernels for frames like ``series``' (once per pixel type and mask)."""
@@ -66,38 +74,31 @@ class ThreadExecutor:
         log.info("kernels ready for %s frames%s in %.2f s (compiled, or loaded from numba's cache)", series.dtype,
                  " with a mask" if series.mask is not None else "", seconds)
 
-    async def start(self, series: SeriesStart) -> Layout:
+    async def start(self, series: SeriesStart, *, output: bool = True) -> Layout:
         """Start every chain on the new series (allocation happens off the loop), after compiling
-        the kernels for its pixel type if no series had it before."""
+        the kernels for its pixel type if no series had it before.  ``output`` changes nothing
+        here: the output frames are in this process anyway."""
         await self.warm_up(series)
         self._series = series
         await asyncio.gather(*(self._run(self._pool, c.start, series) for c in self._chains))
-        await self._run(self._fold_pool, self._folder.start, series, self._chains[0].inputs)
-        self._stateful = [op.name for op in self._folder.operators if op.series_state]
-        self._versions = {name: Versions() for name in self._stateful}
-        self._adopted = {id(chain): dict.fromkeys(self._stateful, -1) for chain in self._chains}
+        await self._run(self._fold_pool, self._inorder.start, series, self._chains[0].inputs)
+        self._adopted = {id(chain): dict.fromkeys(self._inorder.stateful, -1) for chain in self._chains}
         self._used: dict[int, dict[str, int]] = {}  # seq -> the version key each stateful operator used
-        self._next_seq = 0
-        self._folded = 0
         self._folded_changed = asyncio.Condition()
         return self.layout
 
     def process(self, frame: Frame) -> Job:
         """Queue ``frame`` for an idle worker; call in arrival order, <= ``workers`` in flight."""
-        frame.seq, self._next_seq = self._next_seq, self._next_seq + 1
-        epochs = {name: self._folder.by_name[name].epoch(frame.seq, frame.index) for name in self._stateful}
+        epochs = self._inorder.number(frame)
         received = frame.data
         return Job(frame, received, asyncio.ensure_future(self._process(frame, epochs)))
 
     async def _process(self, frame: Frame, epochs: dict[str, int | None]) -> Frame:
-        need = max((frame.seq if e is None else e for e in epochs.values()), default=0)
-        if need > self._folded:
+        need = self._inorder.need(frame, epochs)
+        if need > self._inorder.folded:
             async with self._folded_changed:
-                await self._folded_changed.wait_for(lambda: self._folded >= need)
-        for name, epoch in epochs.items():  # every earlier frame is folded: the answer is settled now
-            if epoch is None:
-                epochs[name] = self._folder.by_name[name].epoch(frame.seq, frame.index)
-        versions = {name: self._versions[name].at(epoch) for name, epoch in epochs.items()}
+                await self._folded_changed.wait_for(lambda: self._inorder.folded >= need)
+        versions = self._inorder.versions_for(frame, epochs)  # every earlier frame is folded: settled now
         if versions:
             self._used[frame.seq] = {name: key for name, (key, _) in versions.items()}
         if not self._idle:
@@ -121,31 +122,17 @@ class ThreadExecutor:
         """The in-order step; call it for each job in arrival order.  Raises the frame's operator error."""
         error = job.future.exception()
         frame = job.frame if error is not None else job.future.result()
-        if self._folder.operators:  # nothing to fold: no thread hop
-            published = await self._run(self._fold_pool, self._fold, frame, error is None)
+        if self._inorder.chain.operators:  # nothing to fold: no thread hop
+            published = await self._run(self._fold_pool, self._inorder.fold, frame, error is None)
             for name, key in self._used.pop(frame.seq, {}).items():
-                self._versions[name].forget_before(key)
-            for name, state in published:
-                self._versions[name].publish(frame.seq + 1, state)
-        if self._stateful:
+                self._inorder.versions[name].forget_before(key)
+            self._inorder.folded_through(frame, published)
+        if self._inorder.stateful:
             async with self._folded_changed:
-                self._folded = frame.seq + 1
                 self._folded_changed.notify_all()
         if error is not None:
             raise error
         return frame
-
-    def _fold(self, frame: Frame, ok: bool) -> list[tuple[str, Any]]:
-        """On the folding thread: the ``collect`` steps, then each contribution to series-wide state."""
-        if ok:
-            frame = self._folder.collect(frame)
-        published = []
-        for name in self._stateful:
-            op = self._folder.by_name[name]
-            if op.fold(frame.seq, frame.shared.pop(name, None) if ok else None):
-                published.append((name, op.shared()))
-        frame.shared.clear()
-        return published
 
     async def snapshot(self) -> dict[str, dict[str, Any]]:
         """Merged snapshot of all workers (call with no frame in flight)."""
@@ -156,14 +143,12 @@ class ThreadExecutor:
         return await self._run(self._fold_pool, self._report, "finish")
 
     def _report(self, method: str) -> dict[str, dict[str, Any]]:
-        merged = self._merged
-        if merged is not self._chains[0]:  # restarted empty, then holding the sum of all workers
-            merged.start(self._series)
-            for chain in self._chains:
-                merged.merge(chain.state())
-        out = {k: v for k, v in getattr(merged, method)().items() if k not in self._folder.by_name}
-        out.update(getattr(self._folder, method)())
-        return out
+        if self._merged is self._chains[0]:  # one worker: its chain holds everything
+            return merged_report(self._merged, self._inorder.chain, method)
+        return report(self._merged, self._series, (c.state() for c in self._chains), self._inorder.chain, method)
+
+    def status(self) -> dict[str, Any]:
+        return {"ledger_frames": 0, "ledger_mb": 0.0}
 
     @staticmethod
     async def _run(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Any:

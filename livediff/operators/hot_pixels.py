@@ -161,6 +161,8 @@ class HotPixels(BaseOperator):
         return self._hot
 
     def use(self, state: np.ndarray | None) -> None:
+        if state is None:  # no block folded yet (a chain sent a frame from before its current map)
+            state = np.zeros(self.series.shape, dtype=np.bool_)
         self._hot = state
         self._hot.setflags(write=False)
         self._n_hot = int(state.sum())

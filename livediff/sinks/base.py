@@ -15,7 +15,14 @@ from ..outputs import FrameOutput, Reductions, SeriesContext
 
 
 class Sink(Protocol):
-    """What the run loop calls, in this order within a series."""
+    """What the run loop calls, in this order within a series.
+
+    ``wants_output`` says whether :meth:`add_frame` reads :attr:`FrameOutput.output` (the
+    chain's output frame); an executor that runs chains in other processes ships the output
+    frames back only when a sink wants them (a sink without the attribute is taken to want them).
+    """
+
+    wants_output: bool
 
     def start_series(self, series: SeriesContext) -> dict[str, Any]:
         """A series starts: create what the layout declares; return facts for the later sinks."""

@@ -51,6 +51,8 @@ QUEUE = 32
 class CxiExporter:
     """Sink appending each series' hits to ``<stem>.cxi`` (see the module docstring)."""
 
+    wants_output = False  # it saves the frames as received
+
     def __init__(self) -> None:
         self._worker = Background("livediff-cxi", QUEUE)
         self._hit: str | None = None  # the frames-table column saying "hit"

@@ -105,6 +105,11 @@ class HDF5Writer:
         self._thread = threading.Thread(target=self._run, name="livediff-hdf5", daemon=True)
         self._thread.start()
 
+    @property
+    def wants_output(self) -> bool:
+        """Whether :meth:`add_frame` reads the chain's output frames (``save_corrected``)."""
+        return self.config.save_corrected
+
     def start_series(self, series: SeriesContext) -> dict[str, Any]:
         """Open the series' file (never overwriting one); reports its path as ``file``."""
         path = self._free_path(series.start)

@@ -41,6 +41,8 @@ class PublisherSettings:
 class Publisher:
     """Owns the PUB socket; :meth:`publish` encodes and sends without blocking."""
 
+    wants_output = False  # it publishes rows and reductions, never the frames
+
     def __init__(self, context: zmq.Context, config: PublisherSettings) -> None:
         self.sent = 0
         self.refused = 0

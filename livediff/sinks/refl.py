@@ -111,6 +111,8 @@ def _bin_header(n: int) -> bytes:
 class ReflExporter:
     """Sink writing each series' spots to ``<stem>.refl`` at series end (see the module docstring)."""
 
+    wants_output = False  # it reads the spot rows only
+
     def __init__(self) -> None:
         self._worker = Background("livediff-refl", 256)
         self._label: str | None = None

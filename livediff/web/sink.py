@@ -24,6 +24,11 @@ class LiveView:
     protocol : the source's protocol, shown in the series header.
     """
 
+    # The preview shows the output frame when the executor has it in this process and the
+    # received frame otherwise: shipping every output frame back from Dask workers for a
+    # throttled preview would cost more than the preview is worth.
+    wants_output = False
+
     def __init__(self, settings: HttpSettings, *, status: Callable[[], dict[str, Any]], protocol: str) -> None:
         self._status = status
         self._protocol = protocol
