@@ -68,7 +68,7 @@ class LiveView:
         image = out.output if out.output is not None else out.received
         self.state.add_frame(out.index, out.row, out.arrays, out.rows, image)
 
-    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]]) -> None:
+    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
         for label, columns in rows.items():
             self.state.add_rows(label, index, columns)
 
