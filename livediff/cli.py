@@ -1,4 +1,4 @@
-"""The ``livediff`` command: serve | simulate | replay | bench | inspect | report | view.
+"""The ``livediff`` command: serve | simulate | replay | bench | inspect | report | view | ctl.
 
 Every user error (bad config, unusable endpoint, unwritable output) ends the command
 with one line on stderr and a non-zero exit status, never a traceback.
@@ -17,6 +17,11 @@ from typing import Any
 
 import numpy as np
 import zmq
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from . import __version__
 from .config import load
@@ -153,6 +158,15 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to serve the page on (default %(default)s)")
     v.add_argument("--port", type=int, default=8558, help="port of the page (default %(default)s; 0 = any free port)")
     v.set_defaults(run=_view)
+
+    c = sub.add_parser("ctl", help="control a running service: get, set, reset, reload, pause, resume, snapshot")
+    c.add_argument("endpoint", help="the service's [control] endpoint, e.g. tcp://127.0.0.1:5558")
+    c.add_argument("cmd", choices=["get", "set", "reset", "reload", "pause", "resume", "snapshot"])
+    c.add_argument("args", nargs="*", help="set: KEY=VALUE ... (VALUE in TOML: 4, 2.5, \"3d\", [3, 3]; a bare word "
+                                           "is a string); reset: the operator (default: the first)")
+    c.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply (default %(default)s)")
+    c.add_argument("--json", action="store_true", help="print the whole reply as JSON")
+    c.set_defaults(run=_ctl)
     return p
 
 
@@ -324,6 +338,41 @@ def _view(args: argparse.Namespace) -> int:
 
     asyncio.run(serve())
     return 0
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    from .control import request
+
+    message: dict[str, Any] = {"cmd": args.cmd}
+    if args.cmd == "set":
+        if not args.args:
+            raise ValueError("set needs KEY=VALUE, e.g. operators.spots.sigma_strong=4")
+        message["values"] = dict(_assignment(a) for a in args.args)
+    elif args.cmd == "reset" and args.args:
+        message["operator"] = args.args[0]
+    elif args.args:
+        raise ValueError(f"{args.cmd} takes no arguments, got {' '.join(args.args)}")
+    reply = request(args.endpoint, message, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(reply))
+    elif not reply.get("ok"):
+        print(f"livediff ctl {args.cmd}: {reply.get('error')}", file=sys.stderr)
+    elif args.cmd == "get":
+        print(f"# epoch {reply['epoch']}{' (paused)' if reply['paused'] else ''}\n{reply['toml']}", end="")
+    else:
+        print(" ".join(f"{k}={v}" for k, v in reply.items() if k != "ok"))
+    return 0 if reply.get("ok") else 1
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value): the value read as TOML, else taken as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected KEY=VALUE, e.g. operators.spots.sigma_strong=4, got {text!r}")
+    try:
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), value.strip()
 
 
 def _summarise(value: Any) -> Any:

@@ -9,7 +9,8 @@ error naming the file, the dotted key, what was expected and what was found::
 Each section is a settings dataclass defined beside the code that uses it (the receiver's
 :class:`~livediff.sources.receiver.SourceSettings`, the executors'
 :class:`~livediff.executors.PipelineSettings`, the sinks' ``OutputSettings`` and
-``PublisherSettings``, the live page's :class:`~livediff.web.HttpSettings`); nothing below
+``PublisherSettings``, the live page's :class:`~livediff.web.HttpSettings`, the control
+socket's :class:`~livediff.control.ControlSettings`); nothing below
 this module imports it.  The operator chain is
 ``[operators.LABEL]`` tables in order, each with an optional ``kind`` (default: the label),
 so one kind may appear several times under different labels.  The operator registry and
@@ -39,6 +40,7 @@ else:  # pragma: no cover
 
 import tomli_w
 
+from .control import ControlSettings
 from .errors import ConfigError
 from .executors import PipelineSettings
 from .params import param
@@ -77,6 +79,7 @@ class Config:
     publisher: PublisherSettings = field(default_factory=PublisherSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
     operators: tuple[OperatorSpec, ...] = ()
     text: str = ""
     path: str = "<default>"

@@ -497,6 +497,8 @@ class Frame:
         reach the chain), set by the executor; -1 before.
     shared : what the frame contributes to operators' series-wide state, by operator
         label (see ``livediff.operators.base``); emptied once folded.
+    epoch : the configuration epoch the frame was processed under (0: the configuration the
+        service started with; each live change adds one), set by the run loop.
     """
 
     series: int
@@ -510,6 +512,7 @@ class Frame:
     position: tuple[int, int] | None = None
     seq: int = -1
     shared: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
 
     def decode(self, codec: Codec | None) -> np.ndarray:
         """The pixels, decoding ``payload`` with ``codec`` into ``data`` first if not done yet.

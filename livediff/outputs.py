@@ -20,11 +20,11 @@ from .model import Codec, Encoded, Frame, Scan, SeriesStart
 Shape = tuple[int, ...]
 
 #: columns every frames-table row has, before the operators' own
-BASE_COLUMNS = {"frame": "i8", "timestamp": "f8", "received": "f8", "latency_s": "f8"}
+BASE_COLUMNS = {"frame": "i8", "timestamp": "f8", "received": "f8", "latency_s": "f8", "epoch": "i8"}
 
 #: names under /entry/livediff that operators cannot take
 RESERVED = frozenset({"frames", "config", "summary", "reductions", "corrected", "maps", "per_frame", "written",
-                      "provenance"})
+                      "provenance", "epochs"})
 
 #: the result key (in ``frame.results[label]`` or in ``finish()``) of map values for other scan positions than
 #: the frame's own: a list of ``((row, col), {name: value})``, e.g. what needs the neighbours of a position
@@ -108,7 +108,7 @@ class Layout:
         """
         done = time.time() if done is None else done
         row: dict[str, Any] = {"frame": frame.index, "timestamp": frame.timestamp, "received": frame.received,
-                               "latency_s": done - frame.received}
+                               "latency_s": done - frame.received, "epoch": frame.epoch}
         for column, (label, key) in self.owners.items():
             result = frame.results.get(label)
             if result is not None and key in result:
@@ -122,8 +122,8 @@ class Layout:
             position = frame.position if frame.position is not None else self.scan.position(frame.index)
         maps = {label: {name: frame.results[label][name] for name in declared if name in frame.results[label]}
                 for label, declared in self.maps.items() if label in frame.results} if position else {}
-        return FrameOutput(series=frame.series, index=frame.index, row=row, arrays=arrays, rows=rows,
-                           received=received, payload=frame.payload, decode=decode, output=frame.data,
+        return FrameOutput(series=frame.series, index=frame.index, epoch=frame.epoch, row=row, arrays=arrays,
+                           rows=rows, received=received, payload=frame.payload, decode=decode, output=frame.data,
                            position=position, maps=maps, placed=self.placed_of(frame.results))
 
     def placed_of(self, results: dict[str, dict[str, Any]]) -> dict[str, list[tuple[tuple[int, int], dict]]]:
@@ -143,6 +143,7 @@ class FrameOutput:
     Attributes
     ----------
     series, index : the series and the frame number.
+    epoch : the configuration epoch the frame was processed under (also in ``row``).
     row : the frames-table row: :data:`BASE_COLUMNS` and every operator column.
     arrays : per-frame arrays, ``{operator label: {name: array}}``.
     rows : tables with any number of rows (spots), ``{operator label: {column: 1-D array}}``.
@@ -160,6 +161,7 @@ class FrameOutput:
 
     series: int
     index: int
+    epoch: int
     row: dict[str, Any]
     arrays: dict[str, dict[str, np.ndarray]]
     rows: dict[str, dict[str, np.ndarray]]
@@ -208,6 +210,8 @@ class Reductions:
 
     ``values`` is ``{operator label: {name: array}}``; ``maps`` the same for the scan maps
     ((rows, cols) float64, NaN where no frame arrived); ``frame`` is the last frame processed.
+    ``epoch`` is the configuration epoch in force; ``closed`` marks the last values of the
+    operators a live change restarts, to be kept under that epoch (not mixed with the next).
     """
 
     series: int
@@ -216,6 +220,8 @@ class Reductions:
     final: bool
     values: dict[str, dict[str, Any]]
     maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    epoch: int = 0
+    closed: bool = False
 
 
 @dataclass
@@ -223,11 +229,13 @@ class SeriesContext:
     """What the sinks get at series start.
 
     ``facts`` gathers what the sinks that started before report (the HDF5 sink: ``file``),
-    so the publisher can announce where the series is written.
+    so the publisher can announce where the series is written.  ``config_text`` is the
+    configuration of ``epoch``, the configuration epoch in force at the series' start.
     """
 
     start: SeriesStart
     layout: Layout
     config_text: str
     config_hash: str
+    epoch: int = 0
     facts: dict[str, Any] = field(default_factory=dict)

@@ -33,6 +33,11 @@ class OperatorSpec:
         return self.cls(self.params, name=self.label)
 
 
+#: what :meth:`Chain.declared` holds per operator, as the reasons for refusing a change name it
+_DECLARED = ("columns", "per-frame arrays", "rows", "reductions", "maps", "in-order step", "series-wide state",
+             "output frames (shape, dtype)")
+
+
 class Chain:
     """Operators applied in order.
 
@@ -59,18 +64,74 @@ class Chain:
         the operators in between that change it; take them from a full chain's
         :attr:`inputs`).
         """
-        self.layout = Layout(scan=series.scan)
         self._mask = series.mask
-        self.inputs = {}
-        for op in self.operators:
-            if inputs is not None:
+        return self._start(0, series, inputs)
+
+    def restart(self, specs: Sequence[OperatorSpec], label: str,
+                inputs: dict[str, SeriesStart] | None = None) -> Layout:
+        """Rebuild the operator ``label`` and every operator after it from ``specs`` (new
+        parameters, same labels in the same order) and start them afresh on the frames
+        they see now: they continue as if the series had started here.  Those after it
+        restart too because their input may depend on it.  ``inputs`` as for :meth:`start`.
+
+        Raises
+        ------
+        ValueError
+            When ``specs`` does not hold this chain's operators in the same order.
+        """
+        order = [spec.label for spec in specs]
+        mine = [op.name for op in self.operators]
+        if [name for name in order if name in self.by_name] != mine or label not in order:
+            raise ValueError(f"cannot restart {label!r}: the chain is {mine}, the new specs are {order}")
+        position = order.index(label)
+        first = next((i for i, name in enumerate(mine) if order.index(name) >= position), len(mine))
+        built = {spec.label: spec for spec in specs}
+        for i in range(first, len(mine)):
+            self.operators[i] = built[mine[i]].build()
+            self.by_name[mine[i]] = self.operators[i]
+        start = self.inputs[mine[first]] if first < len(mine) else self.layout.output
+        return self._start(first, start, inputs)
+
+    def _start(self, first: int, series: SeriesStart, inputs: dict[str, SeriesStart] | None) -> Layout:
+        """Start the operators from index ``first`` on (``series``: what the first of them sees);
+        declare every operator's outputs."""
+        self.layout = Layout(scan=series.scan)
+        for i, op in enumerate(self.operators):
+            if i < first:
+                series = self.inputs[op.name]
+            elif inputs is not None:
                 series = inputs[op.name]
-            self.inputs[op.name] = series
-            op.start(series)
+            if i >= first:
+                self.inputs[op.name] = series
+                op.start(series)
             series = op.output_series(series)
             self.layout.add(op)
         self.layout.output = series
         return self.layout
+
+    def declared(self) -> dict[str, tuple[Any, ...]]:
+        """What each operator declared at its start, whether it runs in order (and holds
+        series-wide state), and the frames it hands on (shape, dtype), by label: a change
+        of parameters that changes any of this cannot apply mid-series."""
+        return {op.name: (op.columns, op.arrays, op.rows, op.reductions, op.maps, in_order(op), op.series_state,
+                          self._handed_on(op)) for op in self.operators}
+
+    def differences(self, other: Chain) -> list[str]:
+        """Why ``other`` (started on the same series) cannot take over from this chain
+        mid-series: one line per operator whose :meth:`declared` outputs differ."""
+        mine, theirs = self.declared(), other.declared()
+        if list(mine) != list(theirs):
+            return [f"the operators would change from {', '.join(mine)} to {', '.join(theirs)}"]
+        problems = []
+        for label in mine:
+            changed = [what for what, a, b in zip(_DECLARED, mine[label], theirs[label]) if a != b]
+            if changed:
+                problems.append(f"operators.{label}: its {', '.join(changed)} would change")
+        return problems
+
+    def _handed_on(self, op: Operator) -> tuple[tuple[int, ...], str]:
+        out = op.output_series(self.inputs[op.name])
+        return tuple(out.shape), str(out.dtype)
 
     def process(self, frame: Frame) -> Frame:
         """Run every operator; a frame without a mask of its own starts with the series' mask."""

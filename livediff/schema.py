@@ -50,6 +50,8 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "count_time": "exposure per frame in s, or null",
         "config_hash": "digest of the service's configuration",
         "file": "HDF5 file the series is written to",
+        "epoch": "configuration epoch in force at the series' start (0: the configuration the service started "
+                 "with; each live change adds one)",
     }),
     ("series", "end"): KeySet({
         "series": "series number",
@@ -68,6 +70,7 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "map_holes": "scan positions no frame filled (NaN in the maps), or null without scan maps",
         "resent": "frames processed again because the worker holding their contribution was lost (dask executor; "
                   "0 with threads)",
+        "epoch": "configuration epoch in force at the series' end",
     }),
     ("stats", "frame"): KeySet({
         "series": "series number",
@@ -75,11 +78,13 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "timestamp": "acquisition time (s since the epoch) as the source reported it",
         "received": "when the frame was decoded (s since the epoch)",
         "latency_s": "from decoding to the end of processing, s",
+        "epoch": "configuration epoch the frame was processed under",
     }, open="every operator's per-frame columns (the frames table's row), and each operator's per-frame "
             "arrays as a map under the operator's name"),
     ("spots", "spots"): KeySet({
         "series": "series number",
         "frame": "frame whose processing completed the rows (in 3-D mode, the frame whose arrival did)",
+        "epoch": "configuration epoch the rows were found under",
         "n": "number of rows",
     }, open="the operator's row columns, one array of n values each"),
     ("image", "snapshot"): KeySet({
@@ -88,6 +93,8 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "frame": "last frame processed",
         "processed": "frames processed in the series so far",
         "final": "true for the snapshot at series end",
+        "epoch": "configuration epoch in force; an operator a live change restarted counts from its first frame",
+        "closed": "true for the last values of an epoch, sent when a live change restarts the operator",
     }, open="the operator's reductions and scan maps as arrays, every snapshot_period s and at series end"),
     ("status", "heartbeat"): KeySet({
         "uptime_s": "seconds since the service started",
@@ -111,6 +118,8 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "peak_rss_mb": "peak resident memory, MiB",
         "ledger_frames": "frames the dask executor keeps to re-send if a worker is lost (0 with threads)",
         "ledger_mb": "MiB those frames and the versions of series-wide state they need hold",
+        "epoch": "configuration epoch in force",
+        "paused": "true while processing is paused (frames are received and queued up to the queue bound)",
     }),
 }
 
@@ -229,7 +238,7 @@ def _extend(key: tuple[str, str], body: dict[str, Any], extra: dict[str, Any], w
     return {**body, **extra}
 
 
-def series_start(start: SeriesStart, *, config_hash: str, file: str | None) -> dict[str, Any]:
+def series_start(start: SeriesStart, *, config_hash: str, file: str | None, epoch: int) -> dict[str, Any]:
     """Body of the ``series``/``start`` message."""
     return {
         "series": start.series,
@@ -241,12 +250,13 @@ def series_start(start: SeriesStart, *, config_hash: str, file: str | None) -> d
         "count_time": start.count_time,
         "config_hash": config_hash,
         "file": file,
+        "epoch": epoch,
     }
 
 
 def series_end(*, series: int, reason: str, expected: int, received: int, bad: int, duplicates: int, stray: int,
                lost: int, processed: int, failed: int, dropped: int, not_saved: int, file: str | None,
-               map_holes: int | None, resent: int) -> dict[str, Any]:
+               map_holes: int | None, resent: int, epoch: int) -> dict[str, Any]:
     """Body of the ``series``/``end`` message (the series' summary); keys as in :data:`MESSAGES`."""
     return _fixed(("series", "end"), locals())
 
@@ -264,7 +274,7 @@ def stats_frame(*, series: int, row: dict[str, Any], arrays: dict[str, dict[str,
     return _extend(key, body, arrays, "operators with arrays")
 
 
-def spots(*, series: int, frame: int, columns: dict[str, np.ndarray]) -> dict[str, Any]:
+def spots(*, series: int, frame: int, epoch: int, columns: dict[str, np.ndarray]) -> dict[str, Any]:
     """Body of a rows message: ``spots``/``spots``, or any operator's rows on the topic of its name.
 
     ``columns`` are the operator's row columns, one array each, all of one length ``n``.
@@ -274,11 +284,11 @@ def spots(*, series: int, frame: int, columns: dict[str, np.ndarray]) -> dict[st
         raise ValueError("row columns must have one length, got "
                          + ", ".join(f"{k} {len(v)}" for k, v in columns.items()))
     n = lengths.pop() if lengths else 0
-    return _extend(("spots", "spots"), {"series": series, "frame": frame, "n": n}, columns, "columns")
+    return _extend(("spots", "spots"), {"series": series, "frame": frame, "epoch": epoch, "n": n}, columns, "columns")
 
 
-def image_snapshot(*, series: int, operator: str, frame: int, processed: int, final: bool,
-                   values: dict[str, np.ndarray]) -> dict[str, Any]:
+def image_snapshot(*, series: int, operator: str, frame: int, processed: int, final: bool, epoch: int,
+                   closed: bool, values: dict[str, np.ndarray]) -> dict[str, Any]:
     """Body of the ``image``/``snapshot`` message: ``operator``'s reductions ``values`` so far."""
     key = ("image", "snapshot")
     return _extend(key, _fixed(key, locals()), values, "reductions")
@@ -288,6 +298,6 @@ def status_heartbeat(*, uptime_s: float, fps: float, series: int | None, n_frame
                      processed: int, dropped: int, queue: int, total_processed: int, total_failed: int,
                      messages: int, bad: int, orphans: int, open_series: int | None, hdf5_not_saved: int,
                      hdf5_errors: int, published: int, cpu_s: float, peak_rss_mb: float, ledger_frames: int,
-                     ledger_mb: float) -> dict[str, Any]:
+                     ledger_mb: float, epoch: int, paused: bool) -> dict[str, Any]:
     """Body of the ``status``/``heartbeat`` message; keys as in :data:`MESSAGES`."""
     return _fixed(("status", "heartbeat"), locals())

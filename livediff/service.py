@@ -3,9 +3,10 @@
 Tasks: the receiver (owns the source socket), the run loop (runs the chain through the
 executor the config chooses, in order, and hands results to the sinks: the HDF5 writer,
 then the publisher, then the hand-off exporters of ``[output] export``, then the live page), the
-live page's HTTP server, the heartbeat (status messages and the terminal progress line) and,
-with no source endpoint configured, the embedded simulator on a thread of its own.  CPU
-work never runs on the loop.
+live page's HTTP server, the control socket (``[control]``: live changes, :mod:`.commands`),
+the heartbeat (status messages and the terminal progress line) and, with no source endpoint
+configured, the embedded simulator on a thread of its own.  CPU work never runs on the loop.
+SIGHUP reloads the config file (operator parameters only, as the ``reload`` command).
 
 Shutdown (SIGINT/SIGTERM, or the last series of ``max_series`` done) is ordered: stop
 receiving, end the open series as ``"shutdown"``, drain the queue (bounded), finish
@@ -31,7 +32,9 @@ import zmq
 import zmq.asyncio
 
 from . import executors, schema
+from .commands import Commands
 from .config import Config
+from .control import ControlServer, dispatch
 from .executors.runloop import STOP, RunLoop
 from .executors.warmup import WARM_FRAMES
 from .model import Frame, Geometry, SeriesStart
@@ -67,6 +70,8 @@ class Service:
         self.ready = asyncio.Event()  # set once the sockets are bound and the receiver listens
         self.series_done: list[dict[str, Any]] = []
         self.publisher: Publisher | None = None
+        self.control: ControlServer | None = None
+        self._reloading: asyncio.Future | None = None
         self._started = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
@@ -76,6 +81,7 @@ class Service:
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+            loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         context = zmq.asyncio.Context()
         cfg = self.config
         source = cfg.source
@@ -87,19 +93,24 @@ class Service:
         self.writer = HDF5Writer(cfg.output)
         self.exporters = create_exporters(cfg.output.export)
         self.executor = executors.create(cfg.pipeline, cfg.operators, decode=codecs.decode_payload)
-        self.web = LiveView(cfg.http, status=self.status, protocol=source.protocol) if cfg.http.enabled else None
+        self.web = (LiveView(cfg.http, status=self.status, protocol=source.protocol, control=self._command)
+                    if cfg.http.enabled else None)
         sinks = [self.writer, self.publisher, *self.exporters, *([self.web] if self.web else [])]
         self.run_loop = RunLoop(self.queue, self.executor, sinks,
                                snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.effective,
                                config_hash=cfg.digest, on_series_end=self._series_ended)
+        self.commands = Commands(cfg, self.run_loop)
         sim_stop = threading.Event()
         tasks: list[asyncio.Task] = []
         try:
+            if cfg.control.endpoint:
+                self.control = ControlServer(context, cfg.control.endpoint, self.commands.handlers())
+                tasks.append(asyncio.create_task(self.control.run(), name="control"))
             if self.web is not None:
                 await self.web.start()
             receiving = asyncio.create_task(self.receiver.run(), name="receiver")
             processing = asyncio.create_task(self.run_loop.run(), name="run-loop")
-            tasks = [receiving, processing]
+            tasks += [receiving, processing]
             await _first(self.receiver.ready.wait(), receiving)
             await asyncio.to_thread(codecs.prepare)  # the chunk decoder, before the first compressed frame
             await self.executor.warm_up(self._expected_series())
@@ -119,6 +130,8 @@ class Service:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.web is not None:
                 await self.web.stop()
+            if self.control is not None:
+                self.control.close()
             closing = self.executor.close()
             if inspect.isawaitable(closing):
                 await closing
@@ -128,7 +141,7 @@ class Service:
                 exporter.close()
             context.destroy(linger=0)  # the publisher's socket is closed: this waits for its linger only
             if install_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
         return self.series_done
 
@@ -136,12 +149,26 @@ class Service:
         log.info("%s received: shutting down", signal.Signals(sig).name)
         self.stopping.set()
 
+    def _on_hangup(self) -> None:
+        log.info("SIGHUP received: reloading %s", self.config.path)
+        self._reloading = asyncio.ensure_future(self._reload())  # kept: a task nobody holds may be collected
+
+    async def _reload(self) -> None:
+        try:
+            reply = await self.commands.reload({})
+        except ValueError as exc:  # ConfigError too: the file's problems, one per line
+            log.error("reload refused, nothing changed:\n%s", exc)
+            return
+        log.info("reloaded: %s", ", ".join(reply["changed"]) or "nothing changed")
+
     async def _drain(self, processing: asyncio.Task) -> None:
         """End the open series, let the run loop finish what is queued, then stop it."""
         if processing.done():
             processing.result()  # re-raise a run-loop crash: it is a bug, not bad input
             return
         await self.receiver.close_open_series("shutdown")
+        if self.run_loop.paused:  # what is queued is still processed and saved
+            await self.run_loop.resume()
         await self.queue.put(STOP)
         try:
             await asyncio.wait_for(asyncio.shield(processing), timeout=30.0)
@@ -185,6 +212,10 @@ class Service:
         if self.max_series is not None and len(self.series_done) >= self.max_series:
             self.stopping.set()
 
+    async def _command(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A live-control request from the live page: the control socket's reply."""
+        return await dispatch(self.commands.handlers(), request)
+
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         """The heartbeat's content: throughput, counts, queue depth, uptime."""
@@ -208,6 +239,8 @@ class Service:
             "cpu_s": time.process_time(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             **self.executor.status(),
+            "epoch": proc.epoch,
+            "paused": proc.paused,
         }
 
     async def _heartbeat(self) -> None:

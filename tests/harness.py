@@ -30,17 +30,24 @@ def free_endpoint() -> str:
     return free_tcp_endpoint()
 
 
-def config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
-    """A config writing into ``tmp_path``, fast heartbeats, with ``sections`` merged in."""
+def table(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """A config table writing into ``tmp_path``, fast heartbeats, with ``sections`` merged in."""
     table: dict[str, Any] = {
         "source": {"endpoint": free_endpoint(), "bind": True, "end_timeout": 5.0},
         "publisher": {"endpoint": "tcp://127.0.0.1:*", "status_period": 0.05},
         "output": {"directory": str(tmp_path / "out"), "flush_seconds": 0.1},
         "http": {"port": 0},
+        "control": {"endpoint": "tcp://127.0.0.1:*"},
     }
     for name, values in sections.items():
         table[name] = {**table.get(name, {}), **values}
-    return parse(table, text=repr(table), origin="test")
+    return table
+
+
+def config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    """The config of :func:`table`."""
+    values = table(tmp_path, **sections)
+    return parse(values, text=repr(values), origin="test")
 
 
 class Collector:
@@ -124,7 +131,7 @@ class Recorder:
     def add_frame(self, out):
         self.rows.append((out.index, out.row))
 
-    def add_rows(self, series, index, rows):
+    def add_rows(self, series, index, rows, epoch):
         pass
 
     def write_reductions(self, reductions):

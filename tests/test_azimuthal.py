@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from livediff.model import Frame, Geometry, SeriesStart
+from livediff.operators import azimuthal as azimuthal_module
 from livediff.operators.azimuthal import (Azimuthal, AzimuthalParams, PowderCenter, PowderCenterParams, RadialMap,
                                           azimuthal_average, electron_wavelength, powder_center)
 from simulators.powder import PowderSimulator
@@ -146,6 +147,28 @@ def test_centre_is_row_col_while_scikit_ued_takes_x_y():
     sk_radius, sk_mean = skued.azimuthal_average(image, center[::-1], trim=False)
     np.testing.assert_array_equal(radius, np.arange(41.0))
     np.testing.assert_allclose(mean, sk_mean[:41], rtol=1e-12)
+
+
+def test_one_shot_average_reuses_its_map_while_centre_options_and_mask_are_equal(monkeypatch):
+    built = []
+
+    class Counted(RadialMap):
+        def __init__(self, *args, **kwargs):
+            built.append(args[1])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(azimuthal_module, "RadialMap", Counted)
+    rng = np.random.default_rng(16)
+    image, mask = rng.poisson(50, (40, 60)).astype(np.float32), rng.random((40, 60)) > 0.1
+    first = azimuthal_average(image, (20.5, 31.0), mask)
+    again = azimuthal_average(image + 1, np.array([20.5, 31.0]), mask.copy())
+    np.testing.assert_array_equal(again[1], RadialMap(image.shape, (20.5, 31.0), mask).average(image + 1))
+    np.testing.assert_array_equal(first[0], again[0])
+    assert len(built) == 1  # the second call reused the first map
+    mask[0, 0] = not mask[0, 0]  # changed in place: built again
+    azimuthal_average(image, (20.5, 31.0), mask)
+    azimuthal_average(image, (20.5, 31.0), mask, bin_width=2.0)
+    assert len(built) == 3
 
 
 def test_errors_name_the_values():

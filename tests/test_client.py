@@ -11,7 +11,7 @@ from livediff.client import AsyncSubscriber, Subscriber
 
 END = schema.series_end(series=1, reason="end", expected=2, received=2, bad=0, duplicates=0, stray=0, lost=0,
                         processed=2, failed=0, dropped=0, not_saved=0, file=None, map_holes=None,
-                        resent=0)
+                        resent=0, epoch=0)
 BAD = [b"series", msgpack.packb({"v": schema.VERSION, "type": "end", "series": 1, "reason": "end"})]  # no counts
 PING = [b"ping", msgpack.packb({"v": schema.VERSION, "type": "ping"})]  # a topic this schema does not know
 

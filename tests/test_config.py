@@ -28,7 +28,7 @@ def test_shipped_configs_load(path):
 
 def test_demo_config_spells_out_the_defaults():
     demo, default = load(REPO / "configs" / "demo.toml"), load()
-    for section in ("source", "simulator", "pipeline", "publisher", "output", "http"):
+    for section in ("source", "simulator", "pipeline", "publisher", "output", "http", "control"):
         assert getattr(demo, section) == getattr(default, section), section
     assert demo.operators == default.operators
 
@@ -99,9 +99,9 @@ def test_effective_config_spells_out_every_default_and_parses_back_to_the_same(t
     default = load()
     table = tomllib.loads(default.effective)
     assert table["pipeline"]["workers"] == 1 and table["operators"] == {"summary": {"kind": "summary"}}
-    assert set(table) == {"source", "simulator", "pipeline", "publisher", "output", "http", "operators"}
+    assert set(table) == {"source", "simulator", "pipeline", "publisher", "output", "http", "control", "operators"}
     again = parse(table)
-    for section in ("source", "simulator", "pipeline", "publisher", "output", "http"):
+    for section in ("source", "simulator", "pipeline", "publisher", "output", "http", "control"):
         assert getattr(again, section) == getattr(default, section), section
     assert again.operators == default.operators and again.effective == default.effective
     # a chain with labels and a file parameter: the file keeps its name, defaults are filled in

@@ -19,6 +19,7 @@ from livediff.operators import REGISTRY
 from livediff.operators.bin import Bin, bin_frame
 from livediff.operators.corrections import correct, divide_flat, dynamic_background, static_background, subtract_dark
 from livediff.operators.dynamic_background import DynamicBackground
+from livediff.operators import flatfield
 from livediff.operators.flatfield import FlatField
 from livediff.operators.hot_pixels import HotPixels
 from livediff.operators.preview import Preview
@@ -90,6 +91,23 @@ def test_correct_with_any_subset_of_references(which):
         expect = expect / flat
     expect = np.where(mask, expect, 0.0) if "mask" in which else expect
     np.testing.assert_array_equal(got, expect.astype(np.float32))
+
+
+@pytest.mark.parametrize("dark_dtype", ["uint16", "int32", "uint32"])
+def test_integer_darks_are_read_as_they_are_and_give_the_float64_answer(dark_dtype):
+    rng = np.random.default_rng(12)
+    image = _raw(rng, "uint16")
+    dark = rng.integers(9990, 10010, SHAPE).astype(dark_dtype)
+    flat = rng.uniform(0.5, 1.5, SHAPE).astype(np.float32)
+    mask = rng.random(SHAPE) > 0.1
+    _readonly(image, dark, flat, mask)
+    valid = np.empty(SHAPE, bool)
+    got = correct(image, dark=dark, flat=flat, mask=mask, mask_out=valid)
+    expect = ((image.astype(np.float64) - dark.astype(np.float64)) / flat).astype(np.float32)
+    np.testing.assert_array_equal(valid, mask & (image < 65535))
+    np.testing.assert_array_equal(got[valid], expect[valid])
+    # compiled for the dark's own dtype: no call makes a float copy of it
+    assert any(str(getattr(signature[1], "dtype", None)) == dark_dtype for signature in flatfield._correct.signatures)
 
 
 def test_uint16_below_dark_goes_negative_instead_of_wrapping():

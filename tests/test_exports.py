@@ -170,7 +170,7 @@ def test_report_reads_a_series_file_while_it_is_written(tmp_path):
     layout.add(_Declared(columns={"n_spots_total": "i8", "hit": "u1", "estimated_d_min": "f8"}))
     written = SeriesFile(tmp_path / "s.h5", start, layout, "", save_raw=False, save_corrected=False)
     for i, (n, d) in enumerate(((40, 2.5), (3, np.nan))):
-        written.add_frame({"frame": i, "n_spots_total": n, "hit": int(n >= 10), "estimated_d_min": d})
+        written.add_frame({"frame": i, "epoch": 0, "n_spots_total": n, "hit": int(n >= 10), "estimated_d_min": d})
     written.flush()
     report = load_report(tmp_path / "s.h5")  # the writer still has it open, in SWMR mode
     assert not report["ended"] and [r["estimated_d_min"] for r in report["frames"]] == [2.5, None]
@@ -267,6 +267,6 @@ def test_refl_without_a_series_file_writes_nothing():
     layout.kinds["spots"] = "spots"
     exporter = ReflExporter()
     assert exporter.start_series(SeriesContext(start, layout, "", "")) == {}
-    exporter.add_rows(1, 0, {"spots": {"x": np.ones(2)}})
+    exporter.add_rows(1, 0, {"spots": {"x": np.ones(2)}}, 0)
     assert exporter.end_series({}) == {} and exporter.rows == 0
     exporter.close()

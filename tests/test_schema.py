@@ -65,24 +65,24 @@ def _bodies() -> dict[tuple[str, str], tuple[dict, set[str]]]:
     start = SeriesStart(2, (10, 12), "uint16", n_frames=5, scan=Scan((1, 5)), count_time=0.01,
                         geometry=Geometry(beam_center=(4.5, 6.0), pixel_size=(75e-6, 75e-6)))
     return {
-        ("series", "start"): (schema.series_start(start, config_hash="ab", file="/data/s.h5"), set()),
+        ("series", "start"): (schema.series_start(start, config_hash="ab", file="/data/s.h5", epoch=1), set()),
         ("series", "end"): (schema.series_end(series=2, reason="timeout", expected=5, received=4, bad=1, duplicates=0,
                                               stray=0, lost=1, processed=3, failed=1, dropped=0, not_saved=2,
-                                              file="/data/s.h5", map_holes=3, resent=2), set()),
+                                              file="/data/s.h5", map_holes=3, resent=2, epoch=1), set()),
         ("stats", "frame"): (schema.stats_frame(
-            series=2, row={"frame": 3, "timestamp": 1.5e9, "received": 1.6e9, "latency_s": 0.01, "sum": 12.0,
+            series=2, row={"frame": 3, "timestamp": 1.5e9, "received": 1.6e9, "latency_s": 0.01, "epoch": 1, "sum": 12.0,
                            "n_spots": 4},
             arrays={"azimuthal": {"profile": rng.random(7).astype("f4")}}), {"sum", "n_spots", "azimuthal"}),
-        ("spots", "spots"): (schema.spots(series=2, frame=3, columns={"x": rng.random(4), "npix": np.arange(4)}),
+        ("spots", "spots"): (schema.spots(series=2, frame=3, epoch=1, columns={"x": rng.random(4), "npix": np.arange(4)}),
                              {"x", "npix"}),
         ("image", "snapshot"): (schema.image_snapshot(
-            series=2, operator="stats", frame=3, processed=4, final=True,
+            series=2, operator="stats", frame=3, processed=4, final=True, epoch=1, closed=False,
             values={"mean": rng.random((10, 12)), "count": np.ones((10, 12), "i8")}), {"mean", "count"}),
         ("status", "heartbeat"): (schema.status_heartbeat(
             uptime_s=12.5, fps=99.5, series=2, n_frames=5, received=4, processed=3, dropped=0, queue=1,
             total_processed=30, total_failed=1, messages=40, bad=1, orphans=0, open_series=2, hdf5_not_saved=2,
             hdf5_errors=0, published=77, cpu_s=3.25, peak_rss_mb=250.0, ledger_frames=12,
-            ledger_mb=17.5), set()),
+            ledger_mb=17.5, epoch=1, paused=False), set()),
     }
 
 
@@ -118,7 +118,7 @@ def test_closed_builders_take_exactly_the_tables_keys(key, builder):
 
 
 def test_builders_refuse_bodies_off_the_schema():
-    base = {"frame": 3, "timestamp": 1.0, "received": 1.0, "latency_s": 0.0}
+    base = {"frame": 3, "timestamp": 1.0, "received": 1.0, "latency_s": 0.0, "epoch": 0}
     with pytest.raises(schema.SchemaError, match="stats/frame message lacks received, latency_s"):
         schema.stats_frame(series=1, row={"frame": 3, "timestamp": 1.0}, arrays={})
     with pytest.raises(ValueError, match="operators with arrays frame would overwrite keys of the message"):
@@ -126,11 +126,11 @@ def test_builders_refuse_bodies_off_the_schema():
     with pytest.raises(ValueError, match="columns series would overwrite"):
         schema.stats_frame(series=1, row={**base, "series": 2}, arrays={})
     with pytest.raises(ValueError, match="reductions final, frame would overwrite"):
-        schema.image_snapshot(series=1, operator="x", frame=1, processed=2, final=False,
+        schema.image_snapshot(series=1, operator="x", frame=1, processed=2, final=False, epoch=0, closed=False,
                               values={"frame": np.zeros(2), "final": np.zeros(2), "mean": np.zeros(2)})
     with pytest.raises(ValueError, match="row columns must have one length, got x 3, y 2"):
-        schema.spots(series=1, frame=0, columns={"x": np.zeros(3), "y": np.zeros(2)})
-    assert schema.spots(series=1, frame=0, columns={})["n"] == 0
+        schema.spots(series=1, frame=0, epoch=0, columns={"x": np.zeros(3), "y": np.zeros(2)})
+    assert schema.spots(series=1, frame=0, epoch=0, columns={})["n"] == 0
 
 
 def test_decode_refuses_a_message_without_its_keys_or_of_a_type_its_topic_lacks():
@@ -185,13 +185,13 @@ def _rebuild(topic: str, msg: dict) -> dict:
         start = SeriesStart(body["series"], tuple(body["shape"]), body["dtype"], n_frames=body["n_frames"],
                             geometry=Geometry.from_dict(body["geometry"]),
                             scan=Scan(tuple(body["scan"])) if body["scan"] else None, count_time=body["count_time"])
-        return schema.series_start(start, config_hash=body["config_hash"], file=body["file"])
+        return schema.series_start(start, config_hash=body["config_hash"], file=body["file"], epoch=body["epoch"])
     if topic == "stats":
         arrays = {k: v for k, v in body.items() if isinstance(v, dict)}
         row = {k: v for k, v in body.items() if k != "series" and k not in arrays}
         return schema.stats_frame(series=body["series"], row=row, arrays=arrays)
     if topic == "spots":
-        return schema.spots(series=body["series"], frame=body["frame"], columns=rest)
+        return schema.spots(series=body["series"], frame=body["frame"], epoch=body["epoch"], columns=rest)
     if topic == "image":
         return schema.image_snapshot(**{k: body[k] for k in fixed}, values=rest)
     return (schema.series_end if topic == "series" else schema.status_heartbeat)(**body)

@@ -45,13 +45,14 @@ async def test_simulated_series_reaches_subscriber_and_file(tmp_path):
         rows = f["entry/livediff/frames"][:]
         summary = f["entry/livediff/summary"][0]
         stored_mask = f["entry/instrument/detector/pixel_mask"][:]
-        config_text = f["entry/livediff/config"][()].decode()
+        history = f["entry/livediff/config"][:]
     assert list(rows["frame"]) == list(range(sim.n_frames))  # written in order with 2 workers
     np.testing.assert_array_equal(rows["sum"], expected_sums)
     np.testing.assert_array_equal(rows["max"], [sim.frame(i)[mask].max() for i in range(sim.n_frames)])
     assert summary["complete"] == 1 and summary["processed"] == sim.n_frames
     np.testing.assert_array_equal(stored_mask == 0, mask)  # NXmx: 0 = good pixel
-    assert config_text == cfg.effective
+    assert [(e, f) for e, f, _ in history] == [(0, 0)]  # one configuration epoch, from the first frame
+    assert history[0]["toml"].decode() == cfg.effective
 
 
 async def test_malformed_messages_are_counted_and_skipped(tmp_path, caplog):

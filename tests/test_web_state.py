@@ -180,8 +180,8 @@ def test_parts_follow_the_declared_outputs_and_only_changed_ones_are_rebuilt():
     parts = _built(state)
     assert set(parts) == {"counts", "banners", "header", "latest"}
     declared = parts["header"]["declared"]
-    assert declared["columns"] == {"": ["frame", "timestamp", "received", "latency_s"], "summary": ["sum"],
-                                   "spots": ["n_spots"]}
+    assert declared["columns"] == {"": ["frame", "timestamp", "received", "latency_s", "epoch"],
+                                   "summary": ["sum"], "spots": ["n_spots"]}
     assert declared["reductions"]["stats"] == {"mean": [40, 50]} and parts["header"]["series"]["meta"] == \
         {"note": "<b>x</b>"}
     frame = np.ones((40, 50), "uint16")

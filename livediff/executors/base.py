@@ -46,6 +46,9 @@ class Executor(Protocol):
     ``output``: whether a sink needs the chain's output frames (an executor running chains
     in other processes ships them back only then).  ``decode`` is the codec compressed
     frames are decoded with (where the work happens), which the sinks are handed too.
+    ``restart`` takes new parameters for the same operators and restarts one operator and
+    those after it, with no frame in flight (a live change; ``ValueError`` with the reasons
+    when it cannot apply).
     """
 
     workers: int
@@ -59,6 +62,7 @@ class Executor(Protocol):
 
     async def warm_up(self, series: SeriesStart) -> None: ...
     async def start(self, series: SeriesStart, *, output: bool = True) -> Layout: ...
+    async def restart(self, specs: Sequence[OperatorSpec], label: str) -> None: ...
     def process(self, frame: Frame) -> Job: ...
     async def collect(self, job: Job) -> Frame: ...
     async def snapshot(self) -> dict[str, dict[str, Any]]: ...
@@ -130,6 +134,7 @@ class InOrder:
         self.chain = Chain(specs, folding=True)
         self.stateful: list[str] = []
         self.versions: dict[str, Versions] = {}
+        self.started: dict[str, int] = {}  # stateful operator -> the seq it (re)started at
         self.next_seq = 0
         self.folded = 0
 
@@ -137,14 +142,35 @@ class InOrder:
         self.chain.start(series, inputs)
         self.stateful = [op.name for op in self.chain.operators if op.series_state]
         self.versions = {name: Versions() for name in self.stateful}
+        self.started = dict.fromkeys(self.stateful, 0)
         self.next_seq = 0
         self.folded = 0
+
+    def restart(self, specs: Sequence[OperatorSpec], label: str, inputs: dict[str, SeriesStart]) -> list[str]:
+        """Restart the folding chain from ``label`` on (:meth:`Chain.restart`), with every frame
+        folded: a restarted stateful operator counts the frames from the next one, as if the
+        series started there, and its versions start empty.  Returns the stateful operators
+        restarted."""
+        before = {name: self.chain.by_name[name] for name in self.stateful}
+        self.chain.restart(specs, label, inputs)
+        restarted = [name for name in self.stateful if self.chain.by_name[name] is not before[name]]
+        for name in restarted:
+            self.versions[name] = Versions()
+            self.started[name] = self.next_seq
+        return restarted
 
     def number(self, frame: Frame) -> dict[str, int | None]:
         """Give ``frame`` its place in arrival order (``seq``); returns the epoch each
         stateful operator names for it (None: decide once every earlier frame is folded)."""
         frame.seq, self.next_seq = self.next_seq, self.next_seq + 1
-        return {name: self.chain.by_name[name].epoch(frame.seq, frame.index) for name in self.stateful}
+        return {name: self._epoch(name, frame) for name in self.stateful}
+
+    def _epoch(self, name: str, frame: Frame) -> int | None:
+        """The operator's epoch for ``frame`` in frames folded since the series started; the
+        operator itself counts from where it (re)started."""
+        base = self.started[name]
+        epoch = self.chain.by_name[name].epoch(frame.seq - base, frame.index)
+        return None if epoch is None else base + epoch
 
     @staticmethod
     def need(frame: Frame, epochs: dict[str, int | None]) -> int:
@@ -156,7 +182,7 @@ class InOrder:
         :meth:`need` frames are folded (the answer is settled then)."""
         for name, epoch in epochs.items():
             if epoch is None:
-                epochs[name] = self.chain.by_name[name].epoch(frame.seq, frame.index)
+                epochs[name] = self._epoch(name, frame)
         return {name: self.versions[name].at(epoch) for name, epoch in epochs.items()}
 
     def fold(self, frame: Frame, ok: bool) -> list[tuple[str, Any]]:
@@ -167,7 +193,7 @@ class InOrder:
         published = []
         for name in self.stateful:
             op = self.chain.by_name[name]
-            if op.fold(frame.seq, frame.shared.pop(name, None) if ok else None):
+            if op.fold(frame.seq - self.started[name], frame.shared.pop(name, None) if ok else None):
                 published.append((name, op.shared()))
         frame.shared.clear()
         return published

@@ -163,6 +163,18 @@ class DaskExecutor:
             self._watcher = asyncio.ensure_future(self._watch())
         return self.layout
 
+    async def restart(self, specs: Sequence[OperatorSpec], label: str) -> None:
+        """Refused: live changes of parameters are not supported on Dask yet.
+
+        Raises
+        ------
+        ValueError
+            Always, saying why and what to do instead.
+        """
+        raise ValueError("the dask executor cannot change or restart operators while it runs: its chains live "
+                         "on the Dask workers and in the ledger's re-sent frames, which would mix parameters; "
+                         "change the config file and restart the service, or use executor = \"threads\"")
+
     def process(self, frame: Frame) -> Job:
         """Queue ``frame`` (call in arrival order); it leaves as soon as a worker has a credit."""
         epochs = self._inorder.number(frame)

@@ -5,6 +5,14 @@ arrival order through the executor's in-order step to every sink.  Series starts
 ends, snapshots and the stop marker wait until no frame is in flight, so every operator
 state they read is complete.  The run loop knows no socket and no file: it hands typed
 outputs (:mod:`livediff.outputs`) to a list of :class:`~livediff.sinks.base.Sink`.
+
+Live control (:meth:`RunLoop.change`, :meth:`~RunLoop.pause`, :meth:`~RunLoop.resume`,
+:meth:`~RunLoop.snapshot_now`) runs between frames, with none in flight.  A change of
+operator parameters, or a restart of operators, opens a new configuration **epoch**: every
+frame is tagged with the epoch it is dispatched under, so all of a frame's operators, on
+whichever worker, use that epoch's parameters, and every worker switches at the same frame.
+The restarted operators' reductions so far are handed to the sinks first, ``closed`` under
+the epoch that ends.
 """
 from __future__ import annotations
 
@@ -14,12 +22,13 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..errors import DecodeError
 from ..model import Frame, SeriesEnd, SeriesStart
 from ..outputs import Reductions, SeriesContext
+from ..pipeline import OperatorSpec
 from ..queues import EventQueue
 from ..sinks.base import Sink
 from .base import Executor, Job
@@ -41,6 +50,7 @@ class SeriesProgress:
     processed: int = 0
     failed: int = 0
     last_frame: int = -1
+    epoch: int = 0  # the last configuration epoch the sinks were told of
 
 
 class RunLoop:
@@ -52,8 +62,13 @@ class RunLoop:
     executor : runs the chain.
     sinks : called in order (the HDF5 writer first: it reports the file the others announce).
     snapshot_period : seconds between snapshots of running results (0: only at series end).
-    config_text, config_hash : the configuration, for the sinks.
+    config_text, config_hash : the configuration, for the sinks (epoch 0's; a change brings its own).
     on_series_end : called with each series' summary.
+
+    Attributes
+    ----------
+    epoch : the configuration epoch frames are dispatched under now (0, then +1 per change).
+    paused : whether frames wait in the queue instead of being processed.
     """
 
     def __init__(self, queue: EventQueue, executor: Executor, sinks: Sequence[Sink], *, snapshot_period: float,
@@ -68,27 +83,43 @@ class RunLoop:
         self.current: SeriesProgress | None = None
         self.totals = {"processed": 0, "failed": 0, "undecodable": 0}  # undecodable: failed, payload corrupt
         self.rate = RateMeter()
+        self.epoch = 0
+        self.paused = False
         self._last_snapshot = time.monotonic()
+        self._commands: asyncio.Queue[tuple[Callable[[], Awaitable[dict[str, Any]]], asyncio.Future]] = \
+            asyncio.Queue()
 
     async def run(self) -> None:
-        """Take events in order; keep up to the executor's ``capacity`` frames in flight; emit in order."""
+        """Take events in order; keep up to the executor's ``capacity`` frames in flight; emit in order;
+        run control commands between frames."""
         inflight: deque[Job] = deque()
         getter: asyncio.Future | None = None
+        commands = asyncio.ensure_future(self._commands.get())
         try:
             while True:
-                if getter is None and len(inflight) < self.executor.capacity:
+                if getter is None and not self.paused and len(inflight) < self.executor.capacity:
                     getter = asyncio.ensure_future(self.queue.get())
-                waiting = {f for f in (getter, inflight[0].future if inflight else None) if f is not None}
+                waiting = {f for f in (getter, commands, inflight[0].future if inflight else None) if f is not None}
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 while inflight and inflight[0].future.done():
                     await self._emit(inflight.popleft())
                 if self._snapshot_due():
                     await self._drain(inflight)
                     await self._snapshot(final=False)
+                if commands.done():
+                    await self._drain(inflight)
+                    await self._command(*commands.result())
+                    commands = asyncio.ensure_future(self._commands.get())
+                if getter is not None and self.paused and not getter.done():
+                    getter.cancel()  # nothing is taken from the queue while paused
+                    await asyncio.wait({getter})
+                    if getter.cancelled():
+                        getter = None
                 if getter is None or not getter.done():
                     continue
                 event, getter = getter.result(), None
                 if isinstance(event, Frame):
+                    event.epoch = self.epoch
                     inflight.append(self.executor.process(event))
                     continue
                 await self._drain(inflight)
@@ -99,8 +130,91 @@ class RunLoop:
                 elif isinstance(event, SeriesEnd):
                     await self._end_series(event)
         finally:
+            commands.cancel()
             if getter is not None:
                 getter.cancel()
+
+    # ------------------------------------------------------------------ live control
+    async def change(self, specs: Sequence[OperatorSpec], label: str, config_text: str,
+                     config_hash: str) -> dict[str, Any]:
+        """Between frames: give the executor ``specs`` (the same operators with new parameters, or
+        the same ones for a plain restart), restart the operator ``label`` and those after it,
+        and open a new configuration epoch whose effective configuration is ``config_text``.
+
+        Returns
+        -------
+        ``{"epoch": the new epoch, "after_frame": the last frame processed under the previous
+        one (None with no series open), "restarted": [labels]}``.
+
+        Raises
+        ------
+        ValueError
+            When the executor cannot apply it (nothing changed then).
+        """
+        return await self._submit(lambda: self._change(specs, label, config_text, config_hash))
+
+    async def pause(self) -> dict[str, Any]:
+        """Stop taking frames from the queue once the frames in flight are done (they keep being
+        received and queued, up to the queue bound, under the overflow policy)."""
+        return await self._submit(lambda: self._set_paused(True))
+
+    async def resume(self) -> dict[str, Any]:
+        """Take frames from the queue again."""
+        return await self._submit(lambda: self._set_paused(False))
+
+    async def snapshot_now(self) -> dict[str, Any]:
+        """Hand the running results to the sinks now (published and saved); ``{"frame": last frame}``."""
+        return await self._submit(self._snapshot_command)
+
+    async def _submit(self, action: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        done = asyncio.get_running_loop().create_future()
+        await self._commands.put((action, done))
+        return await done
+
+    @staticmethod
+    async def _command(action: Callable[[], Awaitable[dict[str, Any]]], done: asyncio.Future) -> None:
+        try:
+            result = await action()
+        except Exception as exc:  # refused (ValueError) or a bug: the caller gets it, the loop goes on
+            if not done.cancelled():
+                done.set_exception(exc)
+            return
+        if not done.cancelled():
+            done.set_result(result)
+
+    async def _set_paused(self, paused: bool) -> dict[str, Any]:
+        self.paused = paused
+        log.info("processing %s", "paused" if paused else "resumed")
+        cur = self.current
+        return {"paused": paused, "after_frame": None if cur is None else cur.last_frame}
+
+    async def _snapshot_command(self) -> dict[str, Any]:
+        if self.current is None:
+            raise ValueError("no series is open: there are no running results to snapshot")
+        await self._snapshot(final=False)
+        return {"frame": self.current.last_frame}
+
+    async def _change(self, specs: Sequence[OperatorSpec], label: str, config_text: str,
+                      config_hash: str) -> dict[str, Any]:
+        cur = self.current
+        closing = await self.executor.snapshot() if cur is not None and cur.processed else {}
+        declared = self.executor.layout.reductions
+        await self.executor.restart(specs, label)
+        order = [spec.label for spec in specs]
+        restarted = order[order.index(label):]
+        self.epoch += 1
+        self.config_text, self.config_hash = config_text, config_hash
+        values = {name: {k: v for k, v in closing[name].items() if k in declared[name]}
+                  for name in restarted if name in declared and name in closing}
+        if cur is not None and values:
+            reductions = Reductions(cur.start.series, cur.last_frame, cur.processed, False, values,
+                                    epoch=self.epoch - 1, closed=True)
+            for sink in self.sinks:
+                sink.write_reductions(reductions)
+        log.info("configuration epoch %d from the next frame%s: %s restarted", self.epoch,
+                 f" after frame {cur.last_frame}" if cur is not None else "", ", ".join(restarted))
+        return {"epoch": self.epoch, "after_frame": None if cur is None else cur.last_frame,
+                "restarted": restarted}
 
     async def _drain(self, inflight: deque[Job]) -> None:
         while inflight:
@@ -111,14 +225,14 @@ class RunLoop:
     async def _start_series(self, start: SeriesStart) -> None:
         output = any(getattr(sink, "wants_output", True) for sink in self.sinks)
         layout = await self.executor.start(start, output=output)
-        context = SeriesContext(start, layout, self.config_text, self.config_hash)
+        context = SeriesContext(start, layout, self.config_text, self.config_hash, self.epoch)
         for sink in self.sinks:
             context.facts.update(sink.start_series(context) or {})
         if layout.maps and layout.scan is None:
             log.warning("series %d: %s declare maps but the series has no scan (set one in the source or in "
                         "[source] scan): no maps", start.series, ", ".join(layout.maps))
         maps = MapAssembler(layout) if layout.maps and layout.scan is not None else None
-        self.current = SeriesProgress(start, context.facts, maps)
+        self.current = SeriesProgress(start, context.facts, maps, epoch=self.epoch)
         self._last_snapshot = time.monotonic()
         log.info("series %d started: %s %s, %s frames -> %s", start.series, start.dtype, start.shape,
                  start.n_frames if start.n_frames is not None else "?", context.facts.get("file", "no file"))
@@ -143,6 +257,11 @@ class RunLoop:
         self.totals["processed"] += 1
         self.rate.add(1)
         out = self.executor.layout.output_of(frame, job.received, decode=self.executor.decode)
+        if out.epoch != cur.epoch:  # the first frame of a change: the configuration history gains it
+            cur.epoch = out.epoch
+            for sink in self.sinks:
+                if hasattr(sink, "new_epoch"):
+                    sink.new_epoch(out.epoch, out.index, self.config_text)
         if cur.maps is not None:
             cur.maps.place(out)
         for sink in self.sinks:
@@ -164,7 +283,7 @@ class RunLoop:
             rows = {label: results[label]["rows"] for label in layout.rows if "rows" in results.get(label, {})}
             if rows:
                 for sink in self.sinks:
-                    sink.add_rows(cur.start.series, cur.last_frame, rows)
+                    sink.add_rows(cur.start.series, cur.last_frame, rows, self.epoch)
         values = {label: {k: v for k, v in found.items() if k in layout.reductions.get(label, {})}
                   for label, found in results.items()}
         values = {label: found for label, found in values.items() if found}
@@ -174,7 +293,8 @@ class RunLoop:
         maps = cur.maps.snapshot() if cur.maps is not None else {}
         if not values and not maps:
             return
-        reductions = Reductions(cur.start.series, cur.last_frame, cur.processed, final, values, maps)
+        reductions = Reductions(cur.start.series, cur.last_frame, cur.processed, final, values, maps,
+                                epoch=self.epoch)
         for sink in self.sinks:
             sink.write_reductions(reductions)
 
@@ -185,7 +305,7 @@ class RunLoop:
         summary = {"series": end.series, "reason": end.reason, **end.counts,
                    "processed": cur.processed, "failed": cur.failed, "resent": self.executor.resent,
                    "dropped": end.counts.get("received", 0) - cur.processed - cur.failed, **cur.facts,
-                   "map_holes": None if cur.maps is None else cur.maps.holes}
+                   "map_holes": None if cur.maps is None else cur.maps.holes, "epoch": self.epoch}
         for sink in self.sinks:
             facts = sink.end_series(summary)
             summary.update((await facts if inspect.isawaitable(facts) else facts) or {})

@@ -48,13 +48,9 @@ class ThreadExecutor:
                  decode: Codec | None = None) -> None:
         self.workers = workers
         self.decode = decode
-        self._specs = list(specs)
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
-        self._chains = [Chain(specs) for _ in range(workers)]
-        self._inorder = InOrder(specs)
-        self._merged = Chain(specs) if workers > 1 else self._chains[0]
-        self._idle = list(self._chains)
+        self._build(specs)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="livediff-worker")
         self._fold_pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-fold")
         self._series: SeriesStart | None = None
@@ -92,6 +88,42 @@ class ThreadExecutor:
         self._used: dict[int, dict[str, int]] = {}  # seq -> the version key each stateful operator used
         self._folded_changed = asyncio.Condition()
         return self.layout
+
+    async def restart(self, specs: Sequence[OperatorSpec], label: str) -> None:
+        """Take ``specs`` (the same operators, in the same order, with new parameters) and
+        restart the operator ``label`` and those after it; call with no frame in flight, so
+        every worker switches at the same frame.  With no series open, the next series
+        simply starts with ``specs``.
+
+        Raises
+        ------
+        ValueError
+            When the new parameters would change what the chain declared for the open
+            series (its outputs, or which operators run in order): the reasons, one per line.
+        """
+        if self._series is None:
+            self._build(specs)
+            return
+        probe = Chain(specs)
+        await self._run(self._fold_pool, probe.start, self._series)
+        problems = self._chains[0].differences(probe)
+        if problems:
+            raise ValueError("\n".join(problems))
+        self._specs = list(specs)
+        await asyncio.gather(*(self._run(self._pool, c.restart, specs, label) for c in self._chains))
+        restarted = await self._run(self._fold_pool, self._inorder.restart, specs, label, self._chains[0].inputs)
+        for adopted in self._adopted.values():
+            adopted.update(dict.fromkeys(restarted, -1))
+        if self._merged is not self._chains[0]:  # it is started afresh on every report
+            self._merged = Chain(specs)
+
+    def _build(self, specs: Sequence[OperatorSpec]) -> None:
+        """A chain per worker, the in-order side and the merging chain, from ``specs``."""
+        self._specs = list(specs)
+        self._chains = [Chain(specs) for _ in range(self.workers)]
+        self._inorder = InOrder(specs)
+        self._merged = Chain(specs) if self.workers > 1 else self._chains[0]
+        self._idle = list(self._chains)
 
     def process(self, frame: Frame) -> Job:
         """Queue ``frame`` for an idle worker; call in arrival order, <= ``workers`` in flight."""
@@ -150,8 +182,11 @@ class ThreadExecutor:
         return await self._run(self._fold_pool, self._report, "snapshot")
 
     async def finish(self) -> dict[str, dict[str, Any]]:
-        """Merged final results of the series (call with no frame in flight)."""
-        return await self._run(self._fold_pool, self._report, "finish")
+        """Merged final results of the series (call with no frame in flight); the series is over."""
+        try:
+            return await self._run(self._fold_pool, self._report, "finish")
+        finally:
+            self._series = None
 
     def _report(self, method: str) -> dict[str, dict[str, Any]]:
         if self._merged is self._chains[0]:  # one worker: its chain holds everything

@@ -2,9 +2,11 @@
 
 :class:`RadialMap` assigns every pixel to a (sector, radial bin) once per series and
 centre; each frame then costs one pass over its pixels (:func:`_bin_sums`, a masked
-bincount).  :func:`azimuthal_average` is the one-call form; the operator ``azimuthal``
-(per-frame profiles and their running mean) wraps them.  :func:`powder_center` (the centre
-of concentric rings) and its operator live in :mod:`.powder_center` and are re-exported here.
+bincount).  :func:`azimuthal_average` is the one-call form (it reuses the map of its last
+call); the operator ``azimuthal`` (per-frame profiles and their running mean) wraps them.
+:func:`powder_center` (the centre of rings, of a direct beam or of a single-crystal pattern:
+scikit-ued's ``autocenter``) and its operator live in :mod:`.powder_center` and are
+re-exported here.
 
 Bins: bin ``k`` holds the pixels with ``r_min + k w <= r < r_min + (k + 1) w``, where
 ``r = sqrt((row - row_c)**2 + (col - col_c)**2)`` in float64 and ``w`` is the bin width in
@@ -23,6 +25,7 @@ import numpy as np
 from ..model import Frame, Geometry, SeriesStart, electron_wavelength
 from .base import BaseOperator, param
 from .checks import check_frame_shape, check_image, check_mask, check_shape
+from .memo import LastBuilt
 from .powder_center import PowderCenter, PowderCenterParams, powder_center
 
 __all__ = ["Azimuthal", "PowderCenter", "PowderCenterParams", "RadialMap", "azimuthal_average",
@@ -195,15 +198,28 @@ def azimuthal_average(image: np.ndarray, center: tuple[float, float], mask: np.n
 
     Notes
     -----
-    Builds a :class:`RadialMap` and calls :meth:`RadialMap.average`; to average many
-    frames around one centre, build the map once.  scikit-ued's bins are centred on whole
-    radii (``radial_range=(-0.5, r_max)`` here); unlike it, masked NaNs are never read and
-    empty bins are NaN rather than 0.
+    Builds a :class:`RadialMap` and calls :meth:`RadialMap.average`.  The map is the
+    public API for averaging many frames around one centre; this one-shot form keeps the
+    last map it built and reuses it while the frame shape, centre, options and mask (by
+    value) are those of the previous call, so a loop over frames costs about what the
+    map's :meth:`~RadialMap.average` does, plus one comparison of the mask.
+    scikit-ued's bins are centred on whole radii (``radial_range=(-0.5, r_max)`` here);
+    unlike it, masked NaNs are never read and empty bins are NaN rather than 0.
     """
     image = check_image(image)
-    rmap = RadialMap(image.shape, center, mask, bin_width=bin_width, radial_range=radial_range,
-                     sectors=sectors, azimuth_range=azimuth_range)
-    return rmap.radius, rmap.average(image)
+    options = (image.shape, _key(center), float(bin_width), _key(radial_range), sectors, _key(azimuth_range))
+    rmap = _LAST.get((mask,), options, lambda: RadialMap(image.shape, center, mask, bin_width=bin_width,
+                                                         radial_range=radial_range, sectors=sectors,
+                                                         azimuth_range=azimuth_range))
+    return rmap.radius.copy(), rmap.average(image)
+
+
+_LAST: LastBuilt[RadialMap] = LastBuilt()
+
+
+def _key(values: Any) -> tuple | None:
+    """A sequence of numbers as a tuple that compares by value (None stays None)."""
+    return None if values is None else tuple(np.ravel(values).tolist())
 
 
 @dataclass(frozen=True)

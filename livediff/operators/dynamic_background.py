@@ -57,33 +57,77 @@ def _fold(j, n, reflect):
     return min(max(j, 0), n - 1)
 
 
-@numba.njit(nogil=True, cache=True)
-def _column_pass(src, w, reflect, out):
-    """out[i] = sum_k w[k] src[i + k - h] along the columns (h = len(w) // 2) for a symmetric ``w``: taps k and
-    len - 1 - k added in pairs, innermost first, each a whole row at a time (contiguous: it vectorises)."""
+@numba.njit(nogil=True, cache=True, inline="always")
+def _pairs(o, rows_a, rows_b, w, k, cols):  # pragma: no cover - compiled
+    """o[c] += Σ_j w[k - j] (a_j[c] + b_j[c]) over the (up to) four tap pairs k, k - 1, ... handed in: four pairs
+    per load and store of ``o`` (the loop is bound by loads; one pair per pass would store ``o`` four times)."""
+    a0, a1, a2, a3 = rows_a
+    b0, b1, b2, b3 = rows_b
+    w0, w1, w2, w3 = w[k], w[k - 1], w[k - 2], w[k - 3]
+    for c in range(cols):
+        o[c] += (w0 * (a0[c] + b0[c]) + w1 * (a1[c] + b1[c])) + (w2 * (a2[c] + b2[c]) + w3 * (a3[c] + b3[c]))
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"})
+def _separable(src, w, reflect, out, row):  # pragma: no cover - compiled
+    """out = the correlation of ``src`` with a symmetric ``w`` along both axes (centre tap ``len(w) // 2``).
+
+    Vertical pass first, into ``out``: each output row is the weighted sum of whole input rows, taps k and
+    len - 1 - k added in pairs, four pairs per sweep of the row (contiguous rows: it vectorises).  Then the
+    horizontal pass in place, row by row: ``row`` (len cols + len(w) - 1) holds the boundary-extended row,
+    summed with the same pairing.  Arithmetic in the precision of ``w``: no transposes, no float64
+    temporaries for float32.
+    """
     rows, cols = src.shape
     m = w.size
     h = m // 2
-    centre = w[h] if m % 2 else 0.0
+    centre = w[h]
+    if m % 2 == 0:  # no centre tap (kept in w's type)
+        centre -= centre
+    pairs = m // 2
     for i in range(rows):
         o, s = out[i], src[i]
         for c in range(cols):
             o[c] = centre * s[c]
-        for k in range(m // 2 - 1, -1, -1):
+        k = pairs - 1
+        while k >= 3:
+            _pairs(o, (src[_fold(i + k - h, rows, reflect)], src[_fold(i + k - 1 - h, rows, reflect)],
+                       src[_fold(i + k - 2 - h, rows, reflect)], src[_fold(i + k - 3 - h, rows, reflect)]),
+                   (src[_fold(i + m - 1 - k - h, rows, reflect)], src[_fold(i + m - k - h, rows, reflect)],
+                    src[_fold(i + m + 1 - k - h, rows, reflect)], src[_fold(i + m + 2 - k - h, rows, reflect)]),
+                   w, k, cols)
+            k -= 4
+        while k >= 0:
             a, b = src[_fold(i + k - h, rows, reflect)], src[_fold(i + m - 1 - k - h, rows, reflect)]
             wk = w[k]
             for c in range(cols):
                 o[c] += wk * (a[c] + b[c])
+            k -= 1
+    for i in range(rows):
+        o = out[i]
+        for j in range(cols + m - 1):
+            row[j] = o[_fold(j - h, cols, reflect)]
+        for c in range(cols):
+            o[c] = centre * row[c + h]
+        k = pairs - 1
+        while k >= 3:
+            _pairs(o, (row[k:], row[k - 1:], row[k - 2:], row[k - 3:]),
+                   (row[m - 1 - k:], row[m - k:], row[m + 1 - k:], row[m + 2 - k:]), w, k, cols)
+            k -= 4
+        while k >= 0:
+            wk = w[k]
+            a, b = row[k:k + cols], row[m - 1 - k:m - 1 - k + cols]
+            for c in range(cols):
+                o[c] += wk * (a[c] + b[c])
+            k -= 1
 
 
 def _lowpass_direct(src: np.ndarray, w: np.ndarray, reflect: bool) -> np.ndarray:
-    """The separable correlation with ``w`` along both axes: a column pass, then one on the transpose."""
-    once = np.empty_like(src)
-    _column_pass(src, w, reflect, once)
-    once = np.ascontiguousarray(once.T)
-    out = np.empty_like(once)
-    _column_pass(once, w, reflect, out)
-    return out.T
+    """The separable correlation with ``w`` along both axes, in ``src``'s precision (C-contiguous result)."""
+    src = np.ascontiguousarray(src)
+    out = np.empty_like(src)
+    _separable(src, w.astype(src.dtype, copy=False), reflect, out, np.empty(src.shape[1] + w.size - 1, src.dtype))
+    return out
 
 
 @functools.lru_cache(maxsize=16)

@@ -74,12 +74,14 @@ def correct(image: np.ndarray, *, dark: np.ndarray | None = None, flat: np.ndarr
     Notes
     -----
     A pixel is valid when ``mask`` says so, :math:`x < s` (saturation; NaN fails it), the
-    flat is finite and nonzero, and the result is finite in float32.
+    flat is finite and nonzero, and the result is finite in float32.  The kernel is
+    compiled for the dtypes given (e.g. uint16 frame, uint16 or int32 dark, float32
+    flat) and converts each value in registers: an integer dark costs no more than a
+    float32 one, and no call allocates more than ``out``.
     """
     image = check_image(image)
     shape = image.shape
-    dark = check_reference(dark, shape, "dark")
-    flat = check_reference(flat, shape, "flat")
+    dark, flat = _as_given(dark, shape, "dark"), _as_given(flat, shape, "flat")
     mask = check_mask(mask, shape)
     out = check_output(out, shape, np.float32, "out")
     if mask_out is not None:
@@ -87,6 +89,16 @@ def correct(image: np.ndarray, *, dark: np.ndarray | None = None, flat: np.ndarr
     _correct(image, dark, flat, mask, saturation_level(image.dtype, saturation), np.float32(fill_value), out,
              mask_out)
     return out
+
+
+def _as_given(array: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray | None:
+    """A dark or flat checked for shape and real dtype, not converted: :func:`_correct` is compiled for
+    each combination of dtypes and reads integers as they are, so no call pays for a float copy."""
+    if array is None:
+        return None
+    array = check_image(array, name, ndim=len(shape))
+    check_shape(array, shape, name)
+    return array
 
 
 def subtract_dark(image: np.ndarray, dark: np.ndarray) -> np.ndarray:

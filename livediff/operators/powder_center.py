@@ -1,7 +1,9 @@
-"""Centre of a powder pattern (the centre of its concentric rings), and the operator finding it.
+"""Centre of a diffraction pattern (its centre of inversion symmetry), and the operator finding it.
 
-:func:`powder_center` finds the centre of inversion symmetry of one pattern, sub-pixel;
-the ``powder_center`` operator applies it to the running mean of a series' frames.
+:func:`powder_center` is livediff's counterpart of scikit-ued's ``autocenter``: the centre
+of rings (powder, polycrystalline), of a direct beam or of a single-crystal pattern
+(Friedel pairs), with a beam stop and saturated pixels, sub-pixel.  The
+``powder_center`` operator applies it to the running mean of a series' frames.
 Coordinates put the centre of pixel (r, c) at (r, c) (DESIGN.md).
 """
 from __future__ import annotations
@@ -12,32 +14,45 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, optimize
-from skimage.registration import phase_cross_correlation
+from scipy import ndimage
 
 from ..model import Frame, SeriesStart
+from .align import Registration, accumulate_valid
 from .base import BaseOperator, param
 from .checks import check_image, check_mask
-from .masks import finite_mask
+from .masks import finite_mask, saturation_level
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PowderCenter", "PowderCenterParams", "powder_center"]
 
+_COARSE_SIZE = 256      # px a side, at most, of the binned copy searched for the centre
+_MIN_OVERLAP = 0.05     # smallest fraction of the frame symmetric about a candidate centre
+_FLATTEN = 16           # the smooth background has sigma = (smaller side) / _FLATTEN
+_MIN_VALID = 64         # valid pixels needed
+
 
 def powder_center(image: np.ndarray, mask: np.ndarray | None = None, *,
-                  guess: tuple[float, float] | None = None) -> tuple[float, float]:
-    """Centre of inversion symmetry of a pattern (the centre of concentric rings), sub-pixel.
+                  guess: tuple[float, float] | None = None, saturation: float | None = None,
+                  ) -> tuple[float, float]:
+    """Centre of inversion symmetry of a diffraction pattern, sub-pixel.
+
+    The counterpart of scikit-ued's ``skued.autocenter(im, mask)``, for any pattern: the
+    centre of concentric rings (powder, polycrystalline), of a direct beam, or of a
+    single-crystal pattern (Friedel pairs are symmetric about it), with a beam stop and
+    saturated pixels.  Unlike ``autocenter``, it returns sub-pixel (row, col) floats
+    and never reads masked pixels.
 
     Parameters
     ----------
-    image : (rows, cols) real array of counts; not written.  Negative values count as 0.
+    image : (rows, cols) real array of intensities (counts or any scale); not written.
     mask : bool array of the same shape, True = valid; None = all valid.  Mask the beam
         stop, gaps and other asymmetric features; non-finite pixels are ignored.
-    guess : (row, col) to refine from, within about a ring width of the centre; None =
-        find it by masked cross-correlation, which needs the box symmetric about the
-        centre to cover at least 10 % of the frame (give a guess for a centre nearer a
-        corner).
+    guess : (row, col) to search around (within about 5 % of the frame's size); None =
+        search the whole frame.
+    saturation : values at and above it are invalid (a saturated peak is flat-topped
+        and its Friedel mate may not be); None = the top of an integer dtype
+        (2**bits - 1: overflow and gap markers), none for floats.
 
     Returns
     -------
@@ -53,44 +68,62 @@ def powder_center(image: np.ndarray, mask: np.ndarray | None = None, *,
 
     Notes
     -----
-    Counts are first made homoscedastic with the Anscombe transform a = 2 sqrt(I + 3/8),
-    so that Poisson noise weighs every pixel alike and a bright central beam does not
-    dominate.  The coarse centre is half the shift that registers the image with its
-    180°-rotated self, by masked normalised cross-correlation (Padfield, IEEE Trans. Image
-    Process. 21, 2706 (2012); scikit-image), on a copy binned by k to at most 256 px a side.
-    It is then refined, at binning k and at full resolution, by robust least squares
-    (soft-L1) on the differences a(x) - a(2c - x) between valid pixels x (at most 200 000,
-    on a regular grid) and their mirror images through c, the mirror value taken by
-    cubic-spline interpolation at least 3 px away from masked pixels.  Both
-    values come from the pattern smoothed by a Gaussian of sigma 1 px: without it the
-    interpolation's own smoothing of the noise depends on the fractional part of 2c and
-    pulls c by up to 0.1 px towards quarter pixels.
+    A pattern symmetric about ``c`` satisfies ``I(x) = I(2c - x)``: mirrored through a
+    point ``t / 2`` (``t`` integer), it is the pattern moved by ``2c - t``.  The centre is
+    found by registering the pattern with its mirror image by masked normalised
+    cross-correlation (:class:`~livediff.operators.align.Registration`: Padfield 2012,
+    sub-pixel over symmetric pixel pairs), as scikit-ued does with its 180° rotation
+    (L. C. Liu, *Chemistry in Action: Making Molecular Movies with Ultrafast Electron
+    Diffraction and Data Science*, ch. 2, Springer 2020).
+
+    Intensities are compared as ``a = sqrt(I - min I)``, which weighs weak rings and
+    spots against a bright beam and, for counts, makes the Poisson noise alike
+    everywhere (the Anscombe transform up to a constant).  The whole frame is searched on
+    a copy binned to at most 256 px a side, twice: as it is, and flattened (minus its
+    background, a Gaussian average of sigma = side / 16 over valid pixels), which
+    removes smooth asymmetric intensity such as the gradient of Ewald-sphere walk-off
+    in single-crystal patterns, but is itself asymmetric near a mask.  Each candidate is
+    scored by the correlation between the pattern flattened over the pixels valid in
+    both it and its mirror, so symmetric about the candidate, and that mirror; the best
+    is refined at full resolution (twice for the flattened form, re-flattened about the
+    new centre), the search limited to a few pixels around it.
     """
     image = check_image(image)
     mask = check_mask(mask, image.shape)
     valid = finite_mask(image, mask)
-    if valid.sum() < 64:
-        raise ValueError(f"powder_center needs at least 64 valid pixels, got {int(valid.sum())}")
-    counts = np.where(valid, image, 0).astype(np.float64)
-    anscombe = 2.0 * np.sqrt(np.maximum(counts, 0.0) + 0.375)
-    k = 1 << max(0, math.ceil(math.log2(max(image.shape) / _COARSE_SIZE)))
-    if guess is None:
-        a, v = _bin(anscombe, valid, k)
-        shift = phase_cross_correlation(a, a[::-1, ::-1], reference_mask=v, moving_mask=v[::-1, ::-1],
-                                        overlap_ratio=_MIN_OVERLAP)[0]
-        center = ((np.array(a.shape) - 1 + shift) / 2 + 0.5) * k - 0.5
-    else:
-        center = np.array(guess, dtype=np.float64)
-    for scale in sorted({k, 1}, reverse=True):
-        a, v = _bin(anscombe, valid, scale)
-        center = (_refine(a, v, (center + 0.5) / scale - 0.5) + 0.5) * scale - 0.5
-    return float(center[0]), float(center[1])
+    level = saturation_level(image.dtype, saturation)
+    if level < math.inf:
+        valid &= image < level
+    if valid.sum() < _MIN_VALID:
+        raise ValueError(f"powder_center needs at least {_MIN_VALID} valid pixels, got {int(valid.sum())}")
+    low = float(image[valid].min())
+    a = np.sqrt(np.maximum(np.where(valid, image, low).astype(np.float64) - low, 0.0))
+    k = max(1, math.ceil(max(image.shape) / _COARSE_SIZE))
+    coarse, coarse_valid = _bin(a, valid, k)
+    sigma = max(1.0, min(coarse.shape) / _FLATTEN)
+    around = None if guess is None else (np.asarray(guess, dtype=np.float64) + 0.5) / k - 0.5
+    reach = None if guess is None else 0.1 * max(coarse.shape) + 2
+    candidates = []
+    for flat in (False, True):
+        pattern = _flatten(coarse, coarse_valid, sigma) if flat else coarse
+        centre = _mirror_centre(pattern, coarse_valid, around, reach, k)
+        candidates.append((_symmetry(coarse, coarse_valid, centre, sigma), flat, centre))
+    score, flat, centre = max(candidates, key=lambda c: c[0])
+    if not np.isfinite(score):
+        raise ValueError(f"too few pixels with a valid mirror image through {_show((centre + 0.5) * k - 0.5)}; "
+                         f"is the centre on the frame?")
+    centre = (centre + 0.5) * k - 0.5
+    for _ in range(2 if flat else 1):
+        if flat:
+            pattern, used = _flatten_about(a, valid, centre, k, sigma)
+        else:
+            pattern, used = a, valid
+        centre = _mirror_centre(pattern, used, centre, 2.0 * k + 2.0, 1)
+    return float(centre[0]), float(centre[1])
 
 
-_COARSE_SIZE = 256      # px a side for the coarse cross-correlation
-_MIN_OVERLAP = 0.1      # smallest fraction of the frame symmetric about a candidate centre
-_MAX_POINTS = 200_000   # pixel pairs per refinement
-_MARGIN = 3             # px between an interpolated point and the nearest masked pixel
+def _show(point: np.ndarray) -> str:
+    return f"({point[0]:.2f}, {point[1]:.2f})"
 
 
 def _bin(a: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,40 +135,73 @@ def _bin(a: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return a[:r, :c].reshape(blocks).mean(axis=(1, 3)), valid[:r, :c].reshape(blocks).all(axis=(1, 3))
 
 
-def _refine(a: np.ndarray, valid: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """Least-squares centre of symmetry of ``a`` near ``center`` (see :func:`powder_center`)."""
-    half = np.minimum(center, np.array(a.shape) - 1 - center) + _MARGIN + 4
-    lo = np.clip(np.floor(center - half), 0, None).astype(np.int64)
-    hi = np.clip(np.ceil(center + half).astype(np.int64) + 1, 0, a.shape)
-    a, valid, center = a[lo[0]:hi[0], lo[1]:hi[1]], valid[lo[0]:hi[0], lo[1]:hi[1]], center - lo
-    if valid.sum() < 64:
-        raise ValueError(f"too few valid pixels around the centre {_show(center + lo)} to refine it "
-                         f"({int(valid.sum())}); is it on the frame?")
-    nearest = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    smooth = ndimage.gaussian_filter(a[tuple(nearest)], 1.0)
-    spline = ndimage.spline_filter(smooth, order=3, mode="mirror")
-    safe = ndimage.binary_erosion(valid, iterations=_MARGIN, border_value=0)
-    step = math.ceil(math.sqrt(valid.sum() / _MAX_POINTS))
-    points = np.argwhere(valid[::step, ::step]) * step
-    mirror = np.rint(2.0 * center - points).astype(np.int64)
-    inside = np.all((mirror >= 0) & (mirror < a.shape), axis=1)
-    inside[inside] = safe[mirror[inside, 0], mirror[inside, 1]]
-    points = points[inside]
-    if len(points) < 16:
-        raise ValueError(f"too few pixels with a valid mirror image through {_show(center + lo)} "
-                         f"({len(points)}); is the centre on the frame?")
-    values = smooth[points[:, 0], points[:, 1]]
-    coords = points.T.astype(np.float64)
-
-    def residuals(c: np.ndarray) -> np.ndarray:
-        return values - ndimage.map_coordinates(spline, 2.0 * c[:, None] - coords, order=3,
-                                                prefilter=False, mode="mirror")
-
-    return optimize.least_squares(residuals, center, method="trf", loss="soft_l1", f_scale=1.0).x + lo
+def _mirror(a: np.ndarray, twice: np.ndarray, fill: Any) -> np.ndarray:
+    """``a`` reflected through the point ``twice / 2`` (``twice`` integer): out[x] = a[twice - x], else ``fill``."""
+    out = np.full_like(a, fill)
+    spans = []
+    for t, n in zip(twice, a.shape):
+        lo, hi = max(0, t - (n - 1)), min(n - 1, t)  # output indices whose source t - x is inside
+        if lo > hi:
+            return out
+        spans.append((slice(lo, hi + 1), slice(t - hi, t - lo + 1)))
+    (rows, src_rows), (cols, src_cols) = spans
+    out[rows, cols] = a[src_rows, src_cols][::-1, ::-1]
+    return out
 
 
-def _show(point: np.ndarray) -> str:
-    return f"({point[0]:.2f}, {point[1]:.2f})"
+def _mirror_centre(a: np.ndarray, valid: np.ndarray, around: np.ndarray | None, reach: float | None,
+                   k: int) -> np.ndarray:
+    """Centre from registering ``a`` with its mirror through ``around`` (None: the frame's centre, any shift);
+    ``a`` is binned by ``k`` (for messages)."""
+    twice = np.array(a.shape) - 1 if around is None else np.rint(2.0 * np.asarray(around)).astype(np.int64)
+    mirrored = _mirror(valid, twice, False)
+    if mirrored.sum() < _MIN_VALID // 4:
+        raise ValueError(f"too few valid pixels around the centre {_show((twice / 2.0 + 0.5) * k - 0.5)} to "
+                         f"search for it ({int(mirrored.sum())}); is it on the frame?")
+    registration = Registration(a, mirrored, reference_mask=valid, overlap_ratio=_MIN_OVERLAP, max_shift=reach,
+                                levels=0 if around is None else None)
+    shift = registration(_mirror(a, twice, 0.0))
+    if not np.isfinite(shift[0]):
+        raise ValueError(f"too few pixels with a valid mirror image through {_show((twice / 2.0 + 0.5) * k - 0.5)}"
+                         f"; is the centre on the frame?")
+    return (twice + np.array(shift[:2])) / 2.0
+
+
+def _flatten(a: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
+    """``a`` minus its Gaussian average over valid pixels (normalised convolution), 0 where invalid."""
+    total = ndimage.gaussian_filter(np.where(valid, a, 0.0), sigma, mode="constant")
+    weight = ndimage.gaussian_filter(valid.astype(np.float64), sigma, mode="constant")
+    return np.where(valid, a - total / np.maximum(weight, 1e-12), 0.0)
+
+
+def _symmetry(a: np.ndarray, valid: np.ndarray, centre: np.ndarray, sigma: float) -> float:
+    """Correlation of ``a``, flattened over the pixels valid in it and its mirror through ``centre``, with that
+    mirror; -inf when fewer than 64 pixels are."""
+    twice = np.rint(2.0 * centre).astype(np.int64)
+    both = valid & _mirror(valid, twice, False)
+    if both.sum() < _MIN_VALID:
+        return -math.inf
+    flat = _flatten(a, both, sigma)
+    x, y = flat[both], _mirror(flat, twice, 0.0)[both]
+    spread = x.std() * y.std()
+    return float(np.mean((x - x.mean()) * (y - y.mean())) / spread) if spread > 0 else -math.inf
+
+
+def _flatten_about(a: np.ndarray, valid: np.ndarray, centre: np.ndarray, k: int,
+                   sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` minus its background over the pixels valid in it and its mirror through ``centre`` (so symmetric
+    about ``centre`` when ``a`` is), the background computed binned by ``k`` and interpolated back."""
+    twice = np.rint(2.0 * centre).astype(np.int64)
+    both = valid & _mirror(valid, twice, False)
+    coarse, coarse_valid = _bin(np.where(both, a, 0.0), both, k)
+    total = ndimage.gaussian_filter(np.where(coarse_valid, coarse, 0.0), sigma, mode="constant")
+    weight = ndimage.gaussian_filter(coarse_valid.astype(np.float64), sigma, mode="constant")
+    background = total / np.maximum(weight, 1e-12)
+    if k > 1:  # full-resolution pixel x sits at (x + 0.5) / k - 0.5 on the binned grid
+        rows, cols = ((np.arange(n) + 0.5) / k - 0.5 for n in a.shape)
+        background = ndimage.map_coordinates(background, np.meshgrid(rows, cols, indexing="ij"), order=1,
+                                             mode="nearest")
+    return np.where(both, a - background, 0.0), both
 
 
 @dataclass(frozen=True)
@@ -149,11 +215,12 @@ class PowderCenterParams:
 class PowderCenter(BaseOperator):
     """:func:`powder_center` of the running mean of the frames (over each pixel's valid frames).
 
+    Finds the centre of rings, of a direct beam or of a single-crystal pattern alike.
     The state is the per-pixel sum and count of valid frames (merged by addition).  The
-    centre costs about a second on a 2048 x 2048 frame, so it is computed at the series end
-    and, when ``snapshot_after`` > 0, at each snapshot once that many frames are in (a
-    snapshot waits for it).  Output: ``reductions`` ``center`` = (row, col) px, NaN until
-    computed or when the mean has too few valid pixels (logged).
+    centre costs a few tenths of a second on a 2048 x 2048 frame, so it is computed at
+    the series end and, when ``snapshot_after`` > 0, at each snapshot once that many
+    frames are in (a snapshot waits for it).  Output: ``reductions`` ``center`` =
+    (row, col) px, NaN until computed or when the mean has too few valid pixels (logged).
     """
 
     kind = "powder_center"
@@ -163,14 +230,12 @@ class PowderCenter(BaseOperator):
         super().start(series)
         self.reductions = {"center": ((2,), "f8")}
         self._sum = np.zeros(series.shape, dtype=np.float64)
-        self._count = np.zeros(series.shape, dtype=np.int64)
+        self._count = np.zeros(series.shape, dtype=np.int32)
         self._frames = 0
         self._center = (np.full(2, np.nan), 0)  # (centre, number of frames it was computed from)
 
     def process(self, frame: Frame) -> Frame:
-        valid = self.valid(frame)
-        np.add(self._sum, frame.data, out=self._sum, where=valid)
-        self._count += valid
+        accumulate_valid(self._sum, self._count, frame.data, self.valid(frame))
         self._frames += 1
         return frame
 

@@ -5,6 +5,10 @@ view and the hand-off exporters) and calls each in order.  A sink writes what it
 and decides for itself what to keep; it never reaches back into the pipeline.  Facts a
 sink reports at series start or end (the HDF5 writer: ``file``, ``not_saved``) are added
 to what the sinks after it receive.
+
+A sink that keeps the configuration history implements the optional hook
+``new_epoch(epoch, frame, config_text)``: the run loop calls it before the first frame
+processed under a new configuration epoch (a live change), ``frame`` being that frame.
 """
 from __future__ import annotations
 
@@ -32,12 +36,14 @@ class Sink(Protocol):
         """One processed frame, in arrival order; must not block the event loop."""
         ...
 
-    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]]) -> None:
-        """Operator rows completed without a frame of their own (3D spots at series end)."""
+    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
+        """Operator rows completed without a frame of their own (3D spots at series end), found
+        under configuration epoch ``epoch``."""
         ...
 
     def write_reductions(self, reductions: Reductions) -> None:
-        """Running results now (``reductions.final``: the series' last word)."""
+        """Running results now (``reductions.final``: the series' last word; ``reductions.closed``:
+        the last values of an epoch whose operators a live change restarts)."""
         ...
 
     def end_series(self, summary: dict[str, Any]) -> dict[str, Any] | Awaitable[dict[str, Any]]:

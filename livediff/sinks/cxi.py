@@ -90,7 +90,7 @@ class CxiExporter:
             self.not_saved += 1
             log.error("cxi export is behind: %d hits not saved so far", self.not_saved)
 
-    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]]) -> None:
+    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
         return None
 
     def write_reductions(self, reductions: Reductions) -> None:

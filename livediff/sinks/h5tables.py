@@ -42,10 +42,13 @@ class Table(Growing):
         self.pending: list[dict[str, Any]] = []
         self._columns: list[np.ndarray] = []
 
-    def add_columns(self, frame: int, columns: dict[str, np.ndarray]) -> None:
+    def add_columns(self, frame: int, columns: dict[str, np.ndarray], **constant: Any) -> None:
+        """Buffer rows given as columns; every row has ``frame`` and the ``constant`` values."""
         n = len(next(iter(columns.values()))) if columns else 0
         block = np.zeros(n, dtype=self.dtype)
         block["frame"] = frame
+        for name, value in constant.items():
+            block[name] = value
         for name, values in columns.items():
             if name in self.dtype.names:
                 block[name] = values

@@ -114,7 +114,7 @@ class HDF5Writer:
         """Open the series' file (never overwriting one); reports its path as ``file``."""
         path = self._free_path(series.start)
         self._series = _Series(series.start.series, path)
-        self._control("start", (self._series, series.start, series.layout, series.config_text))
+        self._control("start", (self._series, series.start, series.layout, series.config_text, series.epoch))
         return {"file": str(path)}
 
     def add_frame(self, out: FrameOutput) -> None:
@@ -139,13 +139,21 @@ class HDF5Writer:
         if self.not_saved == 1 or self.not_saved % 1000 == 0:
             log.error("HDF5 writer is behind: %d frames not saved so far", self.not_saved)
 
-    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]]) -> None:
+    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
         """Queue operator rows that belong to no processed frame (e.g. spots completed at series end)."""
-        self._control("rows", (index, rows))
+        self._control("rows", (index, rows, epoch))
 
     def write_reductions(self, reductions: Reductions) -> None:
-        """Overwrite the series' reductions with ``reductions.values`` ({operator: {name: array}})."""
-        self._control("reductions", (reductions.values, reductions.maps))
+        """Overwrite the series' reductions with ``reductions.values`` ({operator: {name: array}});
+        closed ones (a live change restarts their operators) are kept under their epoch instead."""
+        if reductions.closed:
+            self._control("epoch_closed", (reductions.epoch, reductions.frame, reductions.values))
+        else:
+            self._control("reductions", (reductions.values, reductions.maps))
+
+    def new_epoch(self, epoch: int, frame: int, config_text: str) -> None:
+        """Queue configuration epoch ``epoch`` (its effective TOML, from ``frame`` on) for the file's history."""
+        self._control("epoch", (epoch, frame, config_text))
 
     async def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Write the summary row and close the file, once the thread has written what the series
@@ -217,12 +225,17 @@ class HDF5Writer:
             with self._lock:
                 self._pending_bytes -= size
             raw = out.recorded() if self.config.save_raw else None  # here: it may decode the frame
-            if f is None or not f.add_frame(out.row, arrays=out.arrays, rows=out.rows, raw=raw, corrected=corrected):
+            if f is None or not f.add_frame(out.row, arrays=out.arrays, rows=out.rows, raw=raw, corrected=corrected,
+                                            epoch=out.epoch):
                 self._count_not_saved(self._writing)
         elif kind == "reductions" and f is not None:
             f.write_reductions(*payload)
         elif kind == "rows" and f is not None:
             f.add_rows(*payload)
+        elif kind == "epoch" and f is not None:
+            f.new_epoch(*payload)
+        elif kind == "epoch_closed" and f is not None:
+            f.close_epoch(*payload)
         elif kind == "end":
             summary, done = payload
             done.set_result(self._finish(summary))
@@ -241,11 +254,12 @@ class HDF5Writer:
         self._check(f, self._writing)
         return False
 
-    def _open(self, series: _Series, start: SeriesStart, layout: Any, config_text: str) -> None:
+    def _open(self, series: _Series, start: SeriesStart, layout: Any, config_text: str, epoch: int) -> None:
         self._writing = series
         try:
             self._file = SeriesFile(series.path, start, layout, config_text, save_raw=self.config.save_raw,
-                                    save_corrected=self.config.save_corrected, instrument=self.config.instrument)
+                                    save_corrected=self.config.save_corrected, instrument=self.config.instrument,
+                                    epoch=epoch)
         except Exception as exc:
             self.errors += 1
             series.reported = True

@@ -73,25 +73,25 @@ class Publisher:
             if self._kind_of_rows(label) is None:
                 log.warning("operator %r emits rows but no topic carries its kind: written to HDF5 only", label)
         self.publish("series", "start", schema.series_start(series.start, config_hash=series.config_hash,
-                                                            file=series.facts.get("file")))
+                                                            file=series.facts.get("file"), epoch=series.epoch))
         return {}
 
     def add_frame(self, out: FrameOutput) -> None:
         self.publish("stats", "frame", schema.stats_frame(series=out.series, row=out.row, arrays=out.arrays))
-        self.add_rows(out.series, out.index, out.rows)
+        self.add_rows(out.series, out.index, out.rows, out.epoch)
 
-    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]]) -> None:
+    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
         for label, columns in rows.items():
             kind = self._kind_of_rows(label)
             if kind is not None:
-                self.publish(label, kind, schema.spots(series=series, frame=index, columns=columns))
+                self.publish(label, kind, schema.spots(series=series, frame=index, epoch=epoch, columns=columns))
 
     def write_reductions(self, reductions: Reductions) -> None:
         for label in {**reductions.values, **reductions.maps}:
             values = {**reductions.values.get(label, {}), **reductions.maps.get(label, {})}
             self.publish("image", "snapshot", schema.image_snapshot(
                 series=reductions.series, operator=label, frame=reductions.frame, processed=reductions.processed,
-                final=reductions.final, values=values))
+                final=reductions.final, epoch=reductions.epoch, closed=reductions.closed, values=values))
 
     def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
         self.publish("series", "end", schema.series_end(**{k: summary[k] for k in _END_KEYS}))

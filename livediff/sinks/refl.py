@@ -140,9 +140,9 @@ class ReflExporter:
         return {}
 
     def add_frame(self, out: FrameOutput) -> None:
-        self.add_rows(out.series, out.index, out.rows)
+        self.add_rows(out.series, out.index, out.rows, out.epoch)
 
-    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]]) -> None:
+    def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
         columns = rows.get(self._label) if self._label is not None else None
         if not columns or len(columns["x"]) == 0:
             return

@@ -8,14 +8,18 @@
     /entry/data                        NXdata: raw frames as received in data (with save_raw; bitshuffle-LZ4,
                                        chunk per frame), else a link to the default plot
     /entry/livediff                    NXcollection
-    /entry/livediff/config             the TOML text that produced the file
+    /entry/livediff/config             the configuration history: one row per configuration epoch (epoch,
+                                       frame: the first frame processed under it, 0 for the epoch in force
+                                       at the series' start; toml: the effective configuration)
     /entry/livediff/provenance         JSON: where each NXmx value came from (header, config, default, missing)
     /entry/livediff/frames             one row per processed frame (compound dataset)
     /entry/livediff/per_frame          NXdata: the same values, a 1-D dataset per column, against frame
     /entry/livediff/written            u1 per frame number: 1 = its row (and raw frame) is in the file,
                                        0 = never received, failed or not saved (an unwritten raw frame
                                        reads back as zeros: this says so)
-    /entry/livediff/<op>               rows an operator emits (e.g. spots), with their frame number
+    /entry/livediff/<op>               rows an operator emits (e.g. spots), with their frame and epoch
+    /entry/livediff/epochs/<op>        the reductions of epochs a live change closed (restarting the operator):
+                                       <name> (epoch x shape), epoch, frame (the last frame in them)
     /entry/livediff/<op>/<name>        NXdata: per-frame arrays of an operator (frame x shape), with .../frame
     /entry/livediff/reductions/<op>    NXdata: snapshots and final results (overwritten), with their axes
     /entry/livediff/maps/<op>          NXdata: scan maps (rows, cols), NaN where no frame arrived (overwritten)
@@ -51,13 +55,15 @@ from ..model import SeriesStart
 from ..outputs import Layout
 from . import nxdata
 from .h5errors import close_abandoned, describe
-from .h5tables import Columns, Stack, Table, frame_stack, write_frame
+from .h5tables import Columns, Stack, Table, frame_stack, missing, write_frame
 from .nxmx import InstrumentSettings, NXmxWriter, crystfel_geometry
 
 SUMMARY_FIELDS = ("expected", "received", "processed", "failed", "dropped", "bad", "duplicates", "stray",
                   "lost", "not_saved", "written", "missing")
 SUMMARY_DTYPE = np.dtype([*((k, "i8") for k in SUMMARY_FIELDS), ("reason", "S16"), ("complete", "u1"),
                           ("incomplete", "S160")])
+#: the configuration history's columns (``toml``: the effective configuration of the epoch)
+CONFIG_COLUMNS = {"epoch": "i8", "frame": "i8", "toml": h5py.string_dtype()}
 #: counts of frames that did not make it into the file; a complete series has all of them 0
 SHORTFALLS = ("lost", "dropped", "failed", "not_saved")
 
@@ -90,7 +96,8 @@ class SeriesFile:
     """An open series file; every dataset exists from the start (SWMR)."""
 
     def __init__(self, path: Path, start: SeriesStart, layout: Layout, config_text: str, *,
-                 save_raw: bool, save_corrected: bool, instrument: InstrumentSettings | None = None) -> None:
+                 save_raw: bool, save_corrected: bool, instrument: InstrumentSettings | None = None,
+                 epoch: int = 0) -> None:
         self.path = path
         self.error: str | None = None  # the first write error, once there was one
         self.offered = 0               # frames handed to add_frame
@@ -103,14 +110,14 @@ class SeriesFile:
         self._written_pending: list[int] = []
         try:
             self._create(start, layout, config_text, save_raw=save_raw, save_corrected=save_corrected,
-                         instrument=instrument or InstrumentSettings())
+                         instrument=instrument or InstrumentSettings(), epoch=epoch)
         except Exception:
             self._broken = True
             self._close()
             raise
 
     def _create(self, start: SeriesStart, layout: Layout, config_text: str, *, save_raw: bool,
-                save_corrected: bool, instrument: InstrumentSettings) -> None:
+                save_corrected: bool, instrument: InstrumentSettings, epoch: int) -> None:
         entry = self.file.create_group("entry")
         entry.attrs["NX_class"] = "NXentry"
         entry["start_time"] = _now()
@@ -135,7 +142,9 @@ class SeriesFile:
             ld.attrs["scan"] = start.scan.shape
         ld.attrs["meta"] = json.dumps(start.meta, default=str)
         ld.attrs["instrument"] = json.dumps(start.instrument.to_dict())
-        ld.create_dataset("config", data=config_text)
+        self.config = Table(ld, "config", CONFIG_COLUMNS)
+        self.config.pending.append({"epoch": epoch, "frame": 0, "toml": config_text})
+        self.config.write()
         ld["provenance"] = self.nxmx.provenance
         if save_corrected and layout.output is not None:
             self.corrected = frame_stack(ld, "corrected", layout.output.shape, "float32")
@@ -143,7 +152,7 @@ class SeriesFile:
         self.per_frame = Columns(ld.create_group("per_frame"), layout.columns)
         plots["per_frame"] = ld["per_frame"].name
         self.written = ld.create_dataset("written", shape=(0,), maxshape=(None,), dtype="u1", chunks=(4096,))
-        self.rows = {op: Table(ld, op, {"frame": "i8", **cols}) for op, cols in layout.rows.items()}
+        self.rows = {op: Table(ld, op, {"frame": "i8", "epoch": "i8", **cols}) for op, cols in layout.rows.items()}
         red = ld.create_group("reductions")
         red.attrs["NX_class"] = "NXcollection"
         self.reductions = {(op, name): red.require_group(op).create_dataset(
@@ -154,6 +163,7 @@ class SeriesFile:
                 kind = layout.kinds.get(op)
                 key = "profile" if any(a in decl for a in nxdata.AXES) else "mean" if kind == "stats" else "reduction"
                 plots.setdefault(key, red[op].name)
+        self.epochs = self._create_epochs(ld, layout)
         self.arrays = {(op, name): Stack(ld.require_group(op), name, shape, dtype)
                        for op, decl in layout.arrays.items() for name, (shape, dtype) in decl.items()}
         self.array_frames = {op: Stack(ld[op], "frame", (), "i8") for op in layout.arrays}
@@ -172,6 +182,19 @@ class SeriesFile:
         self.file.swmr_mode = True
         self.file.flush()
         self.last_flush = time.monotonic()
+
+    @staticmethod
+    def _create_epochs(ld: h5py.Group, layout: Layout) -> dict[str, dict[str, Stack]]:
+        """Per operator with reductions: a stack per reduction, and the epoch and last frame of
+        each entry, for the epochs a live change closes (SWMR: created now, grown later)."""
+        if not layout.reductions:
+            return {}
+        group = ld.create_group("epochs")
+        group.attrs["NX_class"] = "NXcollection"
+        return {op: {"epoch": Stack(group.require_group(op), "epoch", (), "i8"),
+                     "frame": Stack(group[op], "frame", (), "i8"),
+                     **{name: Stack(group[op], name, shape, dtype) for name, (shape, dtype) in decl.items()}}
+                for op, decl in layout.reductions.items()}
 
     def _create_maps(self, ld: h5py.Group, layout: Layout) -> dict[tuple[str, str], h5py.Dataset]:
         maps = ld.create_group("maps")
@@ -196,20 +219,21 @@ class SeriesFile:
 
     def add_frame(self, row: dict[str, Any], *, arrays: dict[str, dict[str, Any]] | None = None,
                   rows: dict[str, dict[str, np.ndarray]] | None = None, raw: Any = None,
-                  corrected: np.ndarray | None = None) -> bool:
+                  corrected: np.ndarray | None = None, epoch: int = 0) -> bool:
         """Buffer one processed frame's frames-table ``row`` (its ``"frame"`` is the frame number),
-        per-frame ``arrays`` and ``rows`` ({operator: {name: value}}); write ``raw`` (pixels, or an
-        ``(encoding, blob)`` bslz4 pair stored by a direct chunk write) and ``corrected`` at once.
+        per-frame ``arrays`` and ``rows`` ({operator: {name: value}}, found under configuration
+        epoch ``epoch``); write ``raw`` (pixels, or an ``(encoding, blob)`` bslz4 pair stored by a
+        direct chunk write) and ``corrected`` at once.
         False when nothing was done: the file is in error (:attr:`error`)."""
         self.offered += 1
-        return self._attempt("frame", self._add_frame, row, arrays or {}, rows or {}, raw, corrected)
+        return self._attempt("frame", self._add_frame, row, arrays or {}, rows or {}, raw, corrected, epoch)
 
     def _add_frame(self, row: dict[str, Any], arrays: dict[str, dict[str, Any]],
-                   rows: dict[str, dict[str, np.ndarray]], raw: Any, corrected: np.ndarray | None) -> None:
+                   rows: dict[str, dict[str, np.ndarray]], raw: Any, corrected: np.ndarray | None, epoch: int) -> None:
         index = row["frame"]
         self.frames.pending.append(row)
         self._written_pending.append(index)
-        self._add_rows(index, rows)
+        self._add_rows(index, rows, epoch)
         for op, values in arrays.items():
             for name, value in values.items():
                 self.arrays[op, name].pending.append(value)
@@ -219,14 +243,37 @@ class SeriesFile:
         if self.corrected is not None and corrected is not None:
             write_frame(self.corrected, index, corrected)
 
-    def add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]]) -> bool:
-        """Buffer operators' rows ({operator: {column: array}}) emitted with frame ``index``."""
-        return self._attempt("rows", self._add_rows, index, rows)
+    def add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]], epoch: int) -> bool:
+        """Buffer operators' rows ({operator: {column: array}}) emitted with frame ``index``
+        under configuration epoch ``epoch``."""
+        return self._attempt("rows", self._add_rows, index, rows, epoch)
 
-    def _add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]]) -> None:
+    def _add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]], epoch: int) -> None:
         for op, columns in rows.items():
             if op in self.rows:
-                self.rows[op].add_columns(index, columns)
+                self.rows[op].add_columns(index, columns, epoch=epoch)
+
+    def new_epoch(self, epoch: int, frame: int, config_text: str) -> bool:
+        """Add configuration epoch ``epoch`` to the history: its effective TOML, from ``frame`` on."""
+        self.config.pending.append({"epoch": epoch, "frame": frame, "toml": config_text})
+        return self._attempt("config", self.config.write)
+
+    def close_epoch(self, epoch: int, frame: int, results: dict[str, dict[str, Any]]) -> bool:
+        """Keep the reductions ``results`` ({operator: {name: array}}) of operators a live change
+        restarts under ``epoch``, whose last frame was ``frame``."""
+        return self._attempt("epochs", self._close_epoch, epoch, frame, results)
+
+    def _close_epoch(self, epoch: int, frame: int, results: dict[str, dict[str, Any]]) -> None:
+        for op, values in results.items():
+            stacks = self.epochs.get(op)
+            if stacks is None:
+                continue
+            for name, stack in stacks.items():
+                value = {"epoch": epoch, "frame": frame}.get(name, values.get(name))
+                if value is None:  # not reported yet: an entry for every epoch all the same
+                    value = np.full(stack.dataset.shape[1:], missing(stack.dataset.dtype))
+                stack.pending.append(value)
+                stack.write()
 
     def write_reductions(self, results: dict[str, dict[str, Any]],
                          maps: dict[str, dict[str, np.ndarray]] | None = None) -> bool:
@@ -340,7 +387,8 @@ class SeriesFile:
         self.file.flush()
 
     def _growing(self) -> tuple[Table | Stack | Columns, ...]:
-        return (*self.rows.values(), *self.arrays.values(), *self.array_frames.values())
+        return (*self.rows.values(), *self.arrays.values(), *self.array_frames.values(),
+                *(stack for stacks in self.epochs.values() for stack in stacks.values()))
 
     def _trimmed(self) -> tuple[Table | Stack | Columns, ...]:
         return (self.frames, self.per_frame, *self._growing())

@@ -42,7 +42,7 @@ MAX_SPOTS = 5000
 #: a reduction of at most this many values is shown as numbers, not a plot
 FEW_VALUES = 8
 #: columns every frame has that are not worth a plot
-NOT_PLOTTED = ("frame", "timestamp", "received")
+NOT_PLOTTED = ("frame", "timestamp", "received", "epoch")
 #: 1-D reductions that are an axis for the operator's other 1-D outputs, preferred first
 AXES = (("q", "q (1/Å)"), ("radius", "radius (px)"))
 

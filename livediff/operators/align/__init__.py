@@ -67,8 +67,11 @@ class AlignParams:
 
 
 @numba.njit(nogil=True, cache=True)
-def _accumulate(total, count, data, mask):
-    """total += data, count += 1 where mask (in place)."""
+def accumulate_valid(total, count, data, mask):
+    """total += data, count += 1 where mask (in place); masked pixels are never read.
+
+    The running sums of a mean over each pixel's valid frames (``align``'s "mean"
+    reference, ``powder_center``'s running mean)."""
     rows, cols = data.shape
     for r in range(rows):
         for c in range(cols):
@@ -176,7 +179,7 @@ class Align(BaseOperator):
             if self._total is None:
                 self._total = np.zeros(data.shape)
                 self._count = np.zeros(data.shape, dtype=np.int32)
-            _accumulate(self._total, self._count, data, mask)
+            accumulate_valid(self._total, self._count, data, mask)
             self._frames += 1
         if self._frames == 0 or not (self._first_key is None or folded % self.params.update_every == 0):
             return False

@@ -4,145 +4,31 @@
 normalised cross-correlation (Padfield 2012), so that masked pixels (beam stop, module
 gaps, dead pixels) take no part in it; :class:`Registration` does it for a stream of
 frames against one reference, computing once what depends only on the reference and the
-masks.  :func:`shift_image`, which applies the shift and moves the mask with the data,
-lives in :mod:`livediff.operators.align.shift` and is re-exported here.
+masks, and is the form to use for repeated calls.  The integer search is in
+:mod:`.window`, the sub-pixel refinement in :mod:`.local`; :func:`shift_image`, which
+applies the shift and moves the mask with the data, lives in :mod:`.shift` and is
+re-exported here.
 """
 from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
-import scipy.fft as sfft
 
 from ..checks import all_valid, check_image, check_mask, check_shape
+from ..memo import LastBuilt
+from .local import bin2, bin2_mask, patch_ncc, peak_offset, symmetric_sums
 from .shift import shift_image
+from .window import LagSearch, centre
 
 __all__ = ["Registration", "check_roi", "register", "shift_image"]
 
-#: relative size below which a variance term counts as zero (float32 FFT round-off is ~1e-6)
-_VARIANCE_RTOL = 1e-4
-
-# least-squares fit of z = c0 + c1 y + c2 x + c3 y^2 + c4 x^2 + c5 x y over a 3 x 3 neighbourhood
-_YY, _XX = (a.ravel().astype(np.float64) for a in np.mgrid[-1:2, -1:2])
-_QUADRATIC_FIT = np.linalg.pinv(np.stack([np.ones(9), _YY, _XX, _YY ** 2, _XX ** 2, _YY * _XX], axis=1))
-
-
-@numba.njit(nogil=True, cache=True)
-def _centre(image, mask, out):
-    """out[0] = (image - mean) on valid pixels, 0 elsewhere; out[1] = out[0]**2; returns (n valid, sum out[1])."""
-    rows, cols = image.shape
-    total = 0.0
-    n = 0
-    for r in range(rows):
-        for c in range(cols):
-            if mask[r, c]:
-                total += image[r, c]
-                n += 1
-    mean = total / n if n else 0.0
-    energy = 0.0
-    for r in range(rows):
-        for c in range(cols):
-            if mask[r, c]:
-                v = image[r, c] - mean
-                out[0, r, c] = v
-                out[1, r, c] = v * v
-                energy += v * v
-            else:
-                out[0, r, c] = 0.0
-                out[1, r, c] = 0.0
-    return n, energy
-
-
-@numba.njit(nogil=True, cache=True)
-def _ncc_value(s_fg, s_g, s_gg, mean_f, inv_n, weight, tol):
-    """NCC at one lag from the frame's terms and the reference's (see :class:`Registration`); NaN if undefined."""
-    v_g = s_gg - s_g * s_g * inv_n
-    if weight == 0.0 or v_g <= tol:
-        return np.nan
-    return (s_fg - mean_f * s_g) * weight / math.sqrt(v_g)
-
-
-@numba.njit(nogil=True, cache=True)
-def _ncc_peak(terms, row_offset, mean_f, inv_n, weight, ly, lx, radius2, tol):
-    """Largest masked NCC over the lags within ``radius2`` and the 3 x 3 values around it.
-
-    ``terms`` = (S_fg, S_g, S_gg) with lag dy at row ``(dy + row_offset) % rows`` and dx at
-    column ``dx % cols``; the reference's arrays have lag (dy, dx) at (dy + ly, dx + lx).
-    Returns (value, iy, ix, patch) with (iy, ix) = lag + (ly, lx) of the maximum; value is
-    -inf when no lag is usable.
-    """
-    t_rows, t_cols = terms.shape[1], terms.shape[2]
-    best, by, bx = -np.inf, -1, -1
-    for iy in range(2 * ly + 1):
-        dy2 = float(iy - ly) ** 2
-        if dy2 > radius2:
-            continue
-        r = (iy - ly + row_offset) % t_rows
-        reach = int(min(float(lx), math.sqrt(radius2 - dy2)))
-        for ix in range(lx - reach, lx + reach + 1):
-            c = ix - lx if ix >= lx else ix - lx + t_cols
-            v = _ncc_value(terms[0, r, c], float(terms[1, r, c]), terms[2, r, c],
-                           mean_f[iy, ix], inv_n[iy, ix], weight[iy, ix], tol)
-            if v > best:
-                best, by, bx = v, iy, ix
-    patch = np.full((3, 3), np.nan)
-    if 1 <= by < 2 * ly and 1 <= bx < 2 * lx:
-        for a in range(3):
-            r = (by + a - 1 - ly + row_offset) % t_rows
-            for b in range(3):
-                c = (bx + b - 1 - lx) % t_cols
-                iy, ix = by + a - 1, bx + b - 1
-                patch[a, b] = _ncc_value(terms[0, r, c], float(terms[1, r, c]), terms[2, r, c],
-                                         mean_f[iy, ix], inv_n[iy, ix], weight[iy, ix], tol)
-    return best, by, bx, patch
-
-
-def _peak_offset(patch: np.ndarray) -> tuple[float, float]:
-    """Sub-pixel position of the maximum of a 3 x 3 correlation patch, relative to its centre.
-
-    A quadratic is fitted by least squares to the logarithm of the values (a Gaussian peak;
-    to the values themselves when one is <= 0); no refinement when a value is missing or
-    the fit has no maximum within one pixel.
-    """
-    if not np.all(np.isfinite(patch)):
-        return 0.0, 0.0
-    z = np.log(patch) if patch.min() > 0 else patch
-    c = _QUADRATIC_FIT @ z.ravel()
-    hessian = np.array([[2 * c[3], c[5]], [c[5], 2 * c[4]]])
-    if hessian[0, 0] >= 0 or np.linalg.det(hessian) <= 0:
-        return 0.0, 0.0
-    dy, dx = np.linalg.solve(hessian, -c[1:3])
-    if abs(dy) > 1 or abs(dx) > 1:
-        return 0.0, 0.0
-    return float(dy), float(dx)
-
-
-def _forward(a: np.ndarray, shape: tuple[int, int], workers: int | None) -> np.ndarray:
-    """2-D real FFT of ``a`` (..., rows, cols) zero-padded to ``shape`` (padding rows not transformed)."""
-    half = sfft.rfft(a, n=shape[1], axis=-1, workers=workers)
-    return sfft.fft(half, n=shape[0], axis=-2, workers=workers, overwrite_x=True)
-
-
-def _inverse_rows(spec: np.ndarray, shape: tuple[int, int], ly: int,
-                  workers: int | None) -> tuple[np.ndarray, int]:
-    """Inverse of :func:`_forward` keeping only the rows of lags -ly..ly when that saves work.
-
-    Returns the real array and the offset that maps lag dy to row ``(dy + offset) % rows``.
-    """
-    spec = sfft.ifft(spec, axis=-2, workers=workers, overwrite_x=True)
-    offset = 0
-    if 2 * ly + 1 <= shape[0] // 2:
-        rows = np.r_[shape[0] - ly: shape[0], 0: ly + 1]
-        spec, offset = spec[..., rows, :], ly
-    return sfft.irfft(spec, n=shape[1], axis=-1, workers=workers, overwrite_x=True), offset
-
-
-def _lag_window(terms: np.ndarray, offset: int, ly: int, lx: int) -> np.ndarray:
-    """The (2 ly + 1, 2 lx + 1) lag window of circular correlation terms, lag (0, 0) at the centre."""
-    rows = (np.arange(-ly, ly + 1) + offset) % terms.shape[-2]
-    cols = np.arange(-lx, lx + 1) % terms.shape[-1]
-    return terms[..., rows[:, None], cols[None, :]]
+#: the coarsest level of the pyramid has at least this many pixels a side
+_COARSE_SIDE = 128
+#: steps a level's local search may take from where the coarser level points
+_MAX_MOVES = 4
+#: reference-only sums kept per registration (one per level and lag visited)
+_MAX_KEPT = 4096
 
 
 def check_roi(roi: tuple[int, int, int, int] | None, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -166,10 +52,10 @@ def check_roi(roi: tuple[int, int, int, int] | None, shape: tuple[int, int]) -> 
 class Registration:
     """Masked normalised cross-correlation of frames against one fixed reference.
 
-    Everything that depends only on the reference and the masks (their FFTs, the overlap
-    counts, the reference's local means and variances at every lag) is computed here,
-    once; each call then costs two forward and three inverse real FFTs of the frame.
-    Calls do not modify the object, so one instance may serve several threads.
+    Everything that depends only on the reference and the masks (the pyramid of binned
+    copies, the FFTs and overlap terms of the coarse search, the reference's sums around
+    each lag visited) is computed here or on first use, once.  Calls do not change the
+    result of later calls, so one instance may serve several threads.
 
     Parameters
     ----------
@@ -178,21 +64,22 @@ class Registration:
         of the frames to use (the beam stop, gaps and dead pixels never move).
     reference_mask : the reference's valid pixels; None = ``mask``.
     max_shift : search radius in pixels: only shifts with ``hypot(dy, dx) <= max_shift``
-        are considered, which also shrinks the FFTs (padding to ``rows + max_shift``
-        instead of ``rows + (1 - overlap_ratio) rows`` or so).  None = any shift with
-        enough overlap.
+        are considered.  None = any shift with enough overlap.
     roi : (row_start, row_stop, col_start, col_stop) of the region registered, or None
         (the whole frame).  The shift found applies to the whole frame.
     overlap_ratio : lags whose number of valid overlapping pixels is below this fraction
         of the largest overlap are ignored (scikit-image's ``overlap_ratio``).
     workers : threads for scipy.fft (None = scipy's default).
+    levels : times the frames are binned 2 x 2 for the coarse search (see the Notes);
+        None = as many as keep the coarsest level at least 128 px a side; 0 = search
+        every lag at full resolution.
 
     Raises
     ------
     ValueError
         If an image is not 2-D, shapes disagree, the ROI is empty or outside the frame,
-        ``max_shift`` or ``overlap_ratio`` are out of range, or the reference has no
-        valid pixel.
+        ``max_shift``, ``overlap_ratio`` or ``levels`` are out of range, or the reference
+        has no valid pixel.
     TypeError
         If an image is not real-valued or a mask is not boolean.
 
@@ -208,24 +95,51 @@ class Registration:
         NCC(d) = (S_fg - S_f S_g / N) / sqrt(V_f V_g)
 
     i.e. the Pearson correlation of the two images over the pixels valid in both at that
-    lag.  Each sum is a cross-correlation computed with real FFTs zero-padded to
-    ``scipy.fft.next_fast_len(rows + L)``, ``L`` the largest lag searched (or with enough
-    overlap), so that no lag searched wraps around.  The
-    integer maximum is refined by fitting a quadratic to the logarithm of the 3 x 3 NCC
-    values around it (a Gaussian peak fit).  The frame's shift is minus the lag of the
-    maximum; the quality is the NCC at the integer maximum (1 = identical up to gain
-    and offset).
+    lag.  The search is coarse to fine.  Frames of ``2**L * 128`` px or more a side are
+    binned 2 x 2, ``L`` times (a binned pixel is valid when its four pixels are); on the
+    coarsest level every lag within the search radius (or with enough overlap) is
+    evaluated at once with zero-padded real FFTs (:class:`.window.LagSearch`), so the
+    cost of the search follows ``max_shift`` and ``roi``.  Each finer level starts from
+    twice the coarser level's sub-pixel peak and climbs the NCC of the 3 x 3 lags around
+    it, by direct sums, until the centre is the largest.
+
+    Sub-pixel: around the integer maximum ``k``, the 3 x 3 NCC values are computed over
+    pairs (x, x + k + j) whose reference pixels x and x + j both lie in ``D``, the
+    reference pixels matched at ``k`` (valid in both images and inside both).  Every lag
+    of the patch then compares the same kind of pixels, and a frame that is the
+    reference moved by a whole number of pixels gives a patch exactly symmetric about
+    ``k``, whatever the content, the masks or the pixels the move brought in at the
+    edges.  (Comparing, at each lag, all the pixels valid at that lag mixes in pixels
+    that only some lags see, which biased the peak by up to 0.08 px.)  A quadratic
+    fitted by least squares to the logarithm of the 9 values (a Gaussian peak) locates
+    the maximum.  Measured on frames made with ``scipy.ndimage.fourier_shift`` and
+    ``scipy.ndimage.shift``, with a beam stop masked: integer shifts are returned to
+    1e-6 px; the bias of sub-pixel shifts of speckle and Bragg-spot patterns (spots of
+    sigma 0.6-2 px) is at most 0.002 px, and with 2 % noise the RMS error is below
+    0.007 px (tests/test_align.py).  Matrix-multiply DFT upsampling of the correlation
+    (Guizar-Sicairos 2008) was measured no more accurate on these frames, since the bias
+    came from the pixel sets, not the peak model, and it needs full-size FFTs of every
+    frame.
+
+    The frame's shift is minus the lag of the maximum; the quality is the NCC at the
+    integer maximum (1 = identical up to gain and offset).
+
+    Cost, one core of a 2-core Xeon VM: a 1062 x 1028 frame registers in about 3.5 ms
+    with ``max_shift = 32`` (4 ms with any shift), a 2048 x 2048 frame in about 13 ms;
+    building the registration takes a few tens of ms.
 
     References
     ----------
     D. Padfield, "Masked object registration in the Fourier domain", IEEE Trans. Image
     Process. 21(5), 2706-2718 (2012), doi:10.1109/TIP.2011.2181402.
+    M. Guizar-Sicairos, S. T. Thurman, J. R. Fienup, "Efficient subpixel image
+    registration algorithms", Opt. Lett. 33(2), 156-158 (2008), doi:10.1364/OL.33.000156.
     """
 
     def __init__(self, reference: np.ndarray, mask: np.ndarray | None = None, *,
                  reference_mask: np.ndarray | None = None, max_shift: float | None = None,
                  roi: tuple[int, int, int, int] | None = None, overlap_ratio: float = 0.3,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, levels: int | None = None) -> None:
         reference = check_image(reference, "reference")
         self.shape: tuple[int, int] = reference.shape
         mask = check_mask(mask, self.shape)
@@ -238,71 +152,105 @@ class Registration:
             raise ValueError(f"overlap_ratio must be in (0, 1], got {overlap_ratio}")
         self.roi = check_roi(roi, self.shape)
         window = np.s_[self.roi[0]:self.roi[1], self.roi[2]:self.roi[3]]
-        self.mask = np.ascontiguousarray(mask[window])
-        ref, ref_mask = reference[window], reference_mask[window]
+        ref_mask = np.ascontiguousarray(reference_mask[window])
         if not ref_mask.any():
             raise ValueError("the reference has no valid pixel (reference mask all False within the ROI)")
-        rows, cols = ref.shape
-        self.workers = workers
-        if max_shift is None:
-            self._ly, self._lx = self._overlap_reach(ref_mask, overlap_ratio)
-        else:
-            self._ly, self._lx = min(math.ceil(max_shift) + 1, rows - 1), min(math.ceil(max_shift) + 1, cols - 1)
-        self._radius2 = math.inf if max_shift is None else float(max_shift) ** 2
-        self._fft_shape = (sfft.next_fast_len(rows + self._ly, real=True),
-                           sfft.next_fast_len(cols + self._lx, real=True))
-        self._prepare(ref, ref_mask, overlap_ratio)
-
-    def _overlap_reach(self, ref_mask: np.ndarray, overlap_ratio: float) -> tuple[int, int]:
-        """Largest |dy| and |dx| of the lags with enough overlap: the FFTs need pad no further."""
-        rows, cols = ref_mask.shape
-        shape = (sfft.next_fast_len(2 * rows - 1, real=True), sfft.next_fast_len(2 * cols - 1, real=True))
-        spec = _forward(np.stack([ref_mask, self.mask]).astype(np.float64), shape, self.workers)
-        count, offset = _inverse_rows(np.conj(spec[0]) * spec[1], shape, rows - 1, self.workers)
-        count = np.rint(_lag_window(count, offset, rows - 1, cols - 1))
-        iy, ix = np.nonzero(count >= max(overlap_ratio * count.max(), 2.0))
-        return max(int(np.abs(iy - rows + 1).max(initial=0)), 1), max(int(np.abs(ix - cols + 1).max(initial=0)), 1)
-
-    def _prepare(self, ref: np.ndarray, ref_mask: np.ndarray, overlap_ratio: float) -> None:
-        """Reference-only terms at every lag of the window (float64 FFTs, stored as float32)."""
-        centred = np.empty((2, *ref.shape))
-        _centre(ref, ref_mask, centred)
-        spec = _forward(np.stack([centred[0], centred[1], ref_mask, self.mask]), self._fft_shape, self.workers)
-        self._conj_f = np.conj(spec[0]).astype(np.complex64)
-        self._conj_m = np.conj(spec[2]).astype(np.complex64)
-        terms, offset = _inverse_rows(np.conj(spec[:3]) * spec[3], self._fft_shape, self._ly, self.workers)
-        s_f, s_ff, count = _lag_window(terms, offset, self._ly, self._lx)
-        count = np.rint(count)
-        overlap = count >= max(overlap_ratio * count.max(), 2.0)
-        inv_n = np.divide(1.0, count, out=np.zeros_like(count), where=overlap)
-        v_f = s_ff - s_f * s_f * inv_n
-        usable = overlap & (v_f > _VARIANCE_RTOL * np.max(v_f, where=overlap, initial=0.0))
-        self._mean_f = (s_f * inv_n).astype(np.float32)
-        self._inv_n = inv_n.astype(np.float32)
-        self._weight = np.divide(1.0, np.sqrt(v_f, where=usable, out=np.ones_like(v_f)),
-                                 out=np.zeros_like(v_f), where=usable).astype(np.float32)
+        self.max_shift = None if max_shift is None else float(max_shift)
+        crop = reference[window]
+        most = int(math.log2(min(crop.shape) / 2))  # the coarsest level keeps 2 px a side
+        if levels is None:
+            levels = max(0, math.floor(math.log2(min(crop.shape) / _COARSE_SIDE)))
+        elif not (int(levels) == levels and 0 <= levels <= most):
+            raise ValueError(f"levels must be an integer in [0, {most}] for a region of shape {crop.shape}, "
+                             f"got {levels}")
+        self._levels = int(levels)
+        centred = np.empty((2, *crop.shape), dtype=np.float32)
+        centre(crop, ref_mask, centred)
+        frame_mask = ref_mask if reference_mask is mask else np.ascontiguousarray(mask[window])
+        self._f, self._m, self._n = [centred[0]], [ref_mask], [frame_mask]
+        for _ in range(self._levels):
+            self._m.append(bin2_mask(self._m[-1]))
+            self._n.append(self._m[-1] if self._n[-1] is self._m[-2] else bin2_mask(self._n[-1]))
+            binned = np.empty(self._m[-1].shape, dtype=np.float32)
+            bin2(self._f[-1], self._m[-1], binned)
+            self._f.append(binned)
+        top = self._levels
+        radius = None if max_shift is None else self.max_shift / 2 ** top + (1.0 if top else 0.0)
+        self._search = LagSearch(self._f[top], self._m[top], self._n[top], radius=radius,
+                                 overlap_ratio=overlap_ratio, workers=workers)
+        self._reference_sums: dict[tuple[int, int, int], np.ndarray] = {}
 
     def __call__(self, image: np.ndarray) -> tuple[float, float, float]:
         """(shift_y, shift_x, quality) of ``image``; all NaN when no lag is usable (e.g. a flat image)."""
         image = check_image(image)
         check_shape(image, self.shape, "image", of="reference")
         r0, r1, c0, c1 = self.roi
-        centred = np.empty((2, r1 - r0, c1 - c0), dtype=np.float32)
-        n_valid, energy = _centre(image[r0:r1, c0:c1], self.mask, centred)
-        if n_valid == 0 or energy <= 0:
+        frames = [image[r0:r1, c0:c1]]
+        for level in range(1, self._levels + 1):
+            binned = np.empty(self._n[level].shape, dtype=np.float32)
+            bin2(frames[-1], self._n[level], binned)
+            frames.append(binned)
+        best, dy, dx, mean = self._search(frames[-1])
+        if not math.isfinite(best):
             return math.nan, math.nan, math.nan
-        spec = _forward(centred, self._fft_shape, self.workers)
-        products = np.empty((3, *spec.shape[1:]), dtype=np.complex64)
-        np.multiply(self._conj_f, spec[0], out=products[0])
-        np.multiply(self._conj_m, spec[0], out=products[1])
-        np.multiply(self._conj_m, spec[1], out=products[2])
-        terms, offset = _inverse_rows(products, self._fft_shape, self._ly, self.workers)
-        best, iy, ix, patch = _ncc_peak(terms, offset, self._mean_f, self._inv_n, self._weight,
-                                        self._ly, self._lx, self._radius2, _VARIANCE_RTOL * energy)
-        if not np.isfinite(best):
+        lag = (dy, dx)
+        for level in range(self._levels, -1, -1):
+            lag, patch = self._climb(level, frames[level], mean, lag, climb=level < self._levels)
+            offset = peak_offset(patch)
+            if level:
+                lag = self._start(level - 1, 2 * (lag[0] + offset[0]), 2 * (lag[1] + offset[1]))
+        quality = float(patch[1, 1])
+        if not math.isfinite(quality):
             return math.nan, math.nan, math.nan
-        dy, dx = _peak_offset(patch)
-        return -(iy - self._ly + dy), -(ix - self._lx + dx), min(float(best), 1.0)
+        return -(lag[0] + offset[0]), -(lag[1] + offset[1]), quality
+
+    def _climb(self, level: int, frame: np.ndarray, mean: float, lag: tuple[int, int], *,
+               climb: bool) -> tuple[tuple[int, int], np.ndarray]:
+        """The 3 x 3 NCC patch around ``lag``, moved (when ``climb``) until its centre is the largest."""
+        for _ in range(_MAX_MOVES + 1):
+            patch = self._patch(level, frame, mean, lag)
+            if not climb or not np.isfinite(patch).any():
+                break
+            a, b = np.unravel_index(np.nanargmax(patch), patch.shape)
+            step = (lag[0] + int(a) - 1, lag[1] + int(b) - 1)
+            if step == lag or not self._allowed(level, step):
+                break
+            lag = step
+        return lag, patch
+
+    def _patch(self, level: int, frame: np.ndarray, mean: float, lag: tuple[int, int]) -> np.ndarray:
+        """NCC of the 3 x 3 lags around ``lag`` over symmetric pairs (see the Notes)."""
+        key = (level, *lag)
+        reference = self._reference_sums.get(key)
+        sums = np.empty((6, 3, 3))
+        symmetric_sums(self._f[level], self._m[level], frame, self._n[level], lag[0], lag[1], mean,
+                       reference is None, sums)
+        if reference is None:
+            reference = sums[3:].copy()
+            if len(self._reference_sums) >= _MAX_KEPT:
+                self._reference_sums.clear()
+            self._reference_sums[key] = reference
+        return patch_ncc(sums[:3], reference)
+
+    def _allowed(self, level: int, lag: tuple[int, int]) -> bool:
+        """Whether ``lag`` lies within the search radius at ``level`` and overlaps the reference."""
+        rows, cols = self._m[level].shape
+        if abs(lag[0]) >= rows - 1 or abs(lag[1]) >= cols - 1:
+            return False
+        if self.max_shift is None:
+            return True
+        return math.hypot(*lag) <= self.max_shift / 2 ** level + (1.0 if level else 0.0)
+
+    def _start(self, level: int, dy: float, dx: float) -> tuple[int, int]:
+        """The integer lag nearest to (dy, dx) that ``level`` allows (pulled towards 0 if needed)."""
+        for scale in np.linspace(1.0, 0.0, 11):
+            lag = (round(dy * scale), round(dx * scale))
+            if self._allowed(level, lag):
+                return lag
+        return 0, 0
+
+
+_LAST = LastBuilt()
 
 
 def register(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
@@ -315,7 +263,7 @@ def register(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None =
     mask : bool array, True = valid, or None (all valid): the pixels to use in both
         images (pass ``reference_mask=`` when the reference's differ).
     **params : keyword arguments of :class:`Registration` (``reference_mask``,
-        ``max_shift``, ``roi``, ``overlap_ratio``, ``workers``).
+        ``max_shift``, ``roi``, ``overlap_ratio``, ``workers``, ``levels``).
 
     Returns
     -------
@@ -331,8 +279,16 @@ def register(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None =
 
     Notes
     -----
-    Method and formulas: :class:`Registration` (Padfield 2012); build one to register
-    many frames against the same reference.  scikit-image's ``phase_cross_correlation(
+    Method and formulas: :class:`Registration` (Padfield 2012), the streaming form and the
+    public API for registering many frames against one reference.  This one-shot form
+    builds a :class:`Registration` and keeps the last one: called again with a reference,
+    masks and options equal (by value) to the last call's, it reuses it, so a loop over
+    frames with one reference costs about what the streaming form does, plus one
+    comparison of the reference and masks.  scikit-image's ``phase_cross_correlation(
     reference, moving)`` returns the same shift, its arguments in the other order.
     """
-    return Registration(reference, mask, **params)(image)
+    reference_mask = params.pop("reference_mask", None)
+    options = tuple(sorted(params.items()))
+    registration = _LAST.get((reference, mask, reference_mask), options,
+                             lambda: Registration(reference, mask, reference_mask=reference_mask, **params))
+    return registration(image)

@@ -19,23 +19,59 @@ _SNAP = 1e-6
 
 
 @numba.njit(nogil=True, cache=True)
-def _interpolate(src, valid, use_mask, offsets, weights, axis, fill, out, out_valid):
-    """out = sum_k weights[k] src shifted by offsets[k] along ``axis``; valid where every tap is
-    inside the image (and valid, with ``use_mask``), else ``fill``."""
+def _row_pass(row, m_row, use_valid, offsets, weights, lo, hi, out, out_valid):
+    """out[c] = sum_k weights[k] row[c + offsets[k]] for lo <= c < hi (0 elsewhere); valid there
+    (and where every tap is valid, with ``use_valid``)."""
+    out[:] = 0.0
+    out_valid[:] = False
+    out_valid[lo:hi] = True
+    o_seg, v_seg = out[lo:hi], out_valid[lo:hi]
+    for k in range(offsets.size):
+        w = weights[k]
+        seg = row[lo + offsets[k]: hi + offsets[k]]
+        for c in range(hi - lo):
+            o_seg[c] += w * seg[c]
+        if use_valid:
+            m_seg = m_row[lo + offsets[k]: hi + offsets[k]]
+            for c in range(hi - lo):
+                v_seg[c] &= m_seg[c]
+
+
+@numba.njit(nogil=True, cache=True)
+def _shift(src, valid, use_valid, off_x, w_x, off_y, w_y, fill, out, out_valid):
+    """Separable filter of ``src``: along rows with (off_x, w_x), then along columns with (off_y, w_y)
+    (consecutive offsets), in one pass over the rows: the row-filtered rows an output row needs
+    are kept in a ring.  Output pixels with a tap outside the image or invalid get ``fill``."""
     rows, cols = src.shape
+    lo = max(0, -off_x.min())
+    hi = max(lo, min(cols, cols - off_x.max()))
+    span = off_y.max() - off_y.min() + 1
+    ring = np.empty((span, cols), out.dtype)
+    ring_valid = np.empty((span, cols), np.bool_)
+    done = 0  # source rows filtered so far
     for r in range(rows):
+        o_row, v_row = out[r], out_valid[r]
+        first, last = r + off_y.min(), r + off_y.max()
+        if first < 0 or last >= rows:
+            o_row[:] = fill
+            v_row[:] = False
+            continue
+        done = max(done, first)
+        while done <= last:
+            _row_pass(src[done], valid[done], use_valid, off_x, w_x, lo, hi, ring[done % span],
+                      ring_valid[done % span])
+            done += 1
+        o_row[:] = 0.0
+        v_row[:] = True
+        for k in range(off_y.size):
+            slot, w = (r + off_y[k]) % span, w_y[k]
+            t_row, t_valid = ring[slot], ring_valid[slot]
+            for c in range(cols):
+                o_row[c] += w * t_row[c]
+                v_row[c] &= t_valid[c]
         for c in range(cols):
-            acc = 0.0
-            ok = True
-            for k in range(offsets.size):
-                rr = r + offsets[k] if axis == 0 else r
-                cc = c + offsets[k] if axis == 1 else c
-                if rr < 0 or rr >= rows or cc < 0 or cc >= cols or (use_mask and not valid[rr, cc]):
-                    ok = False
-                    break
-                acc += weights[k] * src[rr, cc]
-            out[r, c] = acc if ok else fill
-            out_valid[r, c] = ok
+            if not v_row[c]:
+                o_row[c] = fill
 
 
 def _taps(shift: float, order: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,11 +141,8 @@ def shift_image(image: np.ndarray, shift: tuple[float, float], mask: np.ndarray 
         raise ValueError(f"shift must be finite, got {tuple(shift)}")
     dtype = np.float64 if image.dtype == np.float64 else np.float32
     (off_y, w_y), (off_x, w_x) = _taps(shift_y, order), _taps(shift_x, order)
-    along_cols = np.empty(image.shape, dtype=np.float64)
-    valid_cols = np.empty(image.shape, dtype=np.bool_)
-    _interpolate(image, mask if has_mask else all_valid(image.shape), has_mask, off_x, w_x, 1, 0.0, along_cols,
-                 valid_cols)
     out = np.empty(image.shape, dtype=dtype)
     out_valid = np.empty(image.shape, dtype=np.bool_)
-    _interpolate(along_cols, valid_cols, True, off_y, w_y, 0, float(fill_value), out, out_valid)
+    _shift(image, mask if has_mask else all_valid(image.shape), has_mask, off_x, w_x.astype(dtype), off_y,
+           w_y.astype(dtype), dtype(fill_value), out, out_valid)
     return (out, out_valid) if has_mask else out
