@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ..errors import DecodeError
 from ..model import Frame, SeriesEnd, SeriesStart
 from ..outputs import Reductions, SeriesContext
 from ..pipeline import OperatorSpec
@@ -80,7 +81,7 @@ class RunLoop:
         self.config_hash = config_hash
         self.on_series_end = on_series_end
         self.current: SeriesProgress | None = None
-        self.totals = {"processed": 0, "failed": 0}
+        self.totals = {"processed": 0, "failed": 0, "undecodable": 0}  # undecodable: failed, payload corrupt
         self.rate = RateMeter()
         self.epoch = 0
         self.paused = False
@@ -240,17 +241,22 @@ class RunLoop:
         cur = self.current
         try:
             frame = await self.executor.collect(job)
-        except Exception as exc:  # an operator failed on this frame: count it, keep going
+        except Exception as exc:  # its payload did not decode or an operator failed: count it, keep going
             cur.failed += 1
             self.totals["failed"] += 1
-            log.error("series %d frame %d: processing failed: %s: %s", job.frame.series, job.frame.index,
-                      type(exc).__name__, exc)
+            if isinstance(exc, DecodeError):  # well framed at the receiver, corrupt inside: found by its worker
+                self.totals["undecodable"] += 1
+                log.error("series %d frame %d failed: its payload does not decode: %s", job.frame.series,
+                          job.frame.index, exc)
+            else:
+                log.error("series %d frame %d: processing failed: %s: %s", job.frame.series, job.frame.index,
+                          type(exc).__name__, exc)
             return
         cur.processed += 1
         cur.last_frame = frame.index
         self.totals["processed"] += 1
         self.rate.add(1)
-        out = self.executor.layout.output_of(frame, job.received)
+        out = self.executor.layout.output_of(frame, job.received, decode=self.executor.decode)
         if out.epoch != cur.epoch:  # the first frame of a change: the configuration history gains it
             cur.epoch = out.epoch
             for sink in self.sinks:

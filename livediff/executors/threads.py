@@ -1,9 +1,11 @@
 """Run chains on a pool of worker threads, one chain (and partial state) per worker.
 
 Operators' kernels release the GIL (numba ``nogil=True``), so threads run them in
-parallel.  The run loop keeps at most :attr:`ThreadExecutor.workers` frames in flight
-and collects them in arrival order; the folding chain (operators with a ``collect`` step
-or series-wide state) then sees every frame, in that order, on one more thread.  A frame
+parallel; a frame that arrived compressed is decoded by the worker that processes it, so
+decoding scales with the workers too.  The run loop keeps at most
+:attr:`ThreadExecutor.workers` frames in flight and collects them in arrival order; the
+folding chain (operators with a ``collect`` step or series-wide state) then sees every
+frame, in that order, on one more thread.  A frame
 whose operators need series-wide state waits, on the event loop, until the frames its
 epoch names have been folded, and its worker adopts that version first: no thread ever
 waits for another's frame.  At a snapshot or the series end the workers' partial states
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..model import Frame, SeriesStart
+from ..model import Codec, Frame, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
 from .base import InOrder, Job, merged_report, report
@@ -36,12 +38,16 @@ class ThreadExecutor:
     specs : the configured chain.
     workers : number of worker threads.
     warm : compile the kernels (:mod:`.warmup`) before a series of a new pixel type starts.
+    decode : the codec for frames that arrived compressed (``livediff.sources.codecs.decode_payload``),
+        run on the worker thread that processes the frame; None: every frame comes decoded.
     """
 
     resent = 0
 
-    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, warm: bool = True) -> None:
+    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, warm: bool = True,
+                 decode: Codec | None = None) -> None:
         self.workers = workers
+        self.decode = decode
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
         self._build(specs)
@@ -122,10 +128,12 @@ class ThreadExecutor:
     def process(self, frame: Frame) -> Job:
         """Queue ``frame`` for an idle worker; call in arrival order, <= ``workers`` in flight."""
         epochs = self._inorder.number(frame)
-        received = frame.data
-        return Job(frame, received, asyncio.ensure_future(self._process(frame, epochs)))
+        job = Job(frame, frame.data)
+        job.future = asyncio.ensure_future(self._process(job, epochs))
+        return job
 
-    async def _process(self, frame: Frame, epochs: dict[str, int | None]) -> Frame:
+    async def _process(self, job: Job, epochs: dict[str, int | None]) -> Frame:
+        frame = job.frame
         need = self._inorder.need(frame, epochs)
         if need > self._inorder.folded:
             async with self._folded_changed:
@@ -137,12 +145,15 @@ class ThreadExecutor:
             raise RuntimeError(f"more than {self.workers} frames in flight")
         chain = self._idle.pop()
         try:
-            return await self._run(self._pool, self._process_on, chain, frame, versions)
+            return await self._run(self._pool, self._process_on, chain, job, versions)
         finally:
             self._idle.append(chain)
 
-    def _process_on(self, chain: Chain, frame: Frame, versions: dict[str, tuple[int, Any]]) -> Frame:
-        """On a worker thread: adopt the frame's versions of series-wide state, then run the chain."""
+    def _process_on(self, chain: Chain, job: Job, versions: dict[str, tuple[int, Any]]) -> Frame:
+        """On a worker thread: decode the frame if it came compressed (a corrupt payload fails
+        this frame only), adopt its versions of series-wide state, then run the chain."""
+        frame = job.frame
+        job.received = frame.decode(self.decode)
         adopted = self._adopted[id(chain)]
         for name, (key, state) in versions.items():
             if adopted[name] != key:

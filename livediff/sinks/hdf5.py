@@ -120,12 +120,8 @@ class HDF5Writer:
     def add_frame(self, out: FrameOutput) -> None:
         """Queue one processed frame with what the settings record of it.  If the writer is
         behind, the frame is not saved (counted)."""
-        raw = corrected = None
-        if self.config.save_raw:
-            raw = ("bslz4", out.blob) if out.blob is not None and out.encoding == "bslz4" else out.received
-        if self.config.save_corrected:
-            corrected = out.output
-        size = _nbytes(raw) + _nbytes(corrected)
+        corrected = out.output if self.config.save_corrected else None
+        size = (out.recorded_nbytes if self.config.save_raw else 0) + (0 if corrected is None else corrected.nbytes)
         with self._lock:
             if self._series is not None:
                 self._series.frames += 1
@@ -134,7 +130,7 @@ class HDF5Writer:
                 self._pending_bytes += size
         if not full:
             try:
-                self._queue.put_nowait(("frame", (out, raw, corrected, size)))
+                self._queue.put_nowait(("frame", (out, corrected, size)))
                 return
             except queue.Full:
                 with self._lock:
@@ -225,9 +221,10 @@ class HDF5Writer:
         """Handle one queued operation; True when the thread should stop."""
         f = self._file
         if kind == "frame":
-            out, raw, corrected, size = payload
+            out, corrected, size = payload
             with self._lock:
                 self._pending_bytes -= size
+            raw = out.recorded() if self.config.save_raw else None  # here: it may decode the frame
             if f is None or not f.add_frame(out.row, arrays=out.arrays, rows=out.rows, raw=raw, corrected=corrected,
                                             epoch=out.epoch):
                 self._count_not_saved(self._writing)
@@ -310,14 +307,6 @@ class HDF5Writer:
                       "written" if f.summary_written else
                       "not written (the file opens with swmr=True, as a killed writer's does)")
         return {"not_saved": not_saved}
-
-
-def _nbytes(value: Any) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, tuple):  # (encoding, blob)
-        return memoryview(value[1]).nbytes
-    return value.nbytes
 
 
 def _check_writable(directory: Path) -> None:

@@ -67,7 +67,8 @@ class LiveView:
         return {}
 
     def add_frame(self, out: FrameOutput) -> None:
-        image = out.output if out.output is not None else out.received
+        # the pixels as received when no output frame is here; decoded only if the page renders them
+        image = out.output if out.output is not None else out.received if out.received is not None else out.pixels
         self.state.add_frame(out.index, out.row, out.arrays, out.rows, image)
 
     def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
