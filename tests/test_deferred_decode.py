@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from harness import config, running
+from harness import config, running, send_messages
 from livediff.config import parse
 from livediff.errors import DecodeError
 from livediff.executors.dask_actor import ChainActor, FrameRecord
@@ -75,21 +75,6 @@ def _messages(protocol: str, sim: DiffractionSimulator) -> list[list[bytes]]:
     return [*messages, encoder.end(sim.series)]
 
 
-def _send(endpoint: str, messages: list[list[bytes]]) -> None:
-    import zmq
-
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 5000)
-    push.connect(endpoint)
-    try:
-        for parts in messages:
-            push.send_multipart(parts)
-    finally:
-        push.close()
-        ctx.term()
-
-
 @pytest.mark.parametrize("protocol", ["native", "dectris-stream1", "dectris-stream2"])
 async def test_a_corrupt_payload_fails_its_frame_alone_and_a_broken_one_is_a_bad_message(tmp_path, protocol, caplog):
     sim = _sim()
@@ -97,7 +82,7 @@ async def test_a_corrupt_payload_fails_its_frame_alone_and_a_broken_one_is_a_bad
                  pipeline={"workers": 2}, operators={"summary": {}})
     caplog.set_level(logging.INFO)
     async with running(cfg) as (service, sub):
-        await asyncio.to_thread(_send, service.receiver.endpoint_bound, _messages(protocol, sim))
+        await asyncio.to_thread(send_messages, service.receiver.endpoint_bound, _messages(protocol, sim))
         end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end", timeout=30)
         assert service.receiver.bad == 1
         assert service.run_loop.totals == {"processed": 4, "failed": 1, "undecodable": 1}
