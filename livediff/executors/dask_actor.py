@@ -34,6 +34,7 @@ import numpy as np
 
 from ..model import Codec, Encoded, Frame, SeriesStart
 from ..pipeline import Chain, OperatorSpec
+from .blas import single_threaded_blas
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class ChainActor:
 
     def __init__(self, specs: Sequence[OperatorSpec], decode: Codec, warm: bool = True) -> None:
         _reuse_freed_memory()
+        # one chain per worker process, parallel over frames: BLAS threads would oversubscribe the cores (Dask's
+        # nanny sets OPENBLAS_NUM_THREADS=1 in the workers it spawns; a worker started otherwise gets it here)
+        single_threaded_blas()
         self._specs = list(specs)
         self._decode = decode
         self._warm = warm

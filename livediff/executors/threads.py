@@ -24,6 +24,7 @@ from ..model import Codec, Frame, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
 from .base import InOrder, Job, merged_report, report
+from .blas import single_threaded_blas
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,16 @@ class ThreadExecutor:
     warm : compile the kernels (:mod:`.warmup`) before a series of a new pixel type starts.
     decode : the codec for frames that arrived compressed (``livediff.sources.codecs.decode_payload``),
         run on the worker thread that processes the frame; None: every frame comes decoded.
+
+    Creating one limits BLAS to one thread, process-wide (:mod:`.blas`): the workers parallelise over
+    frames, and BLAS threads on top of them would oversubscribe the cores.
     """
 
     resent = 0
 
     def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, warm: bool = True,
                  decode: Codec | None = None) -> None:
+        single_threaded_blas()  # parallel over frames: BLAS's own threads would oversubscribe the cores
         self.workers = workers
         self.decode = decode
         self._warm = warm
