@@ -97,7 +97,8 @@ class Service:
         sinks = [self.writer, self.publisher, *self.exporters, *([self.web] if self.web else [])]
         self.run_loop = RunLoop(self.queue, self.executor, sinks,
                                snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.effective,
-                               config_hash=cfg.digest, on_series_end=self._series_ended)
+                               config_hash=cfg.digest, on_series_end=self._series_ended,
+                               batch_frames=cfg.pipeline.batch_frames, batch_mb=cfg.pipeline.batch_mb)
         self.commands = Commands(cfg, self.run_loop)
         sim_stop = threading.Event()
         tasks: list[asyncio.Task] = []

@@ -1,8 +1,10 @@
 """Run chains on a pool of worker threads, one chain (and partial state) per worker.
 
 Operators' kernels release the GIL (numba ``nogil=True``), so threads run them in
-parallel.  The run loop keeps at most :attr:`ThreadExecutor.workers` frames in flight
-and collects them in arrival order; the folding chain (operators with a ``collect`` step
+parallel.  The run loop hands batches of frames; a batch (or each run of it, see
+:meth:`~.base.InOrder.runs`) is one job, processed on one worker thread in one hop, so the
+cost of a thread hop and a future is paid per batch.  Jobs beyond the idle workers wait
+for one, in order; the run loop collects them in arrival order; the folding chain (operators with a ``collect`` step
 or series-wide state) then sees every frame, in that order, on one more thread.  A frame
 whose operators need series-wide state waits, on the event loop, until the frames its
 epoch names have been folded, and its worker adopts that version first: no thread ever
@@ -21,7 +23,7 @@ from typing import Any
 from ..model import Frame, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
-from .base import InOrder, Job, merged_report, report
+from .base import InOrder, Job, Outcome, merged_report, report
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +37,16 @@ class ThreadExecutor:
     ----------
     specs : the configured chain.
     workers : number of worker threads.
+    batch_frames : the most frames of a batch (:attr:`capacity` is this many per worker).
     warm : compile the kernels (:mod:`.warmup`) before a series of a new pixel type starts.
     """
 
     resent = 0
 
-    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, warm: bool = True) -> None:
+    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, batch_frames: int = 1,
+                 warm: bool = True) -> None:
         self.workers = workers
+        self.batch_frames = batch_frames
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
         self._build(specs)
@@ -55,8 +60,8 @@ class ThreadExecutor:
 
     @property
     def capacity(self) -> int:
-        """Frames in flight: one per worker."""
-        return self.workers
+        """Frames in flight: a full batch per worker."""
+        return self.workers * self.batch_frames
 
     async def warm_up(self, series: SeriesStart) -> None:
         """Compile the chain's kernels for frames like ``series``' (once per pixel type and mask)."""
@@ -81,6 +86,7 @@ class ThreadExecutor:
         self._adopted = {id(chain): dict.fromkeys(self._inorder.stateful, -1) for chain in self._chains}
         self._used: dict[int, dict[str, int]] = {}  # seq -> the version key each stateful operator used
         self._folded_changed = asyncio.Condition()
+        self._idle_changed = asyncio.Condition()
         return self.layout
 
     async def restart(self, specs: Sequence[OperatorSpec], label: str) -> None:
@@ -119,52 +125,63 @@ class ThreadExecutor:
         self._merged = Chain(specs) if self.workers > 1 else self._chains[0]
         self._idle = list(self._chains)
 
-    def process(self, frame: Frame) -> Job:
-        """Queue ``frame`` for an idle worker; call in arrival order, <= ``workers`` in flight."""
-        epochs = self._inorder.number(frame)
-        received = frame.data
-        return Job(frame, received, asyncio.ensure_future(self._process(frame, epochs)))
+    def process(self, frames: Sequence[Frame]) -> list[Job]:
+        """Queue a batch of ``frames`` (in arrival order) for the next idle worker, a job per run
+        (:meth:`~.base.InOrder.runs`); call in arrival order, <= :attr:`capacity` frames in flight."""
+        return [Job(run, [frame.data for frame in run], asyncio.ensure_future(self._process(run, epochs)))
+                for run, epochs in self._inorder.runs(frames)]
 
-    async def _process(self, frame: Frame, epochs: dict[str, int | None]) -> Frame:
-        need = self._inorder.need(frame, epochs)
+    async def _process(self, frames: list[Frame], epochs: list[dict[str, int | None]]) -> list[Outcome]:
+        need = max(self._inorder.need(f, e) for f, e in zip(frames, epochs))
         if need > self._inorder.folded:
             async with self._folded_changed:
                 await self._folded_changed.wait_for(lambda: self._inorder.folded >= need)
-        versions = self._inorder.versions_for(frame, epochs)  # every earlier frame is folded: settled now
-        if versions:
-            self._used[frame.seq] = {name: key for name, (key, _) in versions.items()}
-        if not self._idle:
-            raise RuntimeError(f"more than {self.workers} frames in flight")
-        chain = self._idle.pop()
+        versions = [self._inorder.versions_for(f, e) for f, e in zip(frames, epochs)]  # settled now
+        for frame, found in zip(frames, versions):
+            if found:
+                self._used[frame.seq] = {name: key for name, (key, _) in found.items()}
+        async with self._idle_changed:
+            await self._idle_changed.wait_for(lambda: bool(self._idle))
+            chain = self._idle.pop()
         try:
-            return await self._run(self._pool, self._process_on, chain, frame, versions)
+            return await self._run(self._pool, self._process_on, chain, frames, versions)
         finally:
             self._idle.append(chain)
+            async with self._idle_changed:
+                self._idle_changed.notify()
 
-    def _process_on(self, chain: Chain, frame: Frame, versions: dict[str, tuple[int, Any]]) -> Frame:
-        """On a worker thread: adopt the frame's versions of series-wide state, then run the chain."""
+    def _process_on(self, chain: Chain, frames: list[Frame],
+                    versions: list[dict[str, tuple[int, Any]]]) -> list[Outcome]:
+        """On a worker thread: run the chain on each stretch of frames that use the same versions
+        of series-wide state, after adopting them."""
         adopted = self._adopted[id(chain)]
-        for name, (key, state) in versions.items():
-            if adopted[name] != key:
-                chain.by_name[name].use(state)
-                adopted[name] = key
-        return chain.process(frame)
+        outcomes: list[Outcome] = []
+        start = 0
+        for end in range(1, len(frames) + 1):
+            if end < len(frames) and _keys(versions[end]) == _keys(versions[start]):
+                continue
+            for name, (key, state) in versions[start].items():
+                if adopted[name] != key:
+                    chain.by_name[name].use(state)
+                    adopted[name] = key
+            outcomes += chain.process_batch(frames[start:end])
+            start = end
+        return outcomes
 
-    async def collect(self, job: Job) -> Frame:
-        """The in-order step; call it for each job in arrival order.  Raises the frame's operator error."""
+    async def collect(self, job: Job) -> list[Outcome]:
+        """The in-order step; call it for each job in arrival order.  Returns each frame's outcome."""
         error = job.future.exception()
-        frame = job.frame if error is not None else job.future.result()
+        outcomes = [error] * len(job.frames) if error is not None else job.future.result()
         if self._inorder.chain.operators:  # nothing to fold: no thread hop
-            published = await self._run(self._fold_pool, self._inorder.fold, frame, error is None)
-            for name, key in self._used.pop(frame.seq, {}).items():
-                self._inorder.versions[name].forget_before(key)
-            self._inorder.folded_through(frame, published)
+            published = await self._run(self._fold_pool, self._inorder.fold_all, job.frames, outcomes)
+            for frame, versions in zip(job.frames, published):
+                for name, key in self._used.pop(frame.seq, {}).items():
+                    self._inorder.versions[name].forget_before(key)
+                self._inorder.folded_through(frame, versions)
         if self._inorder.stateful:
             async with self._folded_changed:
                 self._folded_changed.notify_all()
-        if error is not None:
-            raise error
-        return frame
+        return outcomes
 
     async def snapshot(self) -> dict[str, dict[str, Any]]:
         """Merged snapshot of all workers (call with no frame in flight)."""
@@ -192,3 +209,7 @@ class ThreadExecutor:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._fold_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _keys(versions: dict[str, tuple[int, Any]]) -> dict[str, int]:
+    return {name: key for name, (key, _) in versions.items()}
