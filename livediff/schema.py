@@ -119,6 +119,9 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "queue": "events waiting for the processor",
         "total_processed": "frames processed since start",
         "total_failed": "frames an operator raised on since start",
+        "batches": "batches of frames taken from the queue since start (frames come in batches when they come "
+                   "fast; total_processed / batches is the mean batch)",
+        "batch_max": "the most frames taken as one batch since start",
         "messages": "source messages received since start",
         "bad": "source messages that failed to decode since start",
         "orphans": "frames that arrived with no series open",
@@ -350,7 +353,7 @@ def image_snapshot(*, series: int, operator: str, frame: int, processed: int, fi
 
 def status_heartbeat(*, uptime_s: float, fps: float, series: int | None, n_frames: int | None, received: int,
                      processed: int, dropped: int, queue: int, total_processed: int, total_failed: int,
-                     messages: int, bad: int, orphans: int, open_series: int | None, hdf5_not_saved: int,
+                     batches: int, batch_max: int, messages: int, bad: int, orphans: int, open_series: int | None, hdf5_not_saved: int,
                      hdf5_errors: int, published: int, cpu_s: float, peak_rss_mb: float, ledger_frames: int,
                      ledger_mb: float, epoch: int, paused: bool) -> dict[str, Any]:
     """Body of the ``status``/``heartbeat`` message; keys as in :data:`MESSAGES`."""

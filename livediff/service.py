@@ -228,6 +228,8 @@ class Service:
             "queue": self.queue.qsize(),
             "total_processed": proc.totals["processed"],
             "total_failed": proc.totals["failed"],
+            "batches": proc.batches,
+            "batch_max": proc.batch_max,
             **self.receiver.status(),
             "hdf5_not_saved": self.writer.not_saved,
             "hdf5_errors": self.writer.errors,

@@ -85,7 +85,7 @@ def _bodies() -> dict[tuple[str, str], tuple[dict, set[str]]]:
             values={"mean": rng.random((10, 12)), "count": np.ones((10, 12), "i8")}), {"mean", "count"}),
         ("status", "heartbeat"): (schema.status_heartbeat(
             uptime_s=12.5, fps=99.5, series=2, n_frames=5, received=4, processed=3, dropped=0, queue=1,
-            total_processed=30, total_failed=1, messages=40, bad=1, orphans=0, open_series=2, hdf5_not_saved=2,
+            total_processed=30, total_failed=1, batches=12, batch_max=9, messages=40, bad=1, orphans=0, open_series=2, hdf5_not_saved=2,
             hdf5_errors=0, published=77, cpu_s=3.25, peak_rss_mb=250.0, ledger_frames=12,
             ledger_mb=17.5, epoch=1, paused=False), set()),
     }

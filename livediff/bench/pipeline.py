@@ -56,10 +56,10 @@ async def _run(cfg: Any, start: Any, pool: list[np.ndarray], n: int, hdf5: bool)
     executor = executors.create(cfg.pipeline, cfg.operators)
     context = zmq.Context()
     publisher = Publisher(context, PublisherSettings(endpoint="tcp://127.0.0.1:*", linger_s=0))
-    writer = HDF5Writer(cfg.output) if hdf5 else None
+    writer = HDF5Writer(cfg.output) if hdf5 else _NoFile()
     sizes: Counter[int] = Counter()
     summaries: list[dict[str, Any]] = []
-    loop = RunLoop(queue, executor, [s for s in (writer, publisher) if s is not None],
+    loop = RunLoop(queue, executor, [writer, publisher],
                    snapshot_period=0.0, config_text=cfg.effective, config_hash=cfg.digest,
                    on_series_end=summaries.append, batch_frames=cfg.pipeline.batch_frames,
                    batch_mb=cfg.pipeline.batch_mb, on_batch=lambda k: sizes.update((k,)))
@@ -79,8 +79,7 @@ async def _run(cfg: Any, start: Any, pool: list[np.ndarray], n: int, hdf5: bool)
         if asyncio.iscoroutine(closing):
             await closing
         publisher.close()
-        if writer is not None:
-            writer.close()
+        writer.close()
         context.term()
     summary = summaries[0]
     batches = sum(sizes.values())
@@ -90,6 +89,30 @@ async def _run(cfg: Any, start: Any, pool: list[np.ndarray], n: int, hdf5: bool)
             "fps": n / wall, "cpu_us_per_frame": cpu / n * 1e6, "cpu_cores": cpu / wall,
             "batches": batches, "mean_batch": n / batches if batches else None,
             "batch_sizes": dict(sorted(sizes.items()))}
+
+
+class _NoFile:
+    """Stands in for the HDF5 writer (``hdf5=False``): what the publisher needs of it, nothing written."""
+
+    wants_output = False
+
+    def start_series(self, series: Any) -> dict[str, Any]:
+        return {"file": None}
+
+    def add_frames(self, outs: Any) -> None:
+        return None
+
+    def add_rows(self, *args: Any) -> None:
+        return None
+
+    def write_reductions(self, reductions: Any) -> None:
+        return None
+
+    def end_series(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return {"not_saved": 0}
+
+    def close(self) -> None:
+        return None
 
 
 def format_report(r: dict[str, Any]) -> str:

@@ -74,6 +74,7 @@ class RunLoop:
     Attributes
     ----------
     epoch : the configuration epoch frames are dispatched under now (0, then +1 per change).
+    batches, batch_max : batches of frames taken from the queue, and the most frames in one.
     paused : whether frames wait in the queue instead of being processed.
     """
 
@@ -93,6 +94,8 @@ class RunLoop:
         self.current: SeriesProgress | None = None
         self.totals = {"processed": 0, "failed": 0}
         self.rate = RateMeter()
+        self.batches = 0
+        self.batch_max = 0
         self.epoch = 0
         self.paused = False
         self._last_snapshot = time.monotonic()
@@ -134,6 +137,8 @@ class RunLoop:
                     for frame in events:  # a change or a pause happens between batches: one epoch each
                         frame.epoch = self.epoch
                     inflight.extend(self.executor.process(events))
+                    self.batches += 1
+                    self.batch_max = max(self.batch_max, len(events))
                     if self.on_batch is not None:
                         self.on_batch(len(events))
                     continue
