@@ -1,8 +1,7 @@
 """The chain of operators built from the config.
 
-A :class:`Chain` runs its operators in order on a frame, or on a batch of frames (each
-operator in turn on the whole batch, with its ``process_batch`` when it has one); it
-knows no socket and no file.  Executors (``livediff.executors``) decide where chains run, keep their
+A :class:`Chain` runs its operators in order on a frame, or on a batch of frames (a
+worker's job: one thread hop for the batch); it knows no socket and no file.  Executors (``livediff.executors``) decide where chains run, keep their
 series-wide state in step and merge their partial states.  Each link is an
 :class:`OperatorSpec` (label, class, validated parameters): picklable, so a chain can be
 rebuilt in another process.
@@ -143,31 +142,19 @@ class Chain:
         return outcome
 
     def process_batch(self, frames: Sequence[Frame]) -> list[Frame | BaseException]:
-        """Run every operator on ``frames`` (in order), each on the whole batch: its
-        ``process_batch`` when it has one and two or more frames are left, else ``process``
-        frame by frame.  A frame an operator raises on leaves the batch; its outcome is the
-        exception.  ``process_batch`` raises before it changes any state (it checks every
-        frame first), so after an error the operator runs frame by frame, and each frame's
-        outcome is what ``process`` alone gives."""
-        outcomes: list[Frame | BaseException] = list(frames)
+        """Run every operator on each of ``frames``, in order; a frame an operator raises on
+        goes no further, its outcome is the exception, and the others go on."""
+        outcomes: list[Frame | BaseException] = []
         for frame in frames:
             if frame.mask is None:
                 frame.mask = self._mask
-        for op in self.operators:
-            alive = [i for i, f in enumerate(outcomes) if not isinstance(f, BaseException)]
-            batch = getattr(op, "process_batch", None)
-            if batch is not None and len(alive) > 1:
-                try:
-                    for i, frame in zip(alive, batch([outcomes[i] for i in alive])):
-                        outcomes[i] = frame
-                    continue
-                except Exception:  # nothing changed: find the frame, frame by frame
-                    pass
-            for i in alive:
-                try:
-                    outcomes[i] = op.process(outcomes[i])
-                except Exception as exc:  # this frame fails; the others go on
-                    outcomes[i] = exc
+            try:
+                for op in self.operators:
+                    frame = op.process(frame)
+            except Exception as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(frame)
         return outcomes
 
     def collect(self, frame: Frame) -> Frame:
