@@ -88,21 +88,34 @@ class ControlServer:
         """The reply to the request ``parts``: ``{"ok": True, ...}`` or ``{"ok": False, "error": ...}``."""
         try:
             request = decode_request(parts)
-            handler = self._handlers.get(request["cmd"])
-            if handler is None:
-                raise ValueError(f"unknown command {request['cmd']!r}{_suggest(request['cmd'], self._handlers)}; "
-                                 f"known: {', '.join(self._handlers)}")
-            return {"ok": True, **await handler(request)}
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug: say so, keep serving
-            log.exception("control: %s failed", parts[:1])
-            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+        return await dispatch(self._handlers, request)
 
     def close(self) -> None:
         self._sock.close(linger=0)
+
+
+async def dispatch(handlers: Mapping[str, Handler], request: dict[str, Any]) -> dict[str, Any]:
+    """Run ``request`` (a map with a string ``cmd``) with its handler; the reply map.
+
+    Whoever asks (the control socket, the live page's ``POST /api/control``) gets the same
+    reply: ``{"ok": True, ...}``, or ``{"ok": False, "error": ...}`` for an unknown command, a
+    refused one (the handler raised ValueError) or a bug (logged with its trace).
+    """
+    try:
+        handler = handlers.get(request["cmd"])
+        if handler is None:
+            raise ValueError(f"unknown command {request['cmd']!r}{_suggest(request['cmd'], handlers)}; "
+                             f"known: {', '.join(handlers)}")
+        return {"ok": True, **await handler(request)}
+    except ValueError as exc:
+        return {"ok": False, "error": str(exc)}
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a bug: say so, keep serving
+        log.exception("control: %s failed", request.get("cmd"))
+        return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
 
 def decode_request(parts: list[bytes]) -> dict[str, Any]:

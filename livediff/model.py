@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -436,23 +437,60 @@ class SeriesStart:
             self.mask.setflags(write=False)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A frame's pixels still compressed, as they arrived: what a source hands on instead of pixels.
+
+    Sources check the framing (sizes, block lengths) of a compressed payload and leave the
+    decompression to the worker that processes the frame (:meth:`Frame.decode`).
+
+    Attributes
+    ----------
+    encoding : ``"bslz4"`` (bitshuffle-LZ4) or ``"lz4"``, both in the HDF5 filter chunk
+        layout (``livediff.sources.codecs``).
+    buffer : the payload as received (bytes-like, a view of the message where possible).
+    shape : (rows, cols) it decodes to.
+    dtype : the pixel type it decodes to, one of :data:`FRAME_DTYPES`.
+    """
+
+    encoding: str
+    buffer: bytes | memoryview | np.ndarray
+    shape: tuple[int, int]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded pixels (rows x cols x itemsize)."""
+        return self.shape[0] * self.shape[1] * np.dtype(self.dtype).itemsize
+
+
+#: decode(payload) -> pixels: the codec executors and sinks are handed (``livediff.sources.codecs.decode_payload``);
+#: it raises ``livediff.errors.DecodeError`` on a corrupt payload
+Codec = Callable[[Encoded], np.ndarray]
+
+
 @dataclass
 class Frame:
     """One detector frame on its way through the pipeline.
 
+    A frame that arrived compressed is decoded late: the source checks the payload's
+    framing and passes it on as ``payload`` with ``data`` None; the executor decodes it
+    (:meth:`decode`) on the worker that processes the frame, so operators always see
+    ``data``, and a corrupt payload fails that frame alone.  An uncompressed frame arrives
+    with ``data`` (a view of the message) and no ``payload``.
+
     Attributes
     ----------
     series, index : series number and 0-based frame number within the series.
-    data : the pixels, (rows, cols).  Transforming operators replace it.
+    data : the pixels, (rows, cols), or None while ``payload`` is not decoded yet.
+        Transforming operators replace it.
     mask : bool array, True = valid, or None (all valid).  Moves with the data.
     timestamp : acquisition time (s since the epoch) as the source reported it.
-    received : time the frame was decoded (``time.time()``), for latency.
+    received : time the frame was received (``time.time()``), for latency.
     results : per-operator results, ``results[operator_name] = {...}``.
-    raw : the pixel payload exactly as received when it was compressed (e.g. a
-        bitshuffle-LZ4 blob), so a writer can store it without recompressing; None for
-        uncompressed payloads.
-    encoding : how ``raw`` is encoded: ``"bslz4"`` (bitshuffle-LZ4, HDF5 filter layout),
-        ``"lz4"``, or ``"raw"``.
+    payload : the pixels exactly as received when they came compressed (:class:`Encoded`),
+        kept after decoding so a writer can store them without recompressing; None for
+        uncompressed frames.
     position : (row, col) of the frame in the series' scan when the source sent it
         explicitly; None = ``scan.position(index)``.
     seq : the frame's place in the series in arrival order (0 for the first frame to
@@ -465,17 +503,35 @@ class Frame:
 
     series: int
     index: int
-    data: np.ndarray
+    data: np.ndarray | None
     mask: np.ndarray | None = None
     timestamp: float = 0.0
     received: float = field(default_factory=time.time)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    raw: bytes | memoryview | None = None
-    encoding: str = "raw"
+    payload: Encoded | None = None
     position: tuple[int, int] | None = None
     seq: int = -1
     shared: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
+
+    def decode(self, codec: Codec | None) -> np.ndarray:
+        """The pixels, decoding ``payload`` with ``codec`` into ``data`` first if not done yet.
+
+        Raises
+        ------
+        ValueError
+            Neither pixels nor a payload, or a payload and no codec to decode it with.
+        livediff.errors.DecodeError
+            From ``codec``: the payload is corrupt.
+        """
+        if self.data is None:
+            if self.payload is None:
+                raise ValueError(f"frame {self.index} of series {self.series} has neither pixels nor a payload")
+            if codec is None:
+                raise ValueError(f"frame {self.index} of series {self.series} arrived {self.payload.encoding}-"
+                                 "compressed and no codec was given to decode it")
+            self.data = codec(self.payload)
+        return self.data
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .model import Frame, Scan, SeriesStart
+from .model import Codec, Encoded, Frame, Scan, SeriesStart
 
 Shape = tuple[int, ...]
 
@@ -92,15 +92,19 @@ class Layout:
         if op.maps:
             self.derived[op.name] = op.derive_maps
 
-    def output_of(self, frame: Frame, received: np.ndarray, done: float | None = None) -> FrameOutput:
+    def output_of(self, frame: Frame, received: np.ndarray | None, done: float | None = None, *,
+                  decode: Codec | None = None) -> FrameOutput:
         """The typed output of a processed ``frame``.
 
         Parameters
         ----------
         frame : the frame as the chain left it (operators replace ``data`` and ``mask``,
-            never the compressed payload ``raw``).
-        received : the pixels the source delivered, before any operator replaced them.
+            never the compressed ``payload``).
+        received : the pixels as received, before any operator replaced them; None when they
+            were decoded in another process (``frame.payload`` holds them).
         done : when processing finished (``time.time()``); default now.
+        decode : the codec that decodes ``frame.payload`` for the sinks that need the pixels
+            and got no ``received``.
         """
         done = time.time() if done is None else done
         row: dict[str, Any] = {"frame": frame.index, "timestamp": frame.timestamp, "received": frame.received,
@@ -119,7 +123,7 @@ class Layout:
         maps = {label: {name: frame.results[label][name] for name in declared if name in frame.results[label]}
                 for label, declared in self.maps.items() if label in frame.results} if position else {}
         return FrameOutput(series=frame.series, index=frame.index, epoch=frame.epoch, row=row, arrays=arrays,
-                           rows=rows, received=received, blob=frame.raw, encoding=frame.encoding, output=frame.data,
+                           rows=rows, received=received, payload=frame.payload, decode=decode, output=frame.data,
                            position=position, maps=maps, placed=self.placed_of(frame.results))
 
     def placed_of(self, results: dict[str, dict[str, Any]]) -> dict[str, list[tuple[tuple[int, int], dict]]]:
@@ -143,9 +147,11 @@ class FrameOutput:
     row : the frames-table row: :data:`BASE_COLUMNS` and every operator column.
     arrays : per-frame arrays, ``{operator label: {name: array}}``.
     rows : tables with any number of rows (spots), ``{operator label: {column: 1-D array}}``.
-    received : the pixels as the source decoded them (their dtype).
-    blob, encoding : the payload as received when it came compressed (``encoding``
-        ``"bslz4"`` or ``"lz4"``), else None and ``"raw"``.
+    received : the pixels as received (their dtype) when this process decoded them; None
+        when a Dask worker did (:meth:`pixels` decodes ``payload`` then).
+    payload : the pixels as received when they came compressed (``"bslz4"`` or ``"lz4"``),
+        else None.
+    decode : the codec for ``payload`` (:meth:`pixels`).
     output : the chain's output frame (float32 after a correcting operator).
     position : (row, col) of the frame in the series' scan, or None (no scan, a fly-back frame).
     maps : the values to place there, ``{operator label: {name: value}}`` (empty without a position).
@@ -159,13 +165,43 @@ class FrameOutput:
     row: dict[str, Any]
     arrays: dict[str, dict[str, np.ndarray]]
     rows: dict[str, dict[str, np.ndarray]]
-    received: np.ndarray
-    blob: bytes | memoryview | None = None
-    encoding: str = "raw"
+    received: np.ndarray | None
+    payload: Encoded | None = None
+    decode: Codec | None = None
     output: np.ndarray | None = None
     position: tuple[int, int] | None = None
     maps: dict[str, dict[str, float]] = field(default_factory=dict)
     placed: dict[str, list[tuple[tuple[int, int], dict[str, float]]]] = field(default_factory=dict)
+
+    def pixels(self) -> np.ndarray:
+        """The pixels as received: ``received``, or ``payload`` decoded now.  It may decode a
+        frame, so call it off the event loop (a sink's own thread, a page render).
+
+        Raises
+        ------
+        ValueError
+            Nothing to give (no pixels, or a payload and no codec).
+        """
+        if self.received is not None:
+            return self.received
+        if self.payload is None or self.decode is None:
+            raise ValueError(f"frame {self.index} of series {self.series}: no pixels as received, and "
+                             f"{'no payload' if self.payload is None else 'no codec'} to decode them from")
+        return self.decode(self.payload)
+
+    def recorded(self) -> np.ndarray | tuple[str, Any]:
+        """The frame as a writer records it as received: ``("bslz4", chunk)`` for a bitshuffle-LZ4
+        payload (stored as it is, by a direct chunk write), else :meth:`pixels` (off the event loop)."""
+        if self.payload is not None and self.payload.encoding == "bslz4":
+            return ("bslz4", self.payload.buffer)
+        return self.pixels()
+
+    @property
+    def recorded_nbytes(self) -> int:
+        """Bytes :meth:`recorded` gives, known without decoding (a writer's queue budget)."""
+        if self.payload is not None:
+            return memoryview(self.payload.buffer).nbytes if self.payload.encoding == "bslz4" else self.payload.nbytes
+        return 0 if self.received is None else self.received.nbytes
 
 
 @dataclass

@@ -64,7 +64,7 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "stray": "frames of another series, or numbered beyond the announced count",
         "lost": "frames expected that never arrived",
         "processed": "frames the chain processed",
-        "failed": "frames an operator raised on",
+        "failed": "frames whose payload did not decode on their worker, or an operator raised on",
         "dropped": "frames discarded by the drop overflow policy",
         "not_saved": "frames processed but not in the HDF5 file (the writer fell behind, or a write failed)",
         "file": "HDF5 file of the series, or null when it could not be created",
@@ -118,7 +118,7 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "dropped": "frames discarded by the drop overflow policy since start",
         "queue": "events waiting for the processor",
         "total_processed": "frames processed since start",
-        "total_failed": "frames an operator raised on since start",
+        "total_failed": "frames that failed (payload did not decode, or an operator raised) since start",
         "batches": "batches of frames taken from the queue since start (frames come in batches when they come "
                    "fast; total_processed / batches is the mean batch)",
         "batch_max": "the most frames taken as one batch since start",

@@ -34,7 +34,7 @@ import zmq.asyncio
 from . import executors, schema
 from .commands import Commands
 from .config import Config
-from .control import ControlServer
+from .control import ControlServer, dispatch
 from .executors.runloop import STOP, RunLoop
 from .executors.warmup import WARM_FRAMES
 from .model import Frame, Geometry, SeriesStart
@@ -92,8 +92,9 @@ class Service:
         self.publisher = Publisher(zmq.Context.shadow(context.underlying), cfg.publisher)
         self.writer = HDF5Writer(cfg.output)
         self.exporters = create_exporters(cfg.output.export)
-        self.executor = executors.create(cfg.pipeline, cfg.operators, decode=codecs.decode)
-        self.web = LiveView(cfg.http, status=self.status, protocol=source.protocol) if cfg.http.enabled else None
+        self.executor = executors.create(cfg.pipeline, cfg.operators, decode=codecs.decode_payload)
+        self.web = (LiveView(cfg.http, status=self.status, protocol=source.protocol, control=self._command)
+                    if cfg.http.enabled else None)
         sinks = [self.writer, self.publisher, *self.exporters, *([self.web] if self.web else [])]
         self.run_loop = RunLoop(self.queue, self.executor, sinks,
                                snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.effective,
@@ -211,6 +212,10 @@ class Service:
         self.series_done.append(summary)
         if self.max_series is not None and len(self.series_done) >= self.max_series:
             self.stopping.set()
+
+    async def _command(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A live-control request from the live page: the control socket's reply."""
+        return await dispatch(self.commands.handlers(), request)
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:

@@ -30,6 +30,20 @@ def free_endpoint() -> str:
     return free_tcp_endpoint()
 
 
+def send_messages(endpoint: str, messages: list[list[bytes]]) -> None:
+    """PUSH ``messages`` (multipart, as they are) to ``endpoint``; waits up to 5 s for delivery."""
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 5000)
+    push.connect(endpoint)
+    try:
+        for parts in messages:
+            push.send_multipart(parts)
+    finally:
+        push.close()
+        ctx.term()
+
+
 def table(tmp_path: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """A config table writing into ``tmp_path``, fast heartbeats, with ``sections`` merged in."""
     table: dict[str, Any] = {

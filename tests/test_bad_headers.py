@@ -21,7 +21,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from harness import config, running
+from checks import pixels
+from harness import config, running, send_messages
 from livediff.errors import DecodeError
 from livediff.model import SeriesStart
 from livediff.sources import native
@@ -218,21 +219,6 @@ async def received(service, n: int, timeout: float = 10.0) -> None:
     await asyncio.wait_for(wait(), timeout)
 
 
-def _send(endpoint: str, messages: list[list[bytes]]) -> None:
-    import zmq
-
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 5000)
-    push.connect(endpoint)
-    try:
-        for parts in messages:
-            push.send_multipart(parts)
-    finally:
-        push.close()
-        ctx.term()
-
-
 @pytest.mark.parametrize("protocol", ["native", "dectris-stream1", "dectris-stream2"])
 async def test_service_counts_each_bad_header_and_the_next_series_is_complete(tmp_path, protocol):
     sim = _sim()
@@ -240,7 +226,7 @@ async def test_service_counts_each_bad_header_and_the_next_series_is_complete(tm
     bad = _BAD[protocol]
     async with running(cfg) as (service, sub):
         endpoint = service.receiver.endpoint_bound
-        await asyncio.to_thread(_send, endpoint, bad)
+        await asyncio.to_thread(send_messages, endpoint, bad)
         await received(service, len(bad))
         await asyncio.to_thread(stream_series, sim, endpoint, protocol=protocol)
         end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end", timeout=20)
@@ -266,4 +252,4 @@ def test_encoders_still_round_trip_through_validation():
                 series = ev if isinstance(ev, SeriesStart) else series
                 events.append(ev)
         assert [type(e).__name__ for e in events] == ["SeriesStart", "Frame", "SeriesEnd"], protocol
-        np.testing.assert_array_equal(events[1].data, sim.frame(0))
+        np.testing.assert_array_equal(pixels(events[1]), sim.frame(0))  # decoded as the worker does

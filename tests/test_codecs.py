@@ -413,6 +413,12 @@ def _corrupted(draw):
 
 def _decode_or_none(blob, encoding, shape, dtype, backend):
     """The decoded array, or None for a DecodeError; an accepted payload must have the declared shape and dtype."""
+    framed = True
+    if encoding != "block":  # the receiver's check
+        try:
+            codecs.check(blob, encoding, shape, dtype)
+        except DecodeError:
+            framed = False
     try:
         if encoding == "block":
             image = codecs.decode_lz4_block(blob, shape, dtype)
@@ -420,6 +426,8 @@ def _decode_or_none(blob, encoding, shape, dtype, backend):
             image = codecs.decode(blob, encoding, shape, dtype, backend=backend)
     except DecodeError:
         return None
+    # as strict as livediff's own decoder (dectris-compression ignores bytes after the last block)
+    assert framed or backend != "numba", f"check refused a {encoding} payload that decodes"
     assert isinstance(image, np.ndarray)
     assert image.shape == shape and image.dtype == np.dtype(dtype)
     return image
@@ -457,12 +465,61 @@ def test_random_blocks_behind_a_valid_header_only_raise_decode_error(body, encod
 
 @pytest.mark.parametrize("encoding", ["bslz4", "lz4"])
 def test_native_protocol_carries_compressed_frames(encoding):
+    """The receiver checks the framing and passes the payload on; the worker decodes it."""
     from livediff.sources import native
 
     image = _frame((37, 61), "uint32", seed=8)
     parts = native.encode_image(2, 5, image, timestamp=1.5, encoding=encoding)
     frame = native.decode(parts)
-    np.testing.assert_array_equal(frame.data, image)
-    assert frame.encoding == encoding and bytes(frame.raw) == bytes(parts[1])
+    assert frame.data is None and frame.payload.encoding == encoding and bytes(frame.payload.buffer) == bytes(parts[1])
+    assert (frame.payload.shape, frame.payload.dtype) == ((37, 61), "uint32")
+    np.testing.assert_array_equal(frame.decode(codecs.decode_payload), image)
+    assert frame.data is not None and frame.payload is not None  # decoded once, the payload kept for writers
     with pytest.raises(DecodeError, match=f"native: frame 5: {encoding}: corrupt or truncated data"):
         native.decode([parts[0], bytes(parts[1])[:-20]])
+
+
+def _chain(blob: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of each LZ4 block of an HDF5-filter chunk, walked independently of livediff."""
+    total, block = struct.unpack(">QI", blob[:12])
+    out, pos = [], 12
+    while pos + 4 <= len(blob) and len(out) < -(-total // block):
+        (length,) = struct.unpack(">I", blob[pos:pos + 4])
+        out.append((pos + 4, length))
+        pos += 4 + length
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("encoding", ["bslz4", "lz4"])
+def test_a_well_framed_chunk_with_corrupt_lz4_passes_the_check_and_fails_to_decode(encoding, backend):
+    """The receiver's cheap check cannot see inside a block: such a payload fails later, on the worker."""
+    image = np.zeros((37, 61), np.uint32)
+    blob = codecs.encode_bslz4(image, block_size=512) if encoding == "bslz4" else codecs.encode_lz4(image,
+                                                                                                  block_size=2048)
+    offset, length = _chain(blob)[1]
+    assert length >= 3
+    bad = blob[:offset] + b"\x00\x00\x00" + blob[offset + 3:]  # no literals, then a match at offset 0: invalid LZ4
+    assert len(bad) == len(blob)
+    codecs.check(bad, encoding, image.shape, image.dtype)
+    with pytest.raises(DecodeError, match=f"^{encoding}: corrupt or truncated data"):
+        codecs.decode(bad, encoding, image.shape, image.dtype, backend=backend)
+
+
+@pytest.mark.parametrize("encoding", ["bslz4", "lz4"])
+def test_the_check_walks_the_block_length_chain(encoding):
+    """Truncated, over-long, and a block length pointing past the end: refused without decompressing."""
+    image = _frame((37, 61), "uint32", seed=5)
+    blob = codecs.encode_bslz4(image, block_size=512) if encoding == "bslz4" else codecs.encode_lz4(image,
+                                                                                                  block_size=2048)
+    blocks = _chain(blob)
+    assert len(blocks) >= 3
+    offset, length = blocks[1]
+    past_end = blob[:offset - 4] + struct.pack(">I", len(blob)) + blob[offset:]
+    for bad, why in [(blob[:-1], "truncated"), (blob + b"\x00", "a byte too many"), (past_end, "claims")]:
+        with pytest.raises(DecodeError, match=f"^{encoding}: corrupt or truncated data"):
+            codecs.check(bad, encoding, image.shape, image.dtype)
+    codecs.check(blob, encoding, image.shape, image.dtype)
+    data, payload = codecs.accept(blob, encoding, image.shape, image.dtype)
+    assert data is None and payload.buffer is blob and payload.nbytes == image.nbytes
+    np.testing.assert_array_equal(codecs.decode_payload(payload), image)

@@ -114,6 +114,9 @@ async def test_a_worker_killed_mid_series_the_series_completes_with_the_same_ans
         before = {s.address for s in chains}
         os.kill(victim.pid, signal.SIGKILL)
         dask.add_worker()  # a chain is created on it, started on the series, sent the versions with its frames
+        # hold the rest of the series until the new worker is in (a worker process may take
+        # seconds to start on a loaded machine), so that it takes frames mid-series
+        await service.run_loop.pause()
 
         async def new_chain():
             while not any(s.address not in before for s in chains):
@@ -121,6 +124,7 @@ async def test_a_worker_killed_mid_series_the_series_completes_with_the_same_ans
             return next(s for s in chains if s.address not in before)
 
         joined.append(await asyncio.wait_for(new_chain(), 60))
+        await service.run_loop.resume()
 
     pipeline = {"executor": "dask", "workers": 2, "scheduler": dask.address}
     end, got, _, stats, ledger = await _run(tmp_path, "killed", pipeline, n_frames=n, rate=30.0,

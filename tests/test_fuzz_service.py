@@ -7,7 +7,8 @@ parts, random bytes), made by :class:`livediff.bench.fuzz.Fuzzer`.  After each b
 good series is sent, and :meth:`livediff.bench.fuzz_run.FuzzRun.check` must find nothing
 wrong: the service runs, memory stayed bounded, ``sent = messages = bad + silent +
 decoded``, every decoded event and every series is accounted for exactly, no frame was
-dropped or failed, and the good series gives the frames-table rows of a clean run.
+dropped, none failed but for a payload corrupt inside good framing (its worker finds it), and
+the good series gives the frames-table rows of a clean run.
 About 5,000 messages in all; ``livediff bench --fuzz N`` runs longer.
 """
 from __future__ import annotations

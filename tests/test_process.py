@@ -31,6 +31,12 @@ bind = true
 endpoint = "{publisher}"
 status_period = 0.05
 
+[http]
+port = 0
+
+[control]
+endpoint = "tcp://127.0.0.1:*"
+
 [output]
 directory = "{tmp_path / 'out'}"
 flush_frames = {flush_frames}

@@ -22,6 +22,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from checks import pixels
 from harness import config, free_endpoint, running
 from livediff.cli import main
 from livediff.model import Geometry, SeriesStart
@@ -372,9 +373,9 @@ def test_stored_bslz4_chunks_are_forwarded_unchanged(tmp_path, protocol):
     start = events[0]
     np.testing.assert_array_equal(start.mask, rec.series_start().mask)
     got = [e for e in events if hasattr(e, "index")]
-    assert [f.index for f in got] == list(range(5)) and all(f.encoding == "bslz4" for f in got)
-    assert [bytes(f.raw) for f in got] == chunks
-    np.testing.assert_array_equal([f.data for f in got], frames)
+    assert [f.index for f in got] == list(range(5)) and all(f.payload.encoding == "bslz4" for f in got)
+    assert [bytes(f.payload.buffer) for f in got] == chunks
+    np.testing.assert_array_equal([pixels(f) for f in got], frames)
 
 
 def test_other_encodings_send_the_decoded_frames(tmp_path):
@@ -386,8 +387,8 @@ def test_other_encodings_send_the_decoded_frames(tmp_path):
     with open_series(master) as rec:
         messages = _receive(lambda ep: stream_series(rec, ep, encoding="lz4", rate=400.0), 6)
     got = [native.decode(parts) for parts in messages[1:-1]]
-    assert [f.encoding for f in got] == ["lz4"] * 4
-    np.testing.assert_array_equal([f.data for f in got], frames)
+    assert [f.payload.encoding for f in got] == ["lz4"] * 4
+    np.testing.assert_array_equal([pixels(f) for f in got], frames)
 
 
 # ---------------------------------------------------------------- errors

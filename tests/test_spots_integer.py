@@ -11,6 +11,7 @@ import pytest
 from livediff.bench import dials_cpp
 from livediff.operators.spots import dispersion_mask
 from livediff.operators.spots.integer import MAX_AREA, fits, limits
+from livediff.sources import codecs
 from livediff.sources.dectris_v2 import StreamV2Decoder
 from test_spots import LIMIT, poisson_frame, random_mask, reference_mask
 
@@ -131,7 +132,7 @@ def test_a_real_eiger2_16m_frame():
     dec = StreamV2Decoder()
     dec([(DATA / "stream2_start.cbor").read_bytes()])
     _, frame = dec([(DATA / "stream2_image.cbor").read_bytes()])
-    image = frame.data
+    image = frame.decode(codecs.decode_payload)   # decoded as a worker does
     mask = image != 65535
     for m in (mask, None):
         np.testing.assert_array_equal(dispersion_mask(image, m), dispersion_mask(image.astype(np.float64), m))

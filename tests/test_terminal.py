@@ -72,9 +72,10 @@ def test_serve_on_a_terminal_keeps_progress_and_log_apart_and_within_its_width(t
 
 
 def _embedded_default(tmp_path: Path) -> str:
-    """The embedded default, publishing on a free port (a service already running here keeps 5557)."""
+    """The embedded default on free ports (a service already running here keeps 5557, 5558 and 8557)."""
     path = tmp_path / "default.toml"
-    path.write_text(f'[publisher]\nendpoint = "{free_tcp_endpoint()}"\n')
+    path.write_text(f'[publisher]\nendpoint = "{free_tcp_endpoint()}"\n[control]\nendpoint = "{free_tcp_endpoint()}"\n'
+                    '[http]\nport = 0\n')
     return str(path)
 
 

@@ -96,6 +96,40 @@ async def test_status_matches_the_status_topic_and_metrics_count_every_frame_sen
     assert {s.name: s.value for s in latency.samples}["livediff_frame_latency_seconds_count"] == sent
 
 
+async def test_the_control_commands_answer_on_the_http_api_as_on_the_control_socket(tmp_path):
+    from livediff.control import request
+
+    cfg = _config(tmp_path)
+    async with harness.running(cfg) as (service, collector):
+        url = service.web.server.url + "api/control"
+        ctl = service.control.endpoint
+        async with aiohttp.ClientSession() as http:
+            async def post(body, **kw):
+                async with http.post(url, json=body, **kw) as r:
+                    return r.status, await r.json()
+
+            got = await post({"cmd": "get"})
+            bad = {"cmd": "set", "key": "operators.spots.sigma_strong", "value": -1.0}
+            refused = await post(bad)
+            by_socket = await asyncio.to_thread(request, ctl, bad)
+            changed = await post({"cmd": "set", "key": "operators.spots.sigma_strong", "value": 4.5})
+            unknown = await post({"cmd": "sett"})
+            async with http.post(url, data=b'{"cmd": "get"}', headers={"Content-Type": "text/plain"}) as r:
+                form = r.status  # what a cross-site form could send: refused
+            async with http.post(url, data=b"{", headers={"Content-Type": "application/json"}) as r:
+                broken = r.status, await r.json()
+        after = await asyncio.to_thread(request, ctl, {"cmd": "get"})
+        sent = await _stream(cfg, 5)
+        end = await collector.wait_for(lambda t, m: t == "series" and m["type"] == "end")
+    assert got[0] == 200 and got[1]["ok"] and got[1]["toml"] == cfg.effective and got[1]["epoch"] == 0
+    assert refused[0] == 400 and refused[1] == by_socket and not by_socket["ok"] and "sigma_strong" in by_socket["error"]
+    assert changed[0] == 200 and changed[1]["ok"] and changed[1]["epoch"] == 1
+    assert after["epoch"] == 1 and after["config"]["operators"]["spots"]["sigma_strong"] == 4.5
+    assert unknown[0] == 400 and "did you mean 'set'" in unknown[1]["error"]
+    assert form == 415 and broken[0] == 400 and not broken[1]["ok"]
+    assert end["processed"] == sent and end["epoch"] == 1  # the service kept running, in the new epoch
+
+
 async def test_lost_and_bad_reach_the_metrics_when_the_series_ends(tmp_path):
     cfg = _config(tmp_path)
     async with harness.running(cfg) as (service, collector):

@@ -7,7 +7,8 @@ default 8 KiB blocks; ``--quick`` uses the small frame only.  Ours is
 :func:`livediff.sources.codecs.decode` with every check, once per installed backend (the
 operator names it in brackets: ``numba``, livediff's own decoder, always; and
 ``dectris-compression`` with the ``fast-codec`` extra), and, for the whole path, the Stream
-v1 and v2 decoders on a complete image message with the backend in use.  Peers, each given
+v1 and v2 decoders on a complete image message (framing checked) followed by the payload's
+decoding on a worker (:meth:`~livediff.model.Frame.decode`), with the backend in use.  Peers, each given
 the same valid blob (bitshuffle and the HDF5 filter crash on corrupt input, so livediff never
 gives them received bytes): dectris-compression's ``decompress`` alone, ``bitshuffle.
 decompress_lz4``, and h5py + hdf5plugin reading the blob stored as a chunk by a direct chunk
@@ -114,21 +115,22 @@ def cases(quick: bool) -> list[core.Case]:
 
 
 def _stream1(frame: np.ndarray) -> Callable[[], np.ndarray]:
-    """Decode one Stream v1 bs32-lz4< image message, as the receiver does, after its header."""
+    """Decode one Stream v1 bs32-lz4< image message, as the receiver then a worker do, after its header."""
     encoder, decoder = StreamV1Encoder(encoding="bslz4", header_detail="basic"), StreamV1Decoder()
     start = _series_start(frame)
     (series,) = decoder(encoder.start(start))
     parts = encoder.image(1, 0, frame)
-    return lambda: decoder(parts, series=series)[-1].data
+    return lambda: decoder(parts, series=series)[-1].decode(codecs.decode_payload)
 
 
 def _stream2(frame: np.ndarray) -> Callable[[], np.ndarray]:
-    """Decode one Stream v2 image message (CBOR parse, tag 40/69/56500, bslz4), after its start."""
+    """Decode one Stream v2 image message (CBOR parse, tag 40/69/56500, bslz4 framing) and its payload,
+    after its start."""
     encoder, decoder = StreamV2Encoder(encoding="bslz4"), StreamV2Decoder()
     decoder(encoder.start(_series_start(frame)))
     parts = encoder.image(1, 0, frame)
     series = decoder(parts)[0]
-    return lambda: decoder(parts, series=series)[-1].data
+    return lambda: decoder(parts, series=series)[-1].decode(codecs.decode_payload)
 
 
 def _series_start(frame: np.ndarray):

@@ -178,6 +178,7 @@ def _service_config(tmp: Path, config: str | None, protocol: str,
     source_ep, publish_ep = free_tcp_endpoint(), free_tcp_endpoint()
     http_port = int(free_tcp_endpoint().rsplit(":", 1)[1])
     table["http"] = {**table.get("http", {}), "host": "127.0.0.1", "port": http_port}
+    table["control"] = {"endpoint": free_tcp_endpoint()}  # never the default port another service may hold
     table["source"] = {**table.get("source", {}), "protocol": protocol, "endpoint": source_ep, "bind": True,
                        "pattern": "pull"}
     table["publisher"] = {**table.get("publisher", {}), "endpoint": publish_ep, "status_period": 0.2}

@@ -10,7 +10,10 @@ operators call per pattern: :func:`remove_background` / :func:`dynamic_backgroun
 incremental :class:`Neighbourhood` fed in scan order, :func:`image_quality`.  Outputs are
 checked first (within one grey level on 2 % of the pixels: kikuchipy's float32 fastmath
 stretch; IQ to 1e-4).  Rows with two threads split the scan between two threads (ours) and
-give kikuchipy's Dask scheduler two threads.
+give kikuchipy's Dask scheduler two threads.  Every row, ours and kikuchipy's alike, runs
+with BLAS (numpy's and scipy's OpenBLAS) limited to one thread, as livediff's executors run
+it (:mod:`livediff.executors.blas`): the thread count of a row is all the threads it uses,
+none hidden in BLAS.
 """
 from __future__ import annotations
 
@@ -87,6 +90,22 @@ def _quality(patterns: np.ndarray) -> np.ndarray:
     return _each(lambda p: np.float64(image_quality(p, weights=weights)))(patterns)
 
 
+@functools.lru_cache(maxsize=1)
+def _blas():
+    import scipy.linalg  # noqa: F401  (its OpenBLAS loaded, so the controller sees it too)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread(fn: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+    """``fn`` with BLAS limited to one thread (per calling thread) while it runs: the service's setting."""
+    def run() -> np.ndarray:
+        with _blas().limit(limits=1, user_api="blas"):
+            return fn()
+    return run
+
+
 def _kikuchipy(method: str, patterns: np.ndarray, threads: int, **kwargs) -> Callable[[], np.ndarray]:
     import dask
     import hyperspy.api as hs
@@ -136,13 +155,13 @@ def cases(quick: bool) -> list[core.Case]:
                  ("get_image_quality", _quality, {}, _close, 0))
         for name, kernel, kwargs, agree, overlap in steps:
             for threads in (1, 2):
-                ours = functools.partial(_split, kernel, patterns, threads, overlap)
+                ours = _one_blas_thread(functools.partial(_split, kernel, patterns, threads, overlap))
                 label = f"EBSD {name.replace('get_', '').replace('_', ' ')}"
                 if skipped:
                     out.append(core.Case(label, (side, side), "uint8", ours, "kikuchipy", skipped=skipped,
                                          threads=threads, frames=n))
                     continue
-                peer = _kikuchipy(name, patterns, threads, **kwargs)
+                peer = _one_blas_thread(_kikuchipy(name, patterns, threads, **kwargs))
                 out.append(core.Case(label, (side, side), "uint8", ours, f"kikuchipy EBSD.{name}", peer,
                                      agree(ours, peer), threads=threads, frames=n))
     return out

@@ -131,7 +131,8 @@ class FuzzRun:
         + orphans``); ``bad = bad in a series + bad outside one``; every series started
         has ended once (``starts = closed`` = series ends handed to the sinks); the
         series ends add up to the tracker's received, bad, duplicates and stray; no frame
-        was dropped or failed; and the good series is complete with the clean rows.
+        was dropped, and none failed but for a payload that did not decode on its worker
+        (well framed, corrupt inside); and the good series is complete with the clean rows.
         """
         problems = []
         if not self._thread.is_alive() or self.service.stopping.is_set():
@@ -155,7 +156,12 @@ class FuzzRun:
             **{f"tracker {k} = sum of series ends' {end}": (t[k], sum(s[end] for s in ended))
                for k, end in (("received", "received"), ("bad_in_series", "bad"), ("duplicates", "duplicates"),
                               ("stray", "stray"))},
-            "frames processed = received": (sum(s["processed"] for s in ended), t["received"]),
+            "frames processed + failed = received":
+                (sum(s["processed"] + s["failed"] for s in ended), t["received"]),
+            # a payload whose framing checks out at the receiver may still be corrupt inside: its worker
+            # fails that frame alone; no frame fails for any other reason
+            "frames failed = frames whose payload did not decode":
+                (sum(s["failed"] for s in ended), self.service.run_loop.totals["undecodable"]),
         }
         problems += [f"{name}: {left} != {right}" for name, (left, right) in identities.items() if left != right]
         if (good["received"], good["processed"], good["expected"], good["bad"], good["lost"], good["reason"]) != (

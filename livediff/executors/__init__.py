@@ -25,8 +25,9 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from ..model import Codec
 from ..params import param
 from ..pipeline import OperatorSpec
 from .base import Executor, Job
@@ -66,11 +67,11 @@ class PipelineSettings:
             raise ValueError("executor 'dask' needs Dask distributed: pip install 'livediff[dask]'")
 
 
-def _threads(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Any) -> Executor:
-    return ThreadExecutor(specs, settings.workers, batch_frames=settings.batch_frames)
+def _threads(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None) -> Executor:
+    return ThreadExecutor(specs, settings.workers, batch_frames=settings.batch_frames, decode=decode)
 
 
-def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Any) -> Executor:
+def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None) -> Executor:
     from .dask import DaskExecutor  # Dask is an optional extra: loaded only when chosen
 
     return DaskExecutor(specs, settings.workers, decode=decode, scheduler=settings.scheduler,
@@ -79,16 +80,16 @@ def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Any
 
 
 #: ``[pipeline] executor`` -> factory ``(specs, settings, decode) -> Executor``
-EXECUTORS: dict[str, Callable[[Sequence[OperatorSpec], PipelineSettings, Any], Executor]] = {
+EXECUTORS: dict[str, Callable[[Sequence[OperatorSpec], PipelineSettings, Codec | None], Executor]] = {
     "threads": _threads,
     "dask": _dask,
 }
 
 
-def create(settings: PipelineSettings, specs: Sequence[OperatorSpec], *, decode: Any = None) -> Executor:
+def create(settings: PipelineSettings, specs: Sequence[OperatorSpec], *, decode: Codec | None = None) -> Executor:
     """The executor ``settings`` chooses, with one chain per worker built from ``specs``.
 
-    ``decode`` is the codec for payloads that arrived compressed
-    (``livediff.sources.codecs.decode``): an executor whose workers decode needs it.
+    ``decode`` is the codec for frames that arrived compressed
+    (``livediff.sources.codecs.decode_payload``): their workers decode them with it.
     """
     return EXECUTORS[settings.executor](specs, settings, decode)

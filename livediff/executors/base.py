@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..model import Frame, SeriesStart
+from ..model import Codec, Frame, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
 
@@ -30,12 +30,16 @@ class Job:
     """Frames handed to an executor together: ``future`` resolves to one :data:`Outcome` per frame.
 
     ``received`` keeps each frame's pixels as the source delivered them (operators replace
-    ``frame.data``), for sinks that record frames as received.
+    ``frame.data``), for sinks that record frames as received: the executor sets an entry
+    when it decodes a compressed frame in this process, before ``future`` resolves; it stays
+    None when the frame is decoded elsewhere (a Dask worker), and sinks decode
+    ``frame.payload`` themselves if they need the pixels
+    (:meth:`livediff.outputs.FrameOutput.pixels`).
     """
 
     frames: list[Frame]
-    received: list[Any]
-    future: asyncio.Future
+    received: list[np.ndarray | None]
+    future: asyncio.Future = field(init=False)
 
 
 class Executor(Protocol):
@@ -48,13 +52,16 @@ class Executor(Protocol):
     ``collect`` returns a job's outcomes, in order; ``resent`` the frames of the
     current series processed a second time because a worker was lost.  ``start`` takes
     ``output``: whether a sink needs the chain's output frames (an executor running chains
-    in other processes ships them back only then).  ``restart`` takes new parameters for the
-    same operators and restarts one operator and those after it, with no frame in flight
-    (a live change; ``ValueError`` with the reasons when it cannot apply).
+    in other processes ships them back only then).  ``decode`` is the codec compressed
+    frames are decoded with (where the work happens), which the sinks are handed too.
+    ``restart`` takes new parameters for the same operators and restarts one operator and
+    those after it, with no frame in flight (a live change; ``ValueError`` with the reasons
+    when it cannot apply).
     """
 
     workers: int
     resent: int
+    decode: Codec | None
 
     @property
     def layout(self) -> Layout: ...

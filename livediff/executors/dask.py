@@ -17,7 +17,9 @@ soon as it is done.  Around that:
   mid-series gets them with its first frame.
 - **What comes back** for a frame is small: its results, its contributions to series-wide
   state (folded here) and, only when a sink wants them (``save_corrected``), the output
-  frame.  The pixels as received stay here for the sinks that record them.
+  frame.  The payload as received stays here for the sinks that record it; the service never
+  decodes it, but a sink that needs the pixels decodes them on its own thread
+  (:meth:`~livediff.outputs.FrameOutput.pixels`).
 - **Partial states** are pulled from every worker and merged (``merge``) at each
   snapshot and at the series end.
 - **The ledger** (:mod:`.ledger`) keeps each frame until the state holding its
@@ -46,11 +48,11 @@ from typing import Any
 
 import numpy as np
 
-from ..model import Frame, SeriesStart
+from ..model import Codec, Frame, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
 from .base import InOrder, Job, Outcome, report
-from .dask_actor import Decoder, FrameRecord, FrameResult
+from .dask_actor import FrameRecord, FrameResult
 from .dask_cluster import Cluster, Slot, is_loss
 from .ledger import Entry, Ledger
 
@@ -81,14 +83,16 @@ class DaskExecutor:
     ledger_mb : the ledger's bound; beyond it, partial states are pulled.
     wait_s : a call that has not returned after this long counts its worker as lost;
         frames that find no worker for this long are given up.
-    decode : the codec the workers decode payloads with (``livediff.sources.codecs.decode``).
+    decode : the codec the workers decode payloads with (``livediff.sources.codecs.decode_payload``); the
+        sinks decode with it the frames they need as received (this process does not decode them).
     warm : compile the kernels before a series of a new pixel type starts.
     """
 
-    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, decode: Decoder,
+    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, decode: Codec,
                  scheduler: str = "local", credits: int = 2, batch_mb: float = 4.0, ledger_mb: float = 1024.0,
                  wait_s: float = 60.0, warm: bool = True) -> None:
         self.workers = workers
+        self.decode = decode
         self.resent = 0
         self.checkpoints = 0  # forced pulls of the partial states (the ledger was full)
         self._specs = list(specs)
@@ -179,14 +183,15 @@ class DaskExecutor:
 
     def _queue(self, frame: Frame) -> Job:
         epochs = self._inorder.number(frame)
-        if frame.raw is not None and frame.encoding != "raw":
-            encoding, payload = frame.encoding, np.frombuffer(frame.raw, dtype=np.uint8)
+        if frame.payload is not None:  # shipped as received: the worker decodes it
+            encoding, payload = frame.payload.encoding, np.frombuffer(frame.payload.buffer, dtype=np.uint8)
         else:
             encoding, payload = "raw", frame.data
         record = FrameRecord(frame.seq, frame.index, frame.timestamp, frame.received, frame.position, encoding,
                              payload, frame.mask)
         self._payload += (record.nbytes - self._payload) / 16
-        job = Job([frame], [frame.data], asyncio.get_running_loop().create_future())
+        job = Job([frame], [frame.data])
+        job.future = asyncio.get_running_loop().create_future()
         entry = Entry(job, record, epochs)
         self._ledger.add(entry)
         self._waiting.append(entry)

@@ -25,21 +25,18 @@ import copy
 import ctypes
 import logging
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..model import Frame, SeriesStart
+from ..model import Codec, Encoded, Frame, SeriesStart
 from ..pipeline import Chain, OperatorSpec
+from .blas import single_threaded_blas
 
 log = logging.getLogger(__name__)
-
-#: decode(payload, encoding, shape, dtype) -> pixels: the codec the service hands over
-Decoder = Callable[[Any, str, tuple[int, int], Any], np.ndarray]
-
 
 @dataclass
 class FrameRecord:
@@ -84,12 +81,15 @@ class ChainActor:
     Parameters
     ----------
     specs : the configured chain.
-    decode : the codec for compressed payloads (``livediff.sources.codecs.decode``).
+    decode : the codec for compressed payloads (``livediff.sources.codecs.decode_payload``).
     warm : compile the kernels before a series of a new pixel type starts.
     """
 
-    def __init__(self, specs: Sequence[OperatorSpec], decode: Decoder, warm: bool = True) -> None:
+    def __init__(self, specs: Sequence[OperatorSpec], decode: Codec, warm: bool = True) -> None:
         _reuse_freed_memory()
+        # one chain per worker process, parallel over frames: BLAS threads would oversubscribe the cores (Dask's
+        # nanny sets OPENBLAS_NUM_THREADS=1 in the workers it spawns; a worker started otherwise gets it here)
+        single_threaded_blas()
         self._specs = list(specs)
         self._decode = decode
         self._warm = warm
@@ -140,10 +140,12 @@ class ChainActor:
 
     def _one(self, r: FrameRecord) -> FrameResult:
         series = self._series
+        compressed = r.encoding != "raw"
+        frame = Frame(series.series, r.index, None if compressed else r.payload, r.mask, timestamp=r.timestamp,
+                      received=r.received, position=r.position, seq=r.seq,
+                      payload=Encoded(r.encoding, r.payload, series.shape, series.dtype) if compressed else None)
         try:
-            data = r.payload if r.encoding == "raw" else self._decode(r.payload, r.encoding, series.shape, series.dtype)
-            frame = Frame(series.series, r.index, data, r.mask, timestamp=r.timestamp, received=r.received,
-                          position=r.position, seq=r.seq)
+            frame.decode(self._decode)
             for name, key in r.keys.items():
                 if self._adopted[name] != key:
                     self._chain.by_name[name].use(self._versions[name][key])

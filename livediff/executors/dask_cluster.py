@@ -19,9 +19,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..model import SeriesStart
+from ..model import Codec, SeriesStart
 from ..pipeline import OperatorSpec
-from .dask_actor import ChainActor, Decoder
+from .dask_actor import ChainActor
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Cluster:
     on_lost : called with a chain and why, when its worker left or a call failed.
     """
 
-    def __init__(self, scheduler: str, workers: int, specs: Sequence[OperatorSpec], decode: Decoder, *,
+    def __init__(self, scheduler: str, workers: int, specs: Sequence[OperatorSpec], decode: Codec, *,
                  warm: bool, wait_s: float, on_ready: Callable[[Slot], None],
                  on_lost: Callable[[Slot, str], None]) -> None:
         self.scheduler = scheduler

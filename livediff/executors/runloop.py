@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ..errors import DecodeError
 from ..model import Frame, SeriesEnd, SeriesStart
 from ..outputs import FrameOutput, Reductions, SeriesContext
 from ..pipeline import OperatorSpec
@@ -92,7 +93,7 @@ class RunLoop:
         self.batch_bytes = batch_mb * 2**20
         self.on_batch = on_batch
         self.current: SeriesProgress | None = None
-        self.totals = {"processed": 0, "failed": 0}
+        self.totals = {"processed": 0, "failed": 0, "undecodable": 0}  # undecodable: failed, payload corrupt
         self.rate = RateMeter()
         self.batches = 0
         self.batch_max = 0
@@ -265,17 +266,24 @@ class RunLoop:
         layout = self.executor.layout
         outcomes = await self.executor.collect(job)
         done = time.time()
-        outs = []
+        outs: list[FrameOutput] = []
+        processed = 0
         for frame, received, outcome in zip(job.frames, job.received, outcomes):
-            if isinstance(outcome, BaseException):  # an operator failed on this frame: count it, keep going
+            if isinstance(outcome, BaseException):  # its payload did not decode or an operator failed: count it
                 cur.failed += 1
                 self.totals["failed"] += 1
-                log.error("series %d frame %d: processing failed: %s: %s", frame.series, frame.index,
-                          type(outcome).__name__, outcome)
+                if isinstance(outcome, DecodeError):  # well framed at the receiver, corrupt inside: found by its worker
+                    self.totals["undecodable"] += 1
+                    log.error("series %d frame %d failed: its payload does not decode: %s", frame.series,
+                              frame.index, outcome)
+                else:
+                    log.error("series %d frame %d: processing failed: %s: %s", frame.series, frame.index,
+                              type(outcome).__name__, outcome)
                 continue
             cur.processed += 1
+            processed += 1
             cur.last_frame = outcome.index
-            out = layout.output_of(outcome, received, done)
+            out = layout.output_of(outcome, received, done, decode=self.executor.decode)
             if out.epoch != cur.epoch:  # the first frame of a change: the configuration history gains it
                 self._hand(outs)
                 outs = []
@@ -286,8 +294,8 @@ class RunLoop:
             if cur.maps is not None:
                 cur.maps.place(out)
             outs.append(out)
-        self.totals["processed"] += len(outs)
-        self.rate.add(len(outs))
+        self.totals["processed"] += processed
+        self.rate.add(processed)
         self._hand(outs)
 
     def _hand(self, outs: list[FrameOutput]) -> None:
@@ -366,5 +374,5 @@ class RateMeter:
 
 
 def _nbytes(frame: Frame) -> int:
-    """A frame's payload as it waits in the queue: compressed when it came so."""
-    return len(frame.raw) if frame.raw is not None else frame.data.nbytes
+    """A frame's pixels in bytes, decoded or not yet (the work it brings to a batch)."""
+    return frame.payload.nbytes if frame.payload is not None else frame.data.nbytes

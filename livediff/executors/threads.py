@@ -1,11 +1,13 @@
 """Run chains on a pool of worker threads, one chain (and partial state) per worker.
 
 Operators' kernels release the GIL (numba ``nogil=True``), so threads run them in
-parallel.  The run loop hands batches of frames; a batch (or each run of it, see
-:meth:`~.base.InOrder.runs`) is one job, processed on one worker thread in one hop, so the
-cost of a thread hop and a future is paid per batch.  Jobs beyond the idle workers wait
-for one, in order; the run loop collects them in arrival order; the folding chain (operators with a ``collect`` step
-or series-wide state) then sees every frame, in that order, on one more thread.  A frame
+parallel; a frame that arrived compressed is decoded by the worker that processes it, so
+decoding scales with the workers too.  The run loop hands batches of frames; a batch (or
+each run of it, see :meth:`~.base.InOrder.runs`) is one job, processed on one worker thread
+in one hop, so the cost of a thread hop and a future is paid per batch.  Jobs beyond the
+idle workers wait for one, in order; the run loop collects them in arrival order; the
+folding chain (operators with a ``collect`` step or series-wide state) then sees every
+frame, in that order, on one more thread.  A frame
 whose operators need series-wide state waits, on the event loop, until the frames its
 epoch names have been folded, and its worker adopts that version first: no thread ever
 waits for another's frame.  At a snapshot or the series end the workers' partial states
@@ -20,10 +22,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..model import Frame, SeriesStart
+from ..model import Codec, Frame, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
 from .base import InOrder, Job, Outcome, merged_report, report
+from .blas import single_threaded_blas
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +42,21 @@ class ThreadExecutor:
     workers : number of worker threads.
     batch_frames : the most frames of a batch (:attr:`capacity` is this many per worker).
     warm : compile the kernels (:mod:`.warmup`) before a series of a new pixel type starts.
+    decode : the codec for frames that arrived compressed (``livediff.sources.codecs.decode_payload``),
+        run on the worker thread that processes the frame; None: every frame comes decoded.
+
+    Creating one limits BLAS to one thread, process-wide (:mod:`.blas`): the workers parallelise over
+    frames, and BLAS threads on top of them would oversubscribe the cores.
     """
 
     resent = 0
 
     def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, batch_frames: int = 1,
-                 warm: bool = True) -> None:
+                 warm: bool = True, decode: Codec | None = None) -> None:
+        single_threaded_blas()  # parallel over frames: BLAS's own threads would oversubscribe the cores
         self.workers = workers
         self.batch_frames = batch_frames
+        self.decode = decode
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
         self._build(specs)
@@ -128,10 +138,15 @@ class ThreadExecutor:
     def process(self, frames: Sequence[Frame]) -> list[Job]:
         """Queue a batch of ``frames`` (in arrival order) for the next idle worker, a job per run
         (:meth:`~.base.InOrder.runs`); call in arrival order, <= :attr:`capacity` frames in flight."""
-        return [Job(run, [frame.data for frame in run], asyncio.ensure_future(self._process(run, epochs)))
-                for run, epochs in self._inorder.runs(frames)]
+        jobs = []
+        for run, epochs in self._inorder.runs(frames):
+            job = Job(run, [frame.data for frame in run])  # a compressed frame's pixels: set by its worker
+            job.future = asyncio.ensure_future(self._process(job, epochs))
+            jobs.append(job)
+        return jobs
 
-    async def _process(self, frames: list[Frame], epochs: list[dict[str, int | None]]) -> list[Outcome]:
+    async def _process(self, job: Job, epochs: list[dict[str, int | None]]) -> list[Outcome]:
+        frames = job.frames
         need = max(self._inorder.need(f, e) for f, e in zip(frames, epochs))
         if need > self._inorder.folded:
             async with self._folded_changed:
@@ -144,27 +159,37 @@ class ThreadExecutor:
             await self._idle_changed.wait_for(lambda: bool(self._idle))
             chain = self._idle.pop()
         try:
-            return await self._run(self._pool, self._process_on, chain, frames, versions)
+            return await self._run(self._pool, self._process_on, chain, job, versions)
         finally:
             self._idle.append(chain)
             async with self._idle_changed:
                 self._idle_changed.notify()
 
-    def _process_on(self, chain: Chain, frames: list[Frame],
-                    versions: list[dict[str, tuple[int, Any]]]) -> list[Outcome]:
-        """On a worker thread: run the chain on each stretch of frames that use the same versions
-        of series-wide state, after adopting them."""
+    def _process_on(self, chain: Chain, job: Job, versions: list[dict[str, tuple[int, Any]]]) -> list[Outcome]:
+        """On a worker thread: decode the frames that came compressed (a corrupt payload fails
+        its frame only), then run the chain on each stretch of frames that use the same
+        versions of series-wide state, after adopting them."""
+        outcomes: list[Outcome | None] = [None] * len(job.frames)
+        good = []
+        for i, frame in enumerate(job.frames):
+            try:
+                job.received[i] = frame.decode(self.decode)
+            except Exception as exc:  # DecodeError: well framed at the receiver, corrupt inside
+                outcomes[i] = exc
+            else:
+                good.append(i)
         adopted = self._adopted[id(chain)]
-        outcomes: list[Outcome] = []
         start = 0
-        for end in range(1, len(frames) + 1):
-            if end < len(frames) and _keys(versions[end]) == _keys(versions[start]):
+        for end in range(1, len(good) + 1):
+            if end < len(good) and _keys(versions[good[end]]) == _keys(versions[good[start]]):
                 continue
-            for name, (key, state) in versions[start].items():
+            for name, (key, state) in versions[good[start]].items():
                 if adopted[name] != key:
                     chain.by_name[name].use(state)
                     adopted[name] = key
-            outcomes += chain.process_batch(frames[start:end])
+            stretch = good[start:end]
+            for i, outcome in zip(stretch, chain.process_batch([job.frames[i] for i in stretch])):
+                outcomes[i] = outcome
             start = end
         return outcomes
 

@@ -4,7 +4,9 @@
 where DESIGN.md lists it) estimates the background by masked normalised convolution
 with ``scipy.ndimage.gaussian_filter``'s kernel and divides or subtracts it; the operator
 ``dynamic_background`` (:class:`DynamicBackground`) applies it to every frame.  The
-low-pass runs separably in direct form or by FFT, whichever is cheaper.
+low-pass runs separably in direct form, by FFT, or as two matrix products over the band of
+the Gaussian's matrix, whichever is cheapest with one BLAS thread (livediff's executors
+run BLAS on one thread per worker: :mod:`livediff.executors.blas`).
 """
 from __future__ import annotations
 
@@ -57,33 +59,77 @@ def _fold(j, n, reflect):
     return min(max(j, 0), n - 1)
 
 
-@numba.njit(nogil=True, cache=True)
-def _column_pass(src, w, reflect, out):
-    """out[i] = sum_k w[k] src[i + k - h] along the columns (h = len(w) // 2) for a symmetric ``w``: taps k and
-    len - 1 - k added in pairs, innermost first, each a whole row at a time (contiguous: it vectorises)."""
+@numba.njit(nogil=True, cache=True, inline="always")
+def _pairs(o, rows_a, rows_b, w, k, cols):  # pragma: no cover - compiled
+    """o[c] += Σ_j w[k - j] (a_j[c] + b_j[c]) over the (up to) four tap pairs k, k - 1, ... handed in: four pairs
+    per load and store of ``o`` (the loop is bound by loads; one pair per pass would store ``o`` four times)."""
+    a0, a1, a2, a3 = rows_a
+    b0, b1, b2, b3 = rows_b
+    w0, w1, w2, w3 = w[k], w[k - 1], w[k - 2], w[k - 3]
+    for c in range(cols):
+        o[c] += (w0 * (a0[c] + b0[c]) + w1 * (a1[c] + b1[c])) + (w2 * (a2[c] + b2[c]) + w3 * (a3[c] + b3[c]))
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"})
+def _separable(src, w, reflect, out, row):  # pragma: no cover - compiled
+    """out = the correlation of ``src`` with a symmetric ``w`` along both axes (centre tap ``len(w) // 2``).
+
+    Vertical pass first, into ``out``: each output row is the weighted sum of whole input rows, taps k and
+    len - 1 - k added in pairs, four pairs per sweep of the row (contiguous rows: it vectorises).  Then the
+    horizontal pass in place, row by row: ``row`` (len cols + len(w) - 1) holds the boundary-extended row,
+    summed with the same pairing.  Arithmetic in the precision of ``w``: no transposes, no float64
+    temporaries for float32.
+    """
     rows, cols = src.shape
     m = w.size
     h = m // 2
-    centre = w[h] if m % 2 else 0.0
+    centre = w[h]
+    if m % 2 == 0:  # no centre tap (kept in w's type)
+        centre -= centre
+    pairs = m // 2
     for i in range(rows):
         o, s = out[i], src[i]
         for c in range(cols):
             o[c] = centre * s[c]
-        for k in range(m // 2 - 1, -1, -1):
+        k = pairs - 1
+        while k >= 3:
+            _pairs(o, (src[_fold(i + k - h, rows, reflect)], src[_fold(i + k - 1 - h, rows, reflect)],
+                       src[_fold(i + k - 2 - h, rows, reflect)], src[_fold(i + k - 3 - h, rows, reflect)]),
+                   (src[_fold(i + m - 1 - k - h, rows, reflect)], src[_fold(i + m - k - h, rows, reflect)],
+                    src[_fold(i + m + 1 - k - h, rows, reflect)], src[_fold(i + m + 2 - k - h, rows, reflect)]),
+                   w, k, cols)
+            k -= 4
+        while k >= 0:
             a, b = src[_fold(i + k - h, rows, reflect)], src[_fold(i + m - 1 - k - h, rows, reflect)]
             wk = w[k]
             for c in range(cols):
                 o[c] += wk * (a[c] + b[c])
+            k -= 1
+    for i in range(rows):
+        o = out[i]
+        for j in range(cols + m - 1):
+            row[j] = o[_fold(j - h, cols, reflect)]
+        for c in range(cols):
+            o[c] = centre * row[c + h]
+        k = pairs - 1
+        while k >= 3:
+            _pairs(o, (row[k:], row[k - 1:], row[k - 2:], row[k - 3:]),
+                   (row[m - 1 - k:], row[m - k:], row[m + 1 - k:], row[m + 2 - k:]), w, k, cols)
+            k -= 4
+        while k >= 0:
+            wk = w[k]
+            a, b = row[k:k + cols], row[m - 1 - k:m - 1 - k + cols]
+            for c in range(cols):
+                o[c] += wk * (a[c] + b[c])
+            k -= 1
 
 
 def _lowpass_direct(src: np.ndarray, w: np.ndarray, reflect: bool) -> np.ndarray:
-    """The separable correlation with ``w`` along both axes: a column pass, then one on the transpose."""
-    once = np.empty_like(src)
-    _column_pass(src, w, reflect, once)
-    once = np.ascontiguousarray(once.T)
-    out = np.empty_like(once)
-    _column_pass(once, w, reflect, out)
-    return out.T
+    """The separable correlation with ``w`` along both axes, in ``src``'s precision (C-contiguous result)."""
+    src = np.ascontiguousarray(src)
+    out = np.empty_like(src)
+    _separable(src, w.astype(src.dtype, copy=False), reflect, out, np.empty(src.shape[1] + w.size - 1, src.dtype))
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -99,23 +145,79 @@ def _spectrum(n: int, sigma: float, truncate: float, window: str, half: bool) ->
     return spec
 
 
+def _folded(j: np.ndarray, n: int, reflect: bool) -> np.ndarray:
+    """:func:`_fold` on an array of indices."""
+    if reflect:
+        j = j % (2 * n)
+        return np.where(j >= n, 2 * n - 1 - j, j)
+    return np.clip(j, 0, n - 1)
+
+
 @functools.lru_cache(maxsize=16)
 def _matrix(n: int, sigma: float, truncate: float, window: str, reflect: bool) -> np.ndarray:
     """The (n, n) matrix of the correlation with :func:`_taps` along one axis, boundary folded in (transposed)."""
     w = _taps(sigma, truncate, window)
     h = w.size // 2
+    i, k = np.divmod(np.arange(n * w.size), w.size)
     a = np.zeros((n, n))
-    for i in range(n):
-        for k in range(w.size):
-            a[i, _fold(i + k - h, n, reflect)] += w[k]
+    np.add.at(a, (i, _folded(i + k - h, n, reflect)), w[k])  # taps folding onto one pixel add up
     a = np.ascontiguousarray(a.T, dtype=_precision(window))
     a.setflags(write=False)
     return a
 
 
-#: frames up to this many pixels a side are low-passed as two matrix products: BLAS beats the taps and the FFT
-#: there, and OpenBLAS multiplies them on the calling thread (above, its own threads contend with the workers)
-_MATRIX_SIDE = 64
+#: a product's output columns cost as if each of its blocks were this many columns wider (measured: one BLAS
+#: thread, float32 and float64, sides 64-512; narrow products run below BLAS's peak)
+_BLOCK_COST = 24
+
+#: frames up to this many pixels a side may be low-passed as matrix products (a matrix is side² numbers)
+_MATRIX_SIDE = 1024
+
+#: multiply-adds of a matrix product (blocks counted :data:`_BLOCK_COST` wider) that cost as much as one tap of
+#: the direct form, by precision (measured, one BLAS thread, sides 32-512, sigma 2 to side / 8: 12-16 for float32,
+#: 12-22 for float64; on the low side, so that auto errs towards the direct form)
+_MACS_PER_TAP = {np.float32: 14, np.float64: 16}
+
+
+@functools.lru_cache(maxsize=16)
+def _band(n: int, sigma: float, truncate: float, window: str, reflect: bool) -> tuple[tuple[int, int, int, int], ...]:
+    """The product with :func:`_matrix` in blocks of output columns, each over the input rows its band reaches.
+
+    Blocks ``(c0, c1, lo, hi)``: output columns c0:c1 take input lo:hi only (the rest of those columns of the
+    matrix is zero).  The number of blocks minimises the multiply-adds, each block counted :data:`_BLOCK_COST`
+    columns wider: one block (the dense product) when the band fills the matrix.
+    """
+    taps = _taps(sigma, truncate, window).size
+    h = taps // 2
+    best, plan = math.inf, ()
+    for k in range(1, max(1, n // 32) + 1):
+        edges = np.linspace(0, n, k + 1).round().astype(int)
+        blocks = []
+        for c0, c1 in zip(edges[:-1].tolist(), edges[1:].tolist()):
+            used = _folded(np.arange(c0 - h, c1 - 1 - h + taps), n, reflect)  # the inputs outputs c0:c1 read
+            blocks.append((c0, c1, int(used.min()), int(used.max()) + 1))
+        cost = sum((hi - lo) * (c1 - c0 + _BLOCK_COST) for c0, c1, lo, hi in blocks)
+        if cost < best:
+            best, plan = cost, tuple(blocks)
+    return plan
+
+
+def _band_cost(n: int, *args) -> int:
+    """Multiply-adds of :func:`_banded` per row of the other axis, blocks counted as :func:`_band` does."""
+    return sum((hi - lo) * (c1 - c0 + _BLOCK_COST) for c0, c1, lo, hi in _band(n, *args))
+
+
+def _lowpass_matrix(src: np.ndarray, sigma: float, truncate: float, reflect: bool, window: str) -> np.ndarray:
+    """A_rows @ src @ A_cols^T, each product over the band of the matrix only (:func:`_band`)."""
+    rows, cols = src.shape
+    args = (sigma, truncate, window, reflect)
+    a, tmp = _matrix(rows, *args), np.empty(src.shape, src.dtype)
+    for r0, r1, lo, hi in _band(rows, *args):
+        np.matmul(a[lo:hi, r0:r1].T, src[lo:hi], out=tmp[r0:r1])
+    a, out = _matrix(cols, *args), np.empty(src.shape, src.dtype)
+    for c0, c1, lo, hi in _band(cols, *args):
+        np.matmul(tmp[:, lo:hi], a[lo:hi, c0:c1], out=out[:, c0:c1])
+    return out
 
 
 def _precision(window: str) -> type:
@@ -123,25 +225,38 @@ def _precision(window: str) -> type:
     return np.float32 if window == "kikuchipy" else np.float64
 
 
+@functools.lru_cache(maxsize=64)
+def _method(rows: int, cols: int, sigma: float, truncate: float, reflect: bool, window: str) -> str:
+    """The cheapest low-pass for a frame, in units of one direct tap (measured, one BLAS thread: livediff's
+    workers limit BLAS to one, :mod:`livediff.executors.blas`).  A direct tap costs about half an FFT's
+    n log2 n unit and :data:`_MACS_PER_TAP` multiply-adds of a matrix product."""
+    r = _taps(sigma, truncate, window).size // 2
+    lr = scipy.fft.next_fast_len(rows + 2 * r, real=True)
+    lc = scipy.fft.next_fast_len(cols + 2 * r, real=True)
+    costs = {"direct": rows * cols * (r + 1), "fft": 2 * lr * lc * math.log2(lr * lc)}
+    if max(rows, cols) <= _MATRIX_SIDE:
+        args = (sigma, truncate, window, reflect)
+        costs["matrix"] = ((cols * _band_cost(rows, *args) + rows * _band_cost(cols, *args))
+                           / _MACS_PER_TAP[_precision(window)])
+    return min(costs, key=costs.get)
+
+
 def _lowpass(src: np.ndarray, sigma: float, truncate: float, reflect: bool, method: str,
              window: str = "scipy") -> np.ndarray:
     """Separable Gaussian low-pass of a frame with :func:`_taps`' window (scipy's: gaussian_filter), in
     :func:`_precision`."""
     src = np.asarray(src, dtype=_precision(window))
-    w = _taps(sigma, truncate, window)
-    r = w.size // 2
     rows, cols = src.shape
-    lr = scipy.fft.next_fast_len(rows + 2 * r, real=True)
-    lc = scipy.fft.next_fast_len(cols + 2 * r, real=True)
-    if method == "auto":  # measured: a direct tap costs about half an FFT's n log2 n unit
-        method = "direct" if rows * cols * (r + 1) <= 2 * lr * lc * math.log2(lr * lc) else "fft"
-        if max(rows, cols) <= _MATRIX_SIDE and r > 3:
-            method = "matrix"
-    if method == "matrix":  # A_rows @ src @ A_cols^T
-        return _matrix(rows, sigma, truncate, window, reflect).T @ src @ _matrix(cols, sigma, truncate, window,
-                                                                                 reflect)
+    if method == "auto":
+        method = _method(rows, cols, sigma, truncate, reflect, window)
+    if method == "matrix":
+        return _lowpass_matrix(src, sigma, truncate, reflect, window)
+    w = _taps(sigma, truncate, window)
     if method == "direct":
         return _lowpass_direct(src, w, reflect)
+    r = w.size // 2
+    lr = scipy.fft.next_fast_len(rows + 2 * r, real=True)
+    lc = scipy.fft.next_fast_len(cols + 2 * r, real=True)
     padded = np.pad(src, r, mode="symmetric" if reflect else "edge")
     spec = scipy.fft.rfft2(padded, s=(lr, lc), workers=1)
     spec *= _spectrum(lr, sigma, truncate, window, False)[:, None]
@@ -193,8 +308,10 @@ def dynamic_background(image: np.ndarray, sigma: float, mask: np.ndarray | None 
     min_weight : least fraction of the kernel's weight on valid pixels for a background.
     fill_value : value of invalid output pixels.
     method : ``"direct"`` (separable, cost ~ radius), ``"fft"`` (cost ~ log of the padded
-        size), ``"matrix"`` (two matrix products with the boundary folded in, cost ~ size: small
-        frames) or ``"auto"`` (the cheapest); the same result to float64 rounding.
+        size), ``"matrix"`` (two BLAS matrix products with the boundary folded in, over the
+        Gaussian's band only, cost ~ radius + block width at BLAS speed: large radii) or
+        ``"auto"`` (the cheapest with one BLAS thread); the same result to rounding in the
+        working precision.
     mask_out : bool array receiving the validity of each output pixel.
     window : ``"scipy"`` (``scipy.ndimage.gaussian_filter``'s kernel) or ``"kikuchipy"``
         (kikuchipy's default "frequency" dynamic background: ``int(truncate * sigma)`` taps,

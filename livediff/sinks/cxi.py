@@ -84,8 +84,7 @@ class CxiExporter:
         if self._hit is None or not out.row.get(self._hit):
             return
         peaks = out.rows.get(self._spots) or {"x": np.zeros(0), "y": np.zeros(0), "intensity": np.zeros(0)}
-        frame = ("bslz4", out.blob) if out.blob is not None and out.encoding == "bslz4" else out.received
-        if self._worker.offer(self._append, out.series, out.index, frame, peaks):
+        if self._worker.offer(self._append, out, peaks):
             self.hits += 1
         else:
             self.not_saved += 1
@@ -114,9 +113,9 @@ class CxiExporter:
         self._file = _CxiFile(path, shape, dtype)
         log.info("writing hits to %s", path)
 
-    def _append(self, series: int, index: int, frame: Any, peaks: dict[str, np.ndarray]) -> None:
-        if self._file is not None:
-            self._file.append(index, frame, peaks, series)
+    def _append(self, out: FrameOutput, peaks: dict[str, np.ndarray]) -> None:
+        if self._file is not None:  # out.recorded() here: it may decode the frame
+            self._file.append(out.index, out.recorded(), peaks, out.series)
 
     def _close(self) -> None:
         if self._file is not None:

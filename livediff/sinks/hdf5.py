@@ -125,8 +125,9 @@ class HDF5Writer:
     def add_frames(self, outs: Sequence[FrameOutput]) -> None:
         """Queue processed frames, in order, as one item, with what the settings record of them.
         If the writer is behind, they are not saved (counted)."""
-        items = [(out, *self._recorded(out)) for out in outs]
-        size = sum(_nbytes(raw) + _nbytes(corrected) for _, raw, corrected in items)
+        items = [(out, out.output if self.config.save_corrected else None) for out in outs]
+        size = sum((out.recorded_nbytes if self.config.save_raw else 0) + (0 if corrected is None else corrected.nbytes)
+                   for out, corrected in items)
         with self._lock:
             if self._series is not None:
                 self._series.frames += len(items)
@@ -144,15 +145,6 @@ class HDF5Writer:
         self._count_not_saved(self._series, len(items))
         if before == 0 or before // 1000 != self.not_saved // 1000:  # the first, then one line per thousand
             log.error("HDF5 writer is behind: %d frames not saved so far", self.not_saved)
-
-    def _recorded(self, out: FrameOutput) -> tuple[Any, Any]:
-        """(raw, corrected): what of ``out`` the file records, per the settings (None: nothing)."""
-        raw = corrected = None
-        if self.config.save_raw:
-            raw = ("bslz4", out.blob) if out.blob is not None and out.encoding == "bslz4" else out.received
-        if self.config.save_corrected:
-            corrected = out.output
-        return raw, corrected
 
     def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
         """Queue operator rows that belong to no processed frame (e.g. spots completed at series end)."""
@@ -239,8 +231,10 @@ class HDF5Writer:
             items, size = payload
             with self._lock:
                 self._pending_bytes -= size
-            added = 0 if f is None else f.add_frames(
-                [(out.row, out.arrays, out.rows, raw, corrected, out.epoch) for out, raw, corrected in items])
+            # the raw pixels are taken here, on the writer thread: a payload may need decoding
+            rows = [(out.row, out.arrays, out.rows, out.recorded() if self.config.save_raw else None, corrected,
+                     out.epoch) for out, corrected in items]
+            added = 0 if f is None else f.add_frames(rows)
             if added < len(items):
                 self._count_not_saved(self._writing, len(items) - added)
         elif kind == "reductions" and f is not None:
@@ -322,14 +316,6 @@ class HDF5Writer:
                       "written" if f.summary_written else
                       "not written (the file opens with swmr=True, as a killed writer's does)")
         return {"not_saved": not_saved}
-
-
-def _nbytes(value: Any) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, tuple):  # (encoding, blob)
-        return memoryview(value[1]).nbytes
-    return value.nbytes
 
 
 def _check_writable(directory: Path) -> None:

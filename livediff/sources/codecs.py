@@ -10,6 +10,13 @@ allocated or decompressed; the decoded length is checked again *after*.  So a 60
 payload claiming 100000 x 100000 pixels is refused without allocating, and no output is
 ever larger than ``rows x cols x itemsize``.
 
+Sources do not decompress (decoding is deferred to the worker that processes the frame):
+:func:`check` does the header checks above and walks the chain of block lengths (a numba
+walker in :mod:`.lz4chunks`, tens of microseconds for a 4M frame), and :func:`accept` turns a
+payload into what a :class:`~livediff.model.Frame` carries; workers decode with
+:func:`decode_payload`.  A payload that passes :func:`check` can still fail :func:`decode` (a
+corrupt LZ4 stream inside a block): that is the worker's failure to report, for that frame.
+
 Two backends decompress header-checked HDF5-filter chunks (:func:`backend` says which one
 is in use; the choice is made once, at import):
 
@@ -71,6 +78,7 @@ import lz4.block
 import numpy as np
 
 from ..errors import DecodeError
+from ..model import Encoded
 
 try:
     import dectris.compression as _dectris
@@ -114,19 +122,21 @@ def describe() -> str:
 
 
 def prepare() -> float:
-    """Load (or, the first time on a machine, compile) the chunk decoder now; returns seconds.
+    """Load (or, the first time on a machine, compile) the chunk decoder and framing checker now; returns seconds.
 
-    With the numba backend the first decode would otherwise load numba and the kernels
+    The first check (and, with the numba backend, the first decode) would otherwise load numba and the kernels
     (about 1 s, or longer while numba compiles them the first time); a service calls this
     at start, before it reports ready.  Logs :func:`describe` once.
     """
     t0 = time.perf_counter()
     _log_backend()
-    if _dectris is None:  # 64 zeros: their bit transposition is zeros again, so no encoder is needed
-        lz4_zeros = lz4.block.compress(bytes(256), store_size=False)
-        block = _LENGTH.pack(len(lz4_zeros)) + lz4_zeros
-        decode_bslz4(_HEADER.pack(256, 256) + block, (1, 64), np.uint32)
-        decode_lz4(_HEADER.pack(256, 256) + block, (1, 64), np.uint32)
+    # 64 zeros: their bit transposition is zeros again, so no encoder is needed
+    lz4_zeros = lz4.block.compress(bytes(256), store_size=False)
+    chunk = _HEADER.pack(256, 256) + _LENGTH.pack(len(lz4_zeros)) + lz4_zeros
+    check(chunk, "bslz4", (1, 64), np.uint32)  # the framing walker is numba whichever backend decodes
+    if _dectris is None:
+        decode_bslz4(chunk, (1, 64), np.uint32)
+        decode_lz4(chunk, (1, 64), np.uint32)
     return time.perf_counter() - t0
 
 
@@ -172,6 +182,66 @@ def decode(blob: Any, encoding: str, shape: tuple[int, int], dtype: Any, *, back
     raise DecodeError(f"unknown encoding {encoding!r} (expected one of {', '.join(ENCODINGS)})")
 
 
+def check(blob: Any, encoding: str, shape: tuple[int, int], dtype: Any) -> None:
+    """Check a payload's framing without decompressing it: cheap enough for the receiver.
+
+    ``"raw"``: the length.  ``"bslz4"`` and ``"lz4"``: the header (its total against
+    ``shape`` x ``dtype``, the block size), then the chain of block lengths, each within the
+    bytes left and possible for an LZ4 block of its size, and the bytes after the last
+    block.  A payload that passes may still hold a corrupt LZ4 stream, which only
+    :func:`decode` finds.
+
+    Raises
+    ------
+    DecodeError
+        As :func:`decode` would for the framing, and for an unknown encoding.
+    """
+    dtype = np.dtype(dtype)
+    if encoding == "raw":
+        decode(blob, "raw", shape, dtype)
+        return
+    if encoding not in ENCODINGS:
+        raise DecodeError(f"unknown encoding {encoding!r} (expected one of {', '.join(ENCODINGS)})")
+    view = _bytes_view(blob)
+    block_bytes, tail = _framing(view, encoding, shape, dtype)
+    from . import lz4chunks  # numba: loaded on the first check, never by importing a receiver
+
+    code, block, value = lz4chunks.walk(np.frombuffer(view, np.uint8), _nbytes(shape, dtype) - tail,
+                                        block_bytes, tail)
+    if code != lz4chunks.OK:
+        raise DecodeError(f"{encoding}: corrupt or truncated data ({_MESSAGES[code].format(k=block, v=value)})")
+
+
+def accept(blob: Any, encoding: str, shape: tuple[int, int], dtype: Any) -> tuple[np.ndarray | None, Encoded | None]:
+    """What a source puts in a :class:`~livediff.model.Frame`: ``(data, payload)``.
+
+    Uncompressed pixels become ``data`` at once (a view of ``blob``, no copy); a compressed
+    payload is checked (:func:`check`) and passed on as an :class:`~livediff.model.Encoded`
+    ``payload``, to be decoded by the worker that processes the frame (:func:`decode_payload`).
+
+    Raises
+    ------
+    DecodeError
+        The payload's length or framing is wrong (:func:`check`).
+    """
+    dtype = np.dtype(dtype)
+    if encoding == "raw":
+        return decode(blob, "raw", shape, dtype), None
+    check(blob, encoding, shape, dtype)
+    return None, Encoded(encoding, blob, tuple(shape), dtype.name)
+
+
+def decode_payload(payload: Encoded) -> np.ndarray:
+    """Decode a frame's :class:`~livediff.model.Encoded` payload (:func:`decode`); the executors' codec.
+
+    Raises
+    ------
+    DecodeError
+        The payload does not decode (e.g. a corrupt LZ4 stream in well-framed blocks).
+    """
+    return decode(payload.buffer, payload.encoding, payload.shape, payload.dtype)
+
+
 def decode_bslz4(blob: Any, shape: tuple[int, int], dtype: Any, *, backend: str | None = None) -> np.ndarray:
     """Decode a bitshuffle-LZ4 chunk (HDF5 filter 32008 layout) into a ``shape`` array.
 
@@ -207,15 +277,7 @@ def decode_bslz4(blob: Any, shape: tuple[int, int], dtype: Any, *, backend: str 
     """
     dtype = np.dtype(dtype)
     view = _bytes_view(blob)
-    expected = _nbytes(shape, dtype)
-    block_bytes = _check_header(view, expected, "bslz4")
-    unit = _BLOCKED_MULT * dtype.itemsize
-    if block_bytes == 0 or block_bytes % unit:
-        raise DecodeError(f"bslz4: block size {block_bytes} bytes is not a positive multiple of "
-                          f"{_BLOCKED_MULT} elements of {dtype.itemsize} byte(s)")
-    n = expected // dtype.itemsize
-    tail = n % _BLOCKED_MULT * dtype.itemsize
-    _check_room(view, expected - tail, block_bytes, tail, "bslz4")
+    block_bytes, _ = _framing(view, "bslz4", shape, dtype)
     return _decompress(view, "bslz4", shape, dtype, block_bytes, backend)
 
 
@@ -244,11 +306,7 @@ def decode_lz4(blob: Any, shape: tuple[int, int], dtype: Any, *, backend: str | 
     """
     dtype = np.dtype(dtype)
     view = _bytes_view(blob)
-    expected = _nbytes(shape, dtype)
-    block_bytes = _check_header(view, expected, "lz4")
-    if block_bytes == 0:
-        raise DecodeError("lz4: block size 0 in the header")
-    _check_room(view, expected, block_bytes, 0, "lz4")
+    block_bytes, _ = _framing(view, "lz4", shape, dtype)
     return _decompress(view, "lz4", shape, dtype, block_bytes, backend)
 
 
@@ -407,6 +465,23 @@ def _check_header(view: memoryview, expected: int, what: str) -> int:
     if total != expected:
         raise DecodeError(f"{what}: header announces {total} bytes, expected {expected}")
     return block_bytes
+
+
+def _framing(view: memoryview, algorithm: str, shape: tuple[int, int], dtype: np.dtype) -> tuple[int, int]:
+    """Check an HDF5-filter chunk's header and size; return (block size in bytes, uncompressed tail bytes)."""
+    expected = _nbytes(shape, dtype)
+    block_bytes = _check_header(view, expected, algorithm)
+    tail = 0
+    if algorithm == "bslz4":
+        unit = _BLOCKED_MULT * dtype.itemsize
+        if block_bytes == 0 or block_bytes % unit:
+            raise DecodeError(f"bslz4: block size {block_bytes} bytes is not a positive multiple of "
+                              f"{_BLOCKED_MULT} elements of {dtype.itemsize} byte(s)")
+        tail = expected // dtype.itemsize % _BLOCKED_MULT * dtype.itemsize
+    elif block_bytes == 0:
+        raise DecodeError("lz4: block size 0 in the header")
+    _check_room(view, expected - tail, block_bytes, tail, algorithm)
+    return block_bytes, tail
 
 
 def _check_room(view: memoryview, blocked: int, block_bytes: int, tail: int, what: str) -> None:

@@ -311,13 +311,16 @@ def _frame(series_no: int, index: int, info: dict[str, Any], blob: Any, shape: t
         if encoding == "<":
             return Frame(series_no, index, codecs.decode(blob, "raw", shape, dtype))
         if encoding == "lz4<":
-            raw = codecs.lz4_block_to_h5(blob, shape[0] * shape[1] * dtype.itemsize)
-            return Frame(series_no, index, codecs.decode_lz4_block(blob, shape, dtype), raw=raw,
-                         encoding="raw" if raw is None else "lz4")
+            chunk = codecs.lz4_block_to_h5(blob, shape[0] * shape[1] * dtype.itemsize)
+            if chunk is None:  # a block the HDF5 framing cannot express: decoded here, the rare exception
+                return Frame(series_no, index, codecs.decode_lz4_block(blob, shape, dtype))
+            data, payload = codecs.accept(chunk, "lz4", shape, dtype)
+            return Frame(series_no, index, data, payload=payload)
         if encoding in ("bs8-lz4<", "bs16-lz4<", "bs32-lz4<"):
             if encoding != f"bs{8 * dtype.itemsize}-lz4<":
                 raise DecodeError(f"encoding {encoding!r} does not suit type {dtype.name}")
-            return Frame(series_no, index, codecs.decode(blob, "bslz4", shape, dtype), raw=blob, encoding="bslz4")
+            data, payload = codecs.accept(blob, "bslz4", shape, dtype)
+            return Frame(series_no, index, data, payload=payload)
     except DecodeError as exc:
         raise DecodeError(f"{where}: {exc}") from None
     raise DecodeError(f"{where}: unknown encoding {encoding!r} (expected '<', 'lz4<', 'bs8-lz4<', "

@@ -6,7 +6,8 @@ for compressed byte strings (``cbor/dectris-compression-tag.md``): messages ``st
 ``image`` and ``end``; arrays as tag 40 (row-major multi-dimensional array,
 ``[[rows, cols], typed array]``) around an RFC 8746 typed array (tags 64-87), whose byte
 string may be tag 56500 ``[algorithm, element size, bytes]`` with ``"bslz4"`` or ``"lz4"``
-(both in the HDF5 filter framing, :mod:`livediff.sources.codecs`).
+(both in the HDF5 filter framing, :mod:`livediff.sources.codecs`).  An image's compressed
+payload is checked (framing) but not decompressed here: it travels on as ``Frame.payload``.
 
 Conversions (DESIGN.md), as for Stream v1: ``image_size_x/y`` -> (rows, cols) =
 (y, x); ``pixel_mask`` nonzero = bad -> True = valid; beam centre minus 0.5 px (corner
@@ -254,10 +255,10 @@ def _frame(series_no: int, index: int, value: Any, where: str, series: SeriesSta
     _pixel_type(dtype, where)
     check_fits(series, shape, dtype, where)
     try:
-        data = codecs.decode(blob, encoding, shape, dtype)
+        data, payload = codecs.accept(blob, encoding, shape, dtype)
     except DecodeError as exc:
         raise DecodeError(f"{where}: {exc}") from None
-    return Frame(series_no, index, data, raw=None if encoding == "raw" else blob, encoding=encoding)
+    return Frame(series_no, index, data, payload=payload)
 
 
 def _pixel_type(dtype: np.dtype, where: str) -> np.dtype:

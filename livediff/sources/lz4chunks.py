@@ -145,6 +145,32 @@ def _block_length(src: np.ndarray, pos: int, nbytes: int) -> tuple[int, int]:
 
 
 @numba.njit(nogil=True, cache=True)
+def walk(src: np.ndarray, blocked: int, block: int, tail: int) -> tuple[int, int, int]:
+    """Check a chunk's framing without decompressing: the block-length chain and what follows it.
+
+    ``blocked`` bytes go in blocks of ``block`` bytes (the last one shorter), each a checked
+    4-byte length (:func:`_block_length`) and that many bytes; then exactly ``tail`` bytes
+    (bitshuffle's uncompressed last elements; 0 for filter 32004).  Returns (code, block, value)
+    as the decoders do; a corrupt LZ4 stream inside a block goes unnoticed (:data:`CORRUPT` is
+    the decoders' to find).
+    """
+    pos = 12
+    start = 0
+    k = 0
+    while start < blocked:
+        size = min(block, blocked - start)
+        code, length = _block_length(src, pos, size)
+        if code != OK:
+            return code, k, length
+        pos += 4 + length
+        start += size
+        k += 1
+    if src.size - pos != tail:
+        return TRAILING, k, src.size - pos
+    return OK, k, 0
+
+
+@numba.njit(nogil=True, cache=True)
 def decode_bslz4(src: np.ndarray, dst: np.ndarray, block: int, itemsize: int,
                  little: bool) -> tuple[int, int, int]:
     """Decode a bitshuffle-LZ4 chunk (filter 32008) into ``dst`` (uint8, n x itemsize bytes).

@@ -14,8 +14,9 @@ as received, uint32 little-endian (0 = good, NXmx bits), of ``shape``.
 ``image``: ``frame`` (0-based), ``timestamp`` (s since the epoch), ``shape``, ``dtype``,
 ``encoding``, optionally ``position`` [row, col] in the scan; part 2 the pixels, C order: ``"raw"`` little-endian, or compressed as
 ``"bslz4"`` (bitshuffle-LZ4) or ``"lz4"``, both in the HDF5 filter chunk layout (see
-:mod:`livediff.sources.codecs`).  A compressed payload reaches the pipeline as
-``Frame.raw`` too, so a writer can store it without recompressing.
+:mod:`livediff.sources.codecs`).  A compressed payload is checked (its framing) but not
+decompressed here: it reaches the pipeline as ``Frame.payload``, decoded by the worker that
+processes the frame and kept so a writer can store it without recompressing.
 
 The schema the decoder enforces (anything else is a :class:`DecodeError`, one bad
 message): ``series`` an integer in 0..2**63 - 1; ``shape`` two integers in 1..2**20 - 1
@@ -207,9 +208,11 @@ def _decode_image(header: dict[str, Any], parts: list[bytes], series_no: int,
     timestamp = number(header, "timestamp", where)
     check_fits(series, shape, dtype, where)
     position = _position(header.get("position"), series, where)
-    data = _buffer(parts[1], shape, dtype, f"frame {index}", encoding)
-    raw = None if encoding == "raw" else parts[1]
-    return Frame(series=series_no, index=index, data=data, raw=raw, encoding=encoding,
+    try:
+        data, payload = codecs.accept(parts[1], encoding, shape, dtype)
+    except DecodeError as exc:
+        raise DecodeError(f"native: frame {index}: {exc}") from None
+    return Frame(series=series_no, index=index, data=data, payload=payload,
                  timestamp=0.0 if timestamp is None else timestamp, position=position)
 
 
@@ -325,8 +328,8 @@ def _check_plain(value: Any, where: str, depth: int) -> None:
             _check_plain(v, where, depth - 1)
 
 
-def _buffer(buf: bytes, shape: tuple[int, int], dtype: np.dtype, what: str, encoding: str = "raw") -> np.ndarray:
+def _buffer(buf: bytes, shape: tuple[int, int], dtype: np.dtype, what: str) -> np.ndarray:
     try:
-        return codecs.decode(buf, encoding, shape, dtype)
+        return codecs.decode(buf, "raw", shape, dtype)
     except DecodeError as exc:
         raise DecodeError(f"native: {what}: {exc}") from None

@@ -7,7 +7,8 @@ service, not here); ``livediff_frame_latency_seconds`` is a histogram of each fr
 latency from decoding to the end of processing.  Each service has a registry of its own.
 
 - received: frames that reached the pipeline, over every series (the open one included);
-- processed: frames the chain processed; failed: frames an operator raised on;
+- processed: frames the chain processed; failed: frames whose payload did not decode on their
+  worker, or an operator raised on;
 - dropped: frames the ``drop`` overflow policy discarded; bad: source messages that
   failed to decode;
 - lost: frames a series announced that never arrived, counted when the series ends.
@@ -33,7 +34,7 @@ _COUNTERS = {
     "dropped": "frames discarded by the drop overflow policy",
     "bad": "source messages that failed to decode",
     "lost": "frames announced that never arrived (counted at series end)",
-    "failed": "frames an operator raised on",
+    "failed": "frames whose payload did not decode on their worker, or an operator raised on",
 }
 
 

@@ -79,11 +79,16 @@ class LiveServer:
     metrics : what ``/metrics`` exposes.
     status : the service's status now (``Service.status``); None: the last heartbeat the
         state received (``livediff view``).
+    control : runs a live-control request map (``{"cmd": "set", ...}``) and returns the reply
+        map, as the control socket does; served as ``POST /api/control``.  None: no control
+        (``livediff view``, which only watches).
     """
 
     def __init__(self, settings: HttpSettings, state: LiveState, metrics: Metrics, *,
-                 status: Callable[[], dict[str, Any]] | None = None) -> None:
+                 status: Callable[[], dict[str, Any]] | None = None,
+                 control: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None) -> None:
         self.settings = settings
+        self._control = control
         self.state = state
         self.metrics = metrics
         self._status = status
@@ -109,6 +114,7 @@ class LiveServer:
         app.router.add_get("/", self._index)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/status", self._api_status)
+        app.router.add_post("/api/control", self._api_control)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/ws", self._ws)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -206,6 +212,24 @@ class LiveServer:
         if status is None:
             return _json({"error": f"no heartbeat from {self.state.source} yet"}, status=503)
         return _json(status)
+
+    async def _api_control(self, request: web.Request) -> web.Response:
+        """The control socket's commands over HTTP: a JSON request map in, the reply map out."""
+        if self._control is None:
+            return _json({"ok": False, "error": "this page only watches: no live control here"}, status=404)
+        # JSON only: a cross-site form cannot send it without a CORS preflight, which is never granted
+        if request.content_type != "application/json":
+            return _json({"ok": False, "error": 'send the command as JSON (Content-Type: application/json), '
+                                                'e.g. {"cmd": "get"}'}, status=415)
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            return _json({"ok": False, "error": f"the request is not JSON: {exc}"}, status=400)
+        if not isinstance(body, dict) or not isinstance(body.get("cmd"), str):
+            return _json({"ok": False, "error": 'a request is a map with a string "cmd", like {"cmd": "get"}'},
+                         status=400)
+        reply = await self._control(body)
+        return _json(reply, status=200 if reply["ok"] else 400)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})

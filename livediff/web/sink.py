@@ -1,7 +1,7 @@
 """The live page as a sink of the service: :class:`LiveView`."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..outputs import FrameOutput, Reductions, SeriesContext
@@ -22,6 +22,7 @@ class LiveView:
     settings : the ``[http]`` settings.
     status : the service's status now (``Service.status``, the heartbeat's content).
     protocol : the source's protocol, shown in the series header.
+    control : runs a live-control request (see :class:`~.server.LiveServer`), or None.
     """
 
     # The preview shows the output frame when the executor has it in this process and the
@@ -29,13 +30,14 @@ class LiveView:
     # throttled preview would cost more than the preview is worth.
     wants_output = False
 
-    def __init__(self, settings: HttpSettings, *, status: Callable[[], dict[str, Any]], protocol: str) -> None:
+    def __init__(self, settings: HttpSettings, *, status: Callable[[], dict[str, Any]], protocol: str,
+                 control: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None) -> None:
         self._status = status
         self._protocol = protocol
         self.metrics = Metrics(status)
         self.state = LiveState(settings, source="the service", on_latency=self.metrics.latency.observe)
         self.metrics.watch(self.state)
-        self.server = LiveServer(settings, self.state, self.metrics, status=status)
+        self.server = LiveServer(settings, self.state, self.metrics, status=status, control=control)
 
     async def start(self) -> None:
         """Serve the page.
@@ -65,7 +67,8 @@ class LiveView:
         return {}
 
     def add_frame(self, out: FrameOutput) -> None:
-        image = out.output if out.output is not None else out.received
+        # the pixels as received when no output frame is here; decoded only if the page renders them
+        image = out.output if out.output is not None else out.received if out.received is not None else out.pixels
         self.state.add_frame(out.index, out.row, out.arrays, out.rows, image)
 
     def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:

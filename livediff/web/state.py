@@ -123,7 +123,7 @@ class LiveState:
         self.latest_row: dict[str, Any] = {}
         self.latest_arrays: dict[str, dict[str, np.ndarray]] = {}
         self.latest_rows: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
-        self.image: tuple[int, np.ndarray, np.ndarray | None] | None = None
+        self.image: tuple[int, np.ndarray | Callable[[], np.ndarray], np.ndarray | None] | None = None
         self.reductions: dict[str, dict[str, np.ndarray]] = {}
         self._dirty: set[str] = {"header", "counts", "latest"}
 
@@ -158,8 +158,10 @@ class LiveState:
             self._dirty.add("header")
 
     def add_frame(self, index: int, row: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]],
-                  rows: dict[str, dict[str, np.ndarray]], image: np.ndarray | None = None) -> None:
-        """One processed frame: its row, per-frame arrays, rows and (in the service) its pixels."""
+                  rows: dict[str, dict[str, np.ndarray]],
+                  image: np.ndarray | Callable[[], np.ndarray] | None = None) -> None:
+        """One processed frame: its row, per-frame arrays, rows and (in the service) its pixels, or
+        what gives them (called when the page renders, off the event loop: it may decode the frame)."""
         self.processed += 1
         self.frames_total += 1
         self.last_frame = index
@@ -172,7 +174,7 @@ class LiveState:
         for label, columns in rows.items():
             self.add_rows(label, index, columns)
         if image is not None:
-            self.image = (index, image, self.mask if self.mask is not None and self.mask.shape == image.shape else None)
+            self.image = (index, image, self.mask)
             self._dirty.add("image:frame")
         latency = row.get("latency_s")
         if self.on_latency is not None and isinstance(latency, (int, float)):
@@ -335,9 +337,10 @@ class LiveState:
                                    "spots": {lb: {"frame": s["frame"], "n": s["n"], "x": finite_list(s["x"]),
                                                   "y": finite_list(s["y"])} for lb, s in spots.items()}}
             if image is not None:
-                out["image"] = image_payload(image[1], image[2], max_side=settings.image_size,
-                                             contrast=settings.contrast)
-                out["shape"] = list(image[1].shape)
+                pixels = image[1]() if callable(image[1]) else image[1]
+                mask = image[2] if image[2] is not None and image[2].shape == pixels.shape else None
+                out["image"] = image_payload(pixels, mask, max_side=settings.image_size, contrast=settings.contrast)
+                out["shape"] = list(pixels.shape)
             return out
         return build
 

@@ -122,6 +122,23 @@ class QualityWeights:
         self.count = np.ascontiguousarray(np.where(paired, 2.0, 1.0) * np.ones((rows, 1)))
         self.inertia_max = float(full.mean())
         self.shape = (rows, cols)
+        self.dft = _dft_matrices(rows, cols) if max(rows, cols) <= _DFT_SIDE else None
+
+
+#: patterns up to this many pixels a side get their spectrum as small matrix products (the DFT matrices) in one
+#: compiled call: scipy.fft's per-call cost dominates there; each product stays under OpenBLAS's threading threshold
+_DFT_SIDE = 64
+
+
+def _dft_matrices(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """float32 (cos, -sin) of the real DFT along the columns (cols, cols // 2 + 1) and of the DFT along the rows for
+    frequencies 0..rows // 2 (rows // 2 + 1, rows): the others are their mirror images (cos even, sin odd)."""
+    kx = np.arange(cols // 2 + 1)
+    ky = np.arange(rows // 2 + 1)
+    col = 2 * np.pi * np.outer(np.arange(cols), kx) / cols
+    row = 2 * np.pi * np.outer(ky, np.arange(rows)) / rows
+    return tuple(np.ascontiguousarray(a, dtype=np.float32)
+                 for a in (np.cos(col), -np.sin(col), np.cos(row), -np.sin(row)))
 
 
 def _frequency_index(n: int) -> np.ndarray:
@@ -145,6 +162,39 @@ def _inertia(spectrum, weight, count):  # pragma: no cover - compiled
             num += a * w[c]
             den += a * n[c]
     return num / den if den > 0 else np.nan
+
+
+@numba.njit(nogil=True, cache=True)
+def _inertia_dft(centred, col_cos, col_sin, row_cos, row_sin, weight, count):  # pragma: no cover - compiled
+    """:func:`_inertia` of ``centred``'s spectrum computed by matrix products: Y = X (C - iS) along the columns,
+    then rows ky and n - ky together from (C_ky ∓ i S_ky) Y.  float32 products, float64 sums."""
+    rows = centred.shape[0]
+    yc, ys = np.dot(centred, col_cos), np.dot(centred, col_sin)  # Y = yc + i ys
+    cc, cs = np.dot(row_cos, yc), np.dot(row_cos, ys)
+    sc, ss = np.dot(row_sin, yc), np.dot(row_sin, ys)
+    num = den = 0.0
+    for ky in range(row_cos.shape[0]):
+        mirror = rows - ky
+        for kx in range(yc.shape[1]):
+            # F[ky] = (cc - ss) + i (cs + sc); F[-ky] = (cc + ss) + i (cs - sc)  (row_sin holds -sin)
+            re, im = np.float64(cc[ky, kx]) - ss[ky, kx], np.float64(cs[ky, kx]) + sc[ky, kx]
+            a = np.sqrt(re * re + im * im)
+            num += a * weight[ky, kx]
+            den += a * count[ky, kx]
+            if 0 < ky and mirror != ky:
+                re, im = np.float64(cc[ky, kx]) + ss[ky, kx], np.float64(cs[ky, kx]) - sc[ky, kx]
+                a = np.sqrt(re * re + im * im)
+                num += a * weight[mirror, kx]
+                den += a * count[mirror, kx]
+    return num / den if den > 0 else np.nan
+
+
+@numba.njit(nogil=True, cache=True)
+def _quality_dft(image, mask, col_cos, col_sin, row_cos, row_sin, weight, count, inertia_max):  # pragma: no cover
+    """The whole image quality of a small pattern in one compiled call (no Python between the steps)."""
+    centred = np.empty(image.shape, dtype=np.float32)
+    _centred(image, mask, centred)
+    return 1.0 - _inertia_dft(centred, col_cos, col_sin, row_cos, row_sin, weight, count) / inertia_max
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nsz", "contract"})
@@ -195,6 +245,8 @@ def image_quality(image: np.ndarray, mask: np.ndarray | None = None, *,
     image = check_image(image)
     mask = check_mask(mask, image.shape)
     weights = weights if weights is not None else quality_weights(image.shape)
+    if weights.dft is not None:
+        return float(_quality_dft(image, mask, *weights.dft, weights.weight, weights.count, weights.inertia_max))
     centred = np.empty(image.shape, dtype=np.float32)  # kikuchipy's precision; the sums are float64
     _centred(image, mask, centred)
     spectrum = scipy.fft.rfft2(centred, workers=1)
