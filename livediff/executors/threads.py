@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -96,7 +97,7 @@ class ThreadExecutor:
         self._adopted = {id(chain): dict.fromkeys(self._inorder.stateful, -1) for chain in self._chains}
         self._used: dict[int, dict[str, int]] = {}  # seq -> the version key each stateful operator used
         self._folded_changed = asyncio.Condition()
-        self._idle_changed = asyncio.Condition()
+        self._waiting: deque[asyncio.Future] = deque()  # jobs waiting for an idle chain, in order
         return self.layout
 
     async def restart(self, specs: Sequence[OperatorSpec], label: str) -> None:
@@ -155,15 +156,34 @@ class ThreadExecutor:
         for frame, found in zip(frames, versions):
             if found:
                 self._used[frame.seq] = {name: key for name, (key, _) in found.items()}
-        async with self._idle_changed:
-            await self._idle_changed.wait_for(lambda: bool(self._idle))
-            chain = self._idle.pop()
+        chain = await self._acquire()
         try:
             return await self._run(self._pool, self._process_on, chain, job, versions)
         finally:
-            self._idle.append(chain)
-            async with self._idle_changed:
-                self._idle_changed.notify()
+            self._release(chain)
+
+    async def _acquire(self) -> Chain:
+        """An idle chain, jobs served strictly in the order they asked: with one worker the
+        chain then sees the frames in arrival order, as a single thread would."""
+        if self._idle and not self._waiting:
+            return self._idle.pop()
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            return await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # handed a chain, then cancelled: pass it on
+                self._release(turn.result())
+            raise
+
+    def _release(self, chain: Chain) -> None:
+        """Hand ``chain`` to the job that has waited longest, or keep it idle."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():  # a cancelled job's turn passes on
+                turn.set_result(chain)
+                return
+        self._idle.append(chain)
 
     def _process_on(self, chain: Chain, job: Job, versions: list[dict[str, tuple[int, Any]]]) -> list[Outcome]:
         """On a worker thread: decode the frames that came compressed (a corrupt payload fails
