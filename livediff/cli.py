@@ -133,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="and N page clients that never read (default %(default)s)")
     e2e.add_argument("--max-rate", action="store_true",
                      help="find the highest rate with no frame dropped (overflow = drop)")
+    alone = b.add_argument_group("the service alone (--pipeline): run loop, executor and sinks on pre-queued frames")
+    alone.add_argument("--pipeline", action="store_true", help="time the service on frames queued in-process "
+                                                               "(no sender, no socket): frames/s, CPU per frame, "
+                                                               "batch sizes")
+    alone.add_argument("--frames", type=int, default=20000, help="frames queued (default %(default)s)")
+    alone.add_argument("--chain", default="summary", help="operator kinds, comma-separated (default %(default)s)")
+    alone.add_argument("--batch-frames", type=_int_list, help="override pipeline.batch_frames; a list (1,64) "
+                                                              "runs each")
     fuzz = b.add_argument_group("service-level fuzzing (--fuzz N)")
     fuzz.add_argument("--fuzz", type=int, metavar="N",
                       help="send N random and mutated messages per protocol into a running service, checking "
@@ -242,6 +250,8 @@ def _bench(args: argparse.Namespace) -> int:
         return 1 if fuzz_run.run(args.fuzz, seed=args.fuzz_seed) else 0
     if args.e2e:
         return _bench_e2e(args)
+    if args.pipeline:
+        return _bench_pipeline(args)
     from . import bench
 
     bench.run(only=args.only, quick=args.quick, as_json=args.json)
@@ -289,6 +299,20 @@ def _bench_e2e(args: argparse.Namespace) -> int:
                 print(f"max sustainable rate (no frame dropped): {result['max_rate']:.1f} frames/s", flush=True)
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results))
+    return 0
+
+
+def _bench_pipeline(args: argparse.Namespace) -> int:
+    from .bench import pipeline
+
+    results = [pipeline.run_pipeline(frames=args.frames, chain=tuple(args.chain.split(",")), workers=workers,
+                                     batch_frames=batch)
+               for workers in args.workers or [1] for batch in args.batch_frames or [None]]
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results))
+    else:
+        for result in results:
+            print(pipeline.format_report(result), flush=True)
     return 0
 
 

@@ -3,7 +3,9 @@
 Both connect a SUB socket, subscribe to some topics (all by default) and hand out
 ``(topic, message)`` pairs decoded and checked by :func:`livediff.schema.decode`.  A
 message that fails the check is counted in ``bad``, logged (truncated) and skipped;
-with ``strict=True`` its :class:`~livediff.schema.SchemaError` is raised instead.
+with ``strict=True`` its :class:`~livediff.schema.SchemaError` is raised instead.  A
+columnar ``stats``/``frames`` message (a batch of frames) is handed out as the
+``stats``/``frame`` messages it carries, one per frame, unless ``columnar=True``.
 
     with Subscriber("tcp://127.0.0.1:5557", ["stats"]) as sub:
         for topic, msg in sub:
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -35,8 +38,11 @@ class _Subscription:
     _context_type: type[zmq.Context] = zmq.Context
 
     def __init__(self, endpoint: str, topics: Iterable[str] = (), *, context: zmq.Context | None = None,
-                 strict: bool = False, rcvhwm: int | None = None, idle_timeout: float | None = None) -> None:
+                 strict: bool = False, rcvhwm: int | None = None, idle_timeout: float | None = None,
+                 columnar: bool = False) -> None:
         self.endpoint = endpoint
+        self.columnar = columnar
+        self._unpacked: deque[Message] = deque()  # the per-frame messages of a columnar one, still to hand out
         self.strict = strict
         self.idle_timeout = idle_timeout
         self.received = 0  # messages handed out
@@ -61,6 +67,10 @@ class _Subscription:
             log.warning("%s: message skipped: %.300s", self.endpoint, exc)
             return None
         self.received += 1
+        if topic == "stats" and msg["type"] == "frames" and not self.columnar:
+            self._unpacked.extend((topic, one) for one in schema.unpack_stats_frames(msg))
+            self.received += len(self._unpacked) - 1
+            return self._unpacked.popleft()
         return topic, msg
 
     @staticmethod
@@ -95,10 +105,13 @@ class Subscriber(_Subscription):
     strict : raise :class:`~livediff.schema.SchemaError` for a bad message instead of skipping it.
     rcvhwm : the socket's receive high-water mark (0: unbounded; default: ZeroMQ's).
     idle_timeout : iteration ends after this many seconds without a message (default: never).
+    columnar : hand out ``stats``/``frames`` messages as they came, not a ``stats``/``frame`` per frame.
     """
 
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next good ``(topic, message)``, or None if none came within ``timeout`` seconds."""
+        if self._unpacked:
+            return self._unpacked.popleft()
         deadline = self._deadline(timeout)
         while self._sock.poll(self._poll_ms(deadline)):
             got = self._decode(self._sock.recv_multipart())
@@ -121,6 +134,8 @@ class AsyncSubscriber(_Subscription):
 
     async def recv(self, timeout: float | None = None) -> Message | None:
         """The next good ``(topic, message)``, or None if none came within ``timeout`` seconds."""
+        if self._unpacked:
+            return self._unpacked.popleft()
         deadline = self._deadline(timeout)
         while await self._sock.poll(self._poll_ms(deadline)):
             got = self._decode(await self._sock.recv_multipart())

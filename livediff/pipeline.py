@@ -1,7 +1,7 @@
 """The chain of operators built from the config.
 
-A :class:`Chain` runs its operators in order on one frame at a time; it knows no socket
-and no file.  Executors (``livediff.executors``) decide where chains run, keep their
+A :class:`Chain` runs its operators in order on a frame, or on a batch of frames (a
+worker's job: one thread hop for the batch); it knows no socket and no file.  Executors (``livediff.executors``) decide where chains run, keep their
 series-wide state in step and merge their partial states.  Each link is an
 :class:`OperatorSpec` (label, class, validated parameters): picklable, so a chain can be
 rebuilt in another process.
@@ -134,12 +134,28 @@ class Chain:
         return tuple(out.shape), str(out.dtype)
 
     def process(self, frame: Frame) -> Frame:
-        """Run every operator; a frame without a mask of its own starts with the series' mask."""
-        if frame.mask is None:
-            frame.mask = self._mask
-        for op in self.operators:
-            frame = op.process(frame)
-        return frame
+        """Run every operator; a frame without a mask of its own starts with the series' mask.
+        Raises what an operator raised."""
+        outcome = self.process_batch([frame])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def process_batch(self, frames: Sequence[Frame]) -> list[Frame | BaseException]:
+        """Run every operator on each of ``frames``, in order; a frame an operator raises on
+        goes no further, its outcome is the exception, and the others go on."""
+        outcomes: list[Frame | BaseException] = []
+        for frame in frames:
+            if frame.mask is None:
+                frame.mask = self._mask
+            try:
+                for op in self.operators:
+                    frame = op.process(frame)
+            except Exception as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(frame)
+        return outcomes
 
     def collect(self, frame: Frame) -> Frame:
         for op in self.operators:

@@ -6,12 +6,16 @@ the oldest queued frame (live view wants the newest), and the eviction is counte
 logged as a warning: the first drop at once, then at most one line every
 :data:`DROP_LOG_PERIOD` seconds while dropping goes on, with the count.  Series starts
 and ends are never dropped.
+
+:meth:`EventQueue.get_many` takes the frames that have arrived together (a batch, up to a
+bound in items and bytes), so that the run loop pays its per-call cost per batch.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from .throttle import Throttle
@@ -51,11 +55,27 @@ class EventQueue(Generic[T]):
             self._changed.notify_all()
 
     async def get(self) -> T:
+        return (await self.get_many(1))[0]
+
+    async def get_many(self, limit: int, max_bytes: float = float("inf"),
+                       size: Callable[[T], int] | None = None) -> list[T]:
+        """The next item; when it is droppable (a frame), with the droppable items queued right
+        behind it, up to ``limit`` items and ``max_bytes`` (by ``size``; the first item is taken
+        whatever its size).  A series start or end is always taken alone, so a batch never
+        crosses a series boundary."""
         async with self._changed:
             await self._changed.wait_for(lambda: bool(self._items))
-            item = self._items.popleft()
+            taken = [self._items.popleft()]
+            if isinstance(taken[0], self._droppable):
+                total = size(taken[0]) if size is not None else 0
+                while len(taken) < limit and self._items and isinstance(self._items[0], self._droppable):
+                    if size is not None:
+                        total += size(self._items[0])
+                        if total > max_bytes:
+                            break
+                    taken.append(self._items.popleft())
             self._changed.notify_all()
-            return item
+            return taken
 
     def _evict_oldest(self) -> None:
         for i, old in enumerate(self._items):

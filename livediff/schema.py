@@ -5,8 +5,8 @@ bytes, then one msgpack map with at least ``"v"`` (this module's :data:`VERSION`
 ``"type"``.  Arrays travel as ``{"dtype": "<f4", "shape": [..], "data": <bytes>}``.
 
 :data:`MESSAGES` holds every message's keys; one builder per topic and type
-(:func:`series_start`, :func:`series_end`, :func:`stats_frame`, :func:`spots`,
-:func:`image_snapshot`, :func:`status_heartbeat`) returns the body that
+(:func:`series_start`, :func:`series_end`, :func:`stats_frame`, :func:`stats_frames`,
+:func:`spots`, :func:`image_snapshot`, :func:`status_heartbeat`) returns the body that
 :func:`encode` sends, and :func:`decode` checks what it reads against the same table.
 The service, ``livediff.client``, ``livediff inspect`` and the tests all import this
 module; no other module knows the layouts.  Bump :data:`VERSION` on any incompatible
@@ -14,6 +14,7 @@ change (a key removed or renamed); an added key keeps it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,17 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "epoch": "configuration epoch the frame was processed under",
     }, open="every operator's per-frame columns (the frames table's row), and each operator's per-frame "
             "arrays as a map under the operator's name"),
+    ("stats", "frames"): KeySet({
+        "series": "series number",
+        "n": "number of frames, more than one: the frames a batch carried, in order",
+        "frame": "frame numbers, an array of n",
+        "timestamp": "acquisition times, an array of n",
+        "received": "decoding times, an array of n",
+        "latency_s": "latencies, an array of n",
+        "epoch": "configuration epochs, an array of n",
+    }, open="the stats/frame message of n frames in columns: every per-frame column as an array of n values "
+            "(a list with nulls where a frame lacks it), each operator's per-frame arrays stacked (n first) in a "
+            "map under the operator's name; livediff.client hands out the n stats/frame messages"),
     ("spots", "spots"): KeySet({
         "series": "series number",
         "frame": "frame whose processing completed the rows (in 3-D mode, the frame whose arrival did)",
@@ -107,6 +119,9 @@ MESSAGES: dict[tuple[str, str], KeySet] = {
         "queue": "events waiting for the processor",
         "total_processed": "frames processed since start",
         "total_failed": "frames that failed (payload did not decode, or an operator raised) since start",
+        "batches": "batches of frames taken from the queue since start (frames come in batches when they come "
+                   "fast; total_processed / batches is the mean batch)",
+        "batch_max": "the most frames taken as one batch since start",
         "messages": "source messages received since start",
         "bad": "source messages that failed to decode since start",
         "orphans": "frames that arrived with no series open",
@@ -274,6 +289,48 @@ def stats_frame(*, series: int, row: dict[str, Any], arrays: dict[str, dict[str,
     return _extend(key, body, arrays, "operators with arrays")
 
 
+def stats_frames(*, series: int, rows: Sequence[dict[str, Any]],
+                 arrays: Sequence[dict[str, dict[str, np.ndarray]]]) -> dict[str, Any] | None:
+    """Body of the ``stats``/``frames`` message: the :func:`stats_frame` messages of a batch of
+    frames (``rows`` and ``arrays``, one per frame, in order) in columns.
+
+    Returns None when the frames' operators do not all carry the same per-frame arrays
+    (they cannot be stacked): send a :func:`stats_frame` per frame then.
+    """
+    names = {name: None for row in rows for name in row}
+    layout = {label: tuple(found) for label, found in arrays[0].items()}
+    if any({label: tuple(found) for label, found in a.items()} != layout for a in arrays):
+        return None
+    key = ("stats", "frames")
+    columns = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        columns[name] = values if None in values else np.asarray(values)
+    body = _extend(key, {"series": series, "n": len(rows)}, columns, "columns")
+    _require(key, body)
+    stacked = {label: {name: np.stack([a[label][name] for a in arrays]) for name in found}
+               for label, found in layout.items()}
+    return _extend(key, body, stacked, "operators with arrays")
+
+
+def unpack_stats_frames(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``stats``/``frame`` messages a ``stats``/``frames`` message ``msg`` carries, in order
+    (scalars as Python numbers, a frame's arrays as views of the stacked ones)."""
+    fixed = {"v", "type", "series", "n"}
+    out = []
+    for i in range(msg["n"]):
+        one: dict[str, Any] = {"v": msg["v"], "type": "frame", "series": msg["series"]}
+        for name, value in msg.items():
+            if name in fixed:
+                continue
+            if isinstance(value, dict):
+                one[name] = {k: v[i] for k, v in value.items()}
+            elif value[i] is not None:
+                one[name] = value[i].item() if isinstance(value, np.ndarray) else value[i]
+        out.append(one)
+    return out
+
+
 def spots(*, series: int, frame: int, epoch: int, columns: dict[str, np.ndarray]) -> dict[str, Any]:
     """Body of a rows message: ``spots``/``spots``, or any operator's rows on the topic of its name.
 
@@ -296,7 +353,7 @@ def image_snapshot(*, series: int, operator: str, frame: int, processed: int, fi
 
 def status_heartbeat(*, uptime_s: float, fps: float, series: int | None, n_frames: int | None, received: int,
                      processed: int, dropped: int, queue: int, total_processed: int, total_failed: int,
-                     messages: int, bad: int, orphans: int, open_series: int | None, hdf5_not_saved: int,
+                     batches: int, batch_max: int, messages: int, bad: int, orphans: int, open_series: int | None, hdf5_not_saved: int,
                      hdf5_errors: int, published: int, cpu_s: float, peak_rss_mb: float, ledger_frames: int,
                      ledger_mb: float, epoch: int, paused: bool) -> dict[str, Any]:
     """Body of the ``status``/``heartbeat`` message; keys as in :data:`MESSAGES`."""

@@ -98,7 +98,8 @@ class Service:
         sinks = [self.writer, self.publisher, *self.exporters, *([self.web] if self.web else [])]
         self.run_loop = RunLoop(self.queue, self.executor, sinks,
                                snapshot_period=cfg.pipeline.snapshot_period, config_text=cfg.effective,
-                               config_hash=cfg.digest, on_series_end=self._series_ended)
+                               config_hash=cfg.digest, on_series_end=self._series_ended,
+                               batch_frames=cfg.pipeline.batch_frames, batch_mb=cfg.pipeline.batch_mb)
         self.commands = Commands(cfg, self.run_loop)
         sim_stop = threading.Event()
         tasks: list[asyncio.Task] = []
@@ -232,6 +233,8 @@ class Service:
             "queue": self.queue.qsize(),
             "total_processed": proc.totals["processed"],
             "total_failed": proc.totals["failed"],
+            "batches": proc.batches,
+            "batch_max": proc.batch_max,
             **self.receiver.status(),
             "hdf5_not_saved": self.writer.not_saved,
             "hdf5_errors": self.writer.errors,

@@ -181,7 +181,7 @@ async def test_frames_wait_for_a_credit_and_then_travel_together_up_to_batch_mb(
         executor._local.start(series)
         executor._inorder.start(series, executor._local.inputs)
         executor._cluster = calls = _Calls((series, False))
-        jobs = [executor.process(Frame(1, i, np.full((64, 64), i, "u2"))) for i in range(16)]
+        jobs = [job for i in range(16) for job in executor.process([Frame(1, i, np.full((64, 64), i, "u2"))])]
         assert [len(r) for _, r, _ in calls.calls] == [1, 1, 1, 1]  # a free credit: at once, alone
         assert {s.inflight for s in calls.slots} == {2}  # then no worker has more than its credits
         slot, records, future = calls.calls[0]

@@ -129,25 +129,29 @@ def test_threads_decode_on_the_worker_and_1_or_2_workers_agree():
 
 
 def _run_threads(specs, sim, frames, workers):
+    """The frames through a ThreadExecutor: with one worker in one batch, with more one frame
+    per batch and ``workers`` in flight.  Outcomes in order, and the final results."""
     async def main():
-        executor = ThreadExecutor(specs, workers, warm=False, decode=codecs.decode_payload)
+        batch = len(frames) if workers == 1 else 1
+        executor = ThreadExecutor(specs, workers, batch_frames=batch, warm=False, decode=codecs.decode_payload)
         try:
             await executor.start(sim.series_start())
-            jobs = [executor.process(f) for f in frames[:workers]]
-            done, received = [], []
-            for f in [*frames[workers:], *[None] * workers]:
-                job = jobs.pop(0)
-                await asyncio.wait({job.future})
-                try:
-                    done.append(await executor.collect(job))
-                    received.append(job.received)
-                except DecodeError as exc:
-                    done.append(exc)
-                if f is not None:
-                    jobs.append(executor.process(f))
-            ok = [d for d in done if isinstance(d, Frame)]
-            for frame, pixels in zip(ok, received):   # the pixels as received, decoded by the worker
-                np.testing.assert_array_equal(pixels, sim.frame(frame.index))
+            batches = [frames[i:i + batch] for i in range(0, len(frames), batch)]
+            inflight = [job for b in batches[:workers] for job in executor.process(b)]
+            done = []
+            for b in [*batches[workers:], *[None] * workers]:
+                while inflight:
+                    job = inflight.pop(0)
+                    await asyncio.wait({job.future})
+                    outcomes = await executor.collect(job)
+                    done += outcomes
+                    for outcome, pixels in zip(outcomes, job.received):  # as received, decoded by the worker
+                        if isinstance(outcome, Frame):
+                            np.testing.assert_array_equal(pixels, sim.frame(outcome.index))
+                    if b is not None:
+                        break
+                if b is not None:
+                    inflight += executor.process(b)
             return done, await executor.finish()
         finally:
             executor.close()

@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from harness import config, free_endpoint, running
+from harness import config, free_endpoint, running, send_messages
 from livediff.cli import main
 from livediff.config import parse
 from livediff.errors import ConfigError
 from livediff.sources import receiver
 from livediff.sources.sender import stream_series
 from simulators import DiffractionSimulator
-from test_bad_headers import _send, received
+from test_bad_headers import received
 
 
 def _sim(**kw) -> DiffractionSimulator:
@@ -95,7 +95,7 @@ async def test_anything_a_decoder_raises_is_one_bad_message_logged_once(tmp_path
     sim = _sim()
     cfg = config(tmp_path)
     async with running(cfg) as (service, sub):
-        await asyncio.to_thread(_send, cfg.source.endpoint, [[b"boom"]] * 5)
+        await asyncio.to_thread(send_messages, cfg.source.endpoint, [[b"boom"]] * 5)
         await received(service, 5)
         await asyncio.to_thread(stream_series, sim, cfg.source.endpoint)
         end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")

@@ -66,3 +66,22 @@ def test_throttle_first_of_each_kind_then_one_per_period_and_a_burst_cap():
     assert throttle("c") == 0 and throttle("d") is None   # 3 lines in this window already
     now[0] = 10.0
     assert [throttle("a"), throttle("d"), throttle("a")] == [2, 1, None]
+
+
+async def test_get_many_takes_the_frames_that_arrived_up_to_its_bounds_never_across_a_series_boundary():
+    q = EventQueue(20, "block", Frame)
+    await q.put(SeriesStart(1, (2, 2), "uint16"))
+    for i in range(7):
+        await q.put(_frame(i))
+    await q.put(SeriesEnd(1))
+    await q.put(_frame(7))
+    size = (lambda f: f.data.nbytes)  # 32 bytes a frame
+    (start,) = await q.get_many(5, 1e9, size)  # a series start alone, whatever the bound
+    assert isinstance(start, SeriesStart)
+    assert [f.index for f in await q.get_many(3, 1e9, size)] == [0, 1, 2]       # the frame bound
+    assert [f.index for f in await q.get_many(10, 2 * 32, size)] == [3, 4]      # the byte bound
+    assert [f.index for f in await q.get_many(10, 1, size)] == [5]              # the first frame goes anyway
+    assert [f.index for f in await q.get_many(10, 1e9, size)] == [6]            # up to the series end
+    (end,) = await q.get_many(10, 1e9, size)
+    assert isinstance(end, SeriesEnd)
+    assert [f.index for f in await q.get_many(10)] == [7]

@@ -73,6 +73,11 @@ def _bodies() -> dict[tuple[str, str], tuple[dict, set[str]]]:
             series=2, row={"frame": 3, "timestamp": 1.5e9, "received": 1.6e9, "latency_s": 0.01, "epoch": 1, "sum": 12.0,
                            "n_spots": 4},
             arrays={"azimuthal": {"profile": rng.random(7).astype("f4")}}), {"sum", "n_spots", "azimuthal"}),
+        ("stats", "frames"): (schema.stats_frames(
+            series=2, rows=[{"frame": i, "timestamp": 1.5e9 + i, "received": 1.6e9, "latency_s": 0.01, "epoch": 1,
+                             "sum": 12.0 * i, **({"n_spots": 4} if i else {})} for i in range(3)],
+            arrays=[{"azimuthal": {"profile": rng.random(7).astype("f4")}} for _ in range(3)]),
+            {"sum", "n_spots", "azimuthal"}),
         ("spots", "spots"): (schema.spots(series=2, frame=3, epoch=1, columns={"x": rng.random(4), "npix": np.arange(4)}),
                              {"x", "npix"}),
         ("image", "snapshot"): (schema.image_snapshot(
@@ -80,7 +85,7 @@ def _bodies() -> dict[tuple[str, str], tuple[dict, set[str]]]:
             values={"mean": rng.random((10, 12)), "count": np.ones((10, 12), "i8")}), {"mean", "count"}),
         ("status", "heartbeat"): (schema.status_heartbeat(
             uptime_s=12.5, fps=99.5, series=2, n_frames=5, received=4, processed=3, dropped=0, queue=1,
-            total_processed=30, total_failed=1, messages=40, bad=1, orphans=0, open_series=2, hdf5_not_saved=2,
+            total_processed=30, total_failed=1, batches=12, batch_max=9, messages=40, bad=1, orphans=0, open_series=2, hdf5_not_saved=2,
             hdf5_errors=0, published=77, cpu_s=3.25, peak_rss_mb=250.0, ledger_frames=12,
             ledger_mb=17.5, epoch=1, paused=False), set()),
     }
@@ -95,7 +100,7 @@ def _check_keys(topic: str, msg: dict, extra: set[str]) -> None:
 
 def test_every_message_type_has_a_builder_and_every_topic_its_types():
     assert set(_bodies()) == set(schema.MESSAGES)
-    assert schema.TOPICS == {"series": ("start", "end"), "stats": ("frame",), "spots": ("spots",),
+    assert schema.TOPICS == {"series": ("start", "end"), "stats": ("frame", "frames"), "spots": ("spots",),
                              "image": ("snapshot",), "status": ("heartbeat",)}
     assert set(schema.MESSAGES["stats", "frame"].keys) == {"series", *BASE_COLUMNS}
     assert all(spec.keys and all(spec.keys.values()) for spec in schema.MESSAGES.values())
@@ -139,7 +144,7 @@ def test_decode_refuses_a_message_without_its_keys_or_of_a_type_its_topic_lacks(
     with pytest.raises(schema.SchemaError, match=r"^status/heartbeat message lacks fps, cpu_s$"):
         schema.decode(schema.encode("status", "heartbeat", body))
     wrong = [b"stats", msgpack.packb({"v": schema.VERSION, "type": "heartbeat"})]
-    with pytest.raises(schema.SchemaError, match=r"topic 'stats' carries no message type 'heartbeat' \(it carries frame\)"):
+    with pytest.raises(schema.SchemaError, match=r"topic 'stats' carries no message type 'heartbeat' \(it carries frame, frames\)"):
         schema.decode(wrong)
     with pytest.raises(schema.SchemaError, match="topic 'series' carries no message type None"):
         schema.decode([b"series", msgpack.packb({"v": schema.VERSION, "series": 1})])
@@ -206,7 +211,8 @@ async def test_the_service_sends_exactly_the_schemas_keys_as_the_builders_lay_th
         await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
         await sub.wait_for(lambda t, m: t == "status" and m["series"] is None)
         layout = service.executor.layout
-    assert {(t, m["type"]) for t, m in sub.messages} == set(schema.MESSAGES)
+    # the client hands a columnar stats/frames message out as the stats/frame messages it carries
+    assert {(t, m["type"]) for t, m in sub.messages} == set(schema.MESSAGES) - {("stats", "frames")}
     assert layout.rows and layout.arrays and layout.reductions and len(layout.columns) > len(BASE_COLUMNS)
     for topic, msg in sub.messages:
         if topic == "stats":

@@ -4,7 +4,8 @@ The service runs as its own process (``livediff serve``) with the user's chain; 
 process streams simulated detector frames to it over loopback at the requested rate, in
 the requested protocol, and listens to what it publishes.  The report gives the frames
 sent and processed, sustained frames/s, latency from sending a frame to receiving its
-result, the service's CPU use and peak memory, the deepest queue seen, and drops.
+result, the service's CPU use (cores, and µs per frame) and peak memory, the deepest
+queue seen, drops, and the batches the run loop took frames in (mean and largest).
 ``find_max_rate`` raises the rate until frames are dropped and bisects to the highest
 rate with none.
 """
@@ -140,6 +141,7 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
         "executor": settings.executor, "workers": settings.workers,
         "cpu_cores": listener.cpu_cores(),
         "cpu_ms_per_frame": listener.cpu_ms_per_frame(),
+        "mean_batch": listener.mean_batch(), "batch_max": listener.batch_max,
         "peak_rss_mb": listener.peak_rss_mb,
         "max_queue": listener.max_queue,
         **web,
@@ -195,6 +197,8 @@ class _Listener:
         self.done: dict[int, float] = {}
         self.max_queue = 0
         self.peak_rss_mb = 0.0
+        self.batch_max = 0
+        self._batches: list[tuple[int, int]] = []  # (total_processed, batches) of heartbeats since mark()
         self._cpu: list[tuple[float, float, int]] = []  # (uptime_s, cpu_s, processed) of heartbeats since mark()
         self._marked = False
         self.end: dict[str, Any] | None = None
@@ -220,6 +224,8 @@ class _Listener:
                     self.peak_rss_mb = max(self.peak_rss_mb, msg["peak_rss_mb"])
                     if self._marked and self.end is None:
                         self._cpu.append((msg["uptime_s"], msg["cpu_s"], msg["total_processed"]))
+                        self._batches.append((msg["total_processed"], msg["batches"]))
+                        self.batch_max = max(self.batch_max, msg["batch_max"])
                     self._ready.set()
                 elif topic == "series" and msg["type"] == "end":
                     self.end = msg
@@ -252,6 +258,13 @@ class _Listener:
         (_, c0, p0), (_, c1, p1) = samples[0], last
         return (c1 - c0) / (p1 - p0) * 1e3 if p1 > p0 else None
 
+    def mean_batch(self) -> float | None:
+        """Frames per batch the run loop took while the series ran."""
+        if len(self._batches) < 2:
+            return None
+        (p0, b0), (p1, b1) = self._batches[0], self._batches[-1]
+        return (p1 - p0) / (b1 - b0) if b1 > b0 else None
+
     def wait_end(self, timeout: float) -> dict[str, Any] | None:
         self._ended.wait(timeout)
         return self.end
@@ -270,8 +283,9 @@ def format_report(r: dict[str, Any]) -> str:
             f"lost {r['lost']}  bad {r['bad']}\n"
             f"  sustained {fmt(r['sustained_fps'])} fr/s  latency p50/p95/p99 {fmt(lat['p50'])}/{fmt(lat['p95'])}/"
             f"{fmt(lat['p99'])} ms (first frame {fmt(r['first_latency_ms'])} ms)  cpu {fmt(r['cpu_cores'])} cores, "
-            f"{fmt(r['cpu_ms_per_frame'], '.2f')} ms/frame  peak RSS {r['peak_rss_mb']:.0f} MB  "
-            f"max queue {r['max_queue']}" + _format_web(r))
+            f"{fmt(None if r['cpu_ms_per_frame'] is None else r['cpu_ms_per_frame'] * 1e3, '.0f')} us/frame  "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB  max queue {r['max_queue']}\n"
+            f"  batches: mean {fmt(r['mean_batch'])} frames, largest {r['batch_max']}" + _format_web(r))
 
 
 def _format_web(r: dict[str, Any]) -> str:

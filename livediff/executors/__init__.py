@@ -5,8 +5,9 @@ sinks never know which executor runs them.  An executor
 
 - starts one chain per worker on each series (``start``) and reports the chain's
   :class:`~livediff.outputs.Layout`;
-- takes frames in arrival order (``process``, returning a :class:`Job`; the caller keeps
-  at most :attr:`Executor.workers` in flight) and hands them back, in the same order,
+- takes batches of frames in arrival order (``process``, returning a :class:`Job` per run
+  of the batch that may be processed together; the caller keeps at most
+  :attr:`Executor.capacity` frames in flight) and hands them back, in the same order,
   through its in-order step (``collect``), where ``collect`` operators see them and
   series-wide state is folded (``livediff.operators.base``);
 - holds each frame back until the series-wide state it needs is folded, and gives its
@@ -49,7 +50,10 @@ class PipelineSettings:
     scheduler: str = param("local", doc="dask: 'local' (a LocalCluster of `workers` processes here) or a running "
                                         "scheduler's address, e.g. 'tcp://host:8786'")
     credits: int = param(2, ge=1, le=64, doc="dask: calls in flight per worker")
-    batch_mb: float = param(4.0, gt=0, doc="dask: most payload per call (small frames travel together)")
+    batch_frames: int = param(64, ge=1, le=4096, doc="most frames handed on together: the run loop takes as many "
+                                                     "as have arrived, up to this, as one batch (1: a frame at "
+                                                     "a time)")
+    batch_mb: float = param(4.0, gt=0, doc="most payload per batch (a larger frame goes alone); dask: per call")
     ledger_mb: float = param(1024.0, gt=0, doc="dask: frames kept for re-sending after a worker loss; when "
                                                "full, the workers' partial states are pulled")
     wait_s: float = param(60.0, gt=0, doc="dask: a call not back after this long loses its worker; frames "
@@ -64,7 +68,7 @@ class PipelineSettings:
 
 
 def _threads(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None) -> Executor:
-    return ThreadExecutor(specs, settings.workers, decode=decode)
+    return ThreadExecutor(specs, settings.workers, batch_frames=settings.batch_frames, decode=decode)
 
 
 def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None) -> Executor:

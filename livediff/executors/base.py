@@ -21,19 +21,24 @@ from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
 
 
+#: what :meth:`Executor.collect` returns per frame: the processed frame, or the error its operators raised
+Outcome = Frame | BaseException
+
+
 @dataclass
 class Job:
-    """A frame handed to an executor: ``future`` resolves to the processed frame.
+    """Frames handed to an executor together: ``future`` resolves to one :data:`Outcome` per frame.
 
-    ``received`` keeps the pixels as the source delivered them (operators replace
-    ``frame.data``), for sinks that record frames as received: the executor sets it when it
-    decodes a compressed frame in this process, before ``future`` resolves; it stays None
-    when the frame is decoded elsewhere (a Dask worker), and sinks decode ``frame.payload``
-    themselves if they need the pixels (:meth:`livediff.outputs.FrameOutput.pixels`).
+    ``received`` keeps each frame's pixels as the source delivered them (operators replace
+    ``frame.data``), for sinks that record frames as received: the executor sets an entry
+    when it decodes a compressed frame in this process, before ``future`` resolves; it stays
+    None when the frame is decoded elsewhere (a Dask worker), and sinks decode
+    ``frame.payload`` themselves if they need the pixels
+    (:meth:`livediff.outputs.FrameOutput.pixels`).
     """
 
-    frame: Frame
-    received: np.ndarray | None
+    frames: list[Frame]
+    received: list[np.ndarray | None]
     future: asyncio.Future = field(init=False)
 
 
@@ -41,7 +46,10 @@ class Executor(Protocol):
     """What the run loop uses (see :mod:`livediff.executors`).
 
     ``workers`` is the number of chains; ``capacity`` how many frames the caller may keep
-    in flight (``process`` called, ``collect`` not yet); ``resent`` the frames of the
+    in flight (``process`` called, ``collect`` not yet); ``process`` takes a batch of frames
+    in arrival order and returns its jobs (a run of frames each, in order: a frame whose
+    series-wide state needs an earlier frame of the batch folded starts a new job);
+    ``collect`` returns a job's outcomes, in order; ``resent`` the frames of the
     current series processed a second time because a worker was lost.  ``start`` takes
     ``output``: whether a sink needs the chain's output frames (an executor running chains
     in other processes ships them back only then).  ``decode`` is the codec compressed
@@ -63,8 +71,8 @@ class Executor(Protocol):
     async def warm_up(self, series: SeriesStart) -> None: ...
     async def start(self, series: SeriesStart, *, output: bool = True) -> Layout: ...
     async def restart(self, specs: Sequence[OperatorSpec], label: str) -> None: ...
-    def process(self, frame: Frame) -> Job: ...
-    async def collect(self, job: Job) -> Frame: ...
+    def process(self, frames: Sequence[Frame]) -> list[Job]: ...
+    async def collect(self, job: Job) -> list[Outcome]: ...
     async def snapshot(self) -> dict[str, dict[str, Any]]: ...
     async def finish(self) -> dict[str, dict[str, Any]]: ...
     def status(self) -> dict[str, Any]: ...
@@ -172,6 +180,19 @@ class InOrder:
         epoch = self.chain.by_name[name].epoch(frame.seq - base, frame.index)
         return None if epoch is None else base + epoch
 
+    def runs(self, frames: Sequence[Frame]) -> list[tuple[list[Frame], list[dict[str, int | None]]]]:
+        """:meth:`number` each of ``frames`` (a batch, in arrival order) and cut it into runs
+        that may be processed together: every frame of a run needs only frames before the run
+        folded, so no run waits for itself.  Returns ``(frames, epochs)`` per run."""
+        found: list[tuple[list[Frame], list[dict[str, int | None]]]] = []
+        for frame in frames:
+            epochs = self.number(frame)
+            if not found or self.need(frame, epochs) > found[-1][0][0].seq:
+                found.append(([], []))
+            found[-1][0].append(frame)
+            found[-1][1].append(epochs)
+        return found
+
     @staticmethod
     def need(frame: Frame, epochs: dict[str, int | None]) -> int:
         """How many frames must be folded before ``frame`` may run."""
@@ -197,6 +218,10 @@ class InOrder:
                 published.append((name, op.shared()))
         frame.shared.clear()
         return published
+
+    def fold_all(self, frames: Sequence[Frame], outcomes: Sequence[Outcome]) -> list[list[tuple[str, Any]]]:
+        """:meth:`fold` each frame of a job (one thread hop per job); the versions each published."""
+        return [self.fold(frame, not isinstance(outcome, BaseException)) for frame, outcome in zip(frames, outcomes)]
 
     def folded_through(self, frame: Frame, published: list[tuple[str, Any]]) -> None:
         """``frame`` is folded: publish the versions it produced."""

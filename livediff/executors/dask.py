@@ -51,7 +51,7 @@ import numpy as np
 from ..model import Codec, Frame, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
-from .base import InOrder, Job, report
+from .base import InOrder, Job, Outcome, report
 from .dask_actor import FrameRecord, FrameResult
 from .dask_cluster import Cluster, Slot, is_loss
 from .ledger import Entry, Ledger
@@ -175,8 +175,13 @@ class DaskExecutor:
                          "on the Dask workers and in the ledger's re-sent frames, which would mix parameters; "
                          "change the config file and restart the service, or use executor = \"threads\"")
 
-    def process(self, frame: Frame) -> Job:
-        """Queue ``frame`` (call in arrival order); it leaves as soon as a worker has a credit."""
+    def process(self, frames: Sequence[Frame]) -> list[Job]:
+        """Queue a batch of ``frames`` (call in arrival order), a job per frame: they leave, many to
+        a call (``batch_mb``), as soon as a worker has a credit, and each frame's result resolves
+        its job, so a frame whose series-wide state needs an earlier one never waits for its batch."""
+        return [self._queue(frame) for frame in frames]
+
+    def _queue(self, frame: Frame) -> Job:
         epochs = self._inorder.number(frame)
         if frame.payload is not None:  # shipped as received: the worker decodes it
             encoding, payload = frame.payload.encoding, np.frombuffer(frame.payload.buffer, dtype=np.uint8)
@@ -185,7 +190,7 @@ class DaskExecutor:
         record = FrameRecord(frame.seq, frame.index, frame.timestamp, frame.received, frame.position, encoding,
                              payload, frame.mask)
         self._payload += (record.nbytes - self._payload) / 16
-        job = Job(frame, frame.data)
+        job = Job([frame], [frame.data])
         job.future = asyncio.get_running_loop().create_future()
         entry = Entry(job, record, epochs)
         self._ledger.add(entry)
@@ -194,20 +199,17 @@ class DaskExecutor:
         self._pump()
         return job
 
-    async def collect(self, job: Job) -> Frame:
-        """The in-order step; call it for each job in arrival order.  Raises the frame's error."""
-        error = job.future.exception()
-        frame = job.frame if error is not None else job.future.result()
+    async def collect(self, job: Job) -> list[Outcome]:
+        """The in-order step; call it for each job in arrival order.  Returns the frame's outcome."""
+        (frame,), (outcome,) = job.frames, job.future.result()
         if self._inorder.chain.operators:
-            published = await self._run(self._inorder.fold, frame, error is None)
+            published = await self._run(self._inorder.fold, frame, not isinstance(outcome, BaseException))
             self._inorder.folded_through(frame, published)
             self._low = self._used.pop(frame.seq, self._low)
             self._forget()
             self._settle()
             self._pump()
-        if error is not None:
-            raise error
-        return frame
+        return [outcome]
 
     async def snapshot(self) -> dict[str, dict[str, Any]]:
         """Merged snapshot of every worker's partial state (call with no frame in flight)."""
@@ -235,7 +237,7 @@ class DaskExecutor:
         """Move the frames whose series-wide state is folded to the send queue, naming their versions."""
         while self._waiting:
             entry = self._waiting[0]
-            frame = entry.job.frame
+            frame = entry.job.frames[0]
             if self._inorder.need(frame, entry.epochs) > self._inorder.folded:
                 return
             self._waiting.popleft()
@@ -312,11 +314,11 @@ class DaskExecutor:
         job, entry.job = entry.job, None
         error = result if isinstance(result, BaseException) else result.error
         if error is not None:
-            job.future.set_exception(error)
+            job.future.set_result([error])
             return
-        frame = job.frame
+        frame = job.frames[0]
         frame.results, frame.shared, frame.data = result.results, result.shared, result.data
-        job.future.set_result(frame)
+        job.future.set_result([frame])
 
     def _forget(self) -> None:
         """Drop the versions no frame still to be processed or re-sent can use."""

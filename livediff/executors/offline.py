@@ -13,6 +13,7 @@ from typing import Any
 
 from ..model import Frame, SeriesStart
 from ..pipeline import OperatorSpec
+from .base import Job
 from .threads import ThreadExecutor
 
 
@@ -34,22 +35,18 @@ async def _process(specs: Sequence[OperatorSpec], series: SeriesStart, frames: I
     try:
         await executor.start(series)
         done: list[Frame | BaseException] = []
-        inflight: deque = deque()
-
-        async def emit() -> None:
-            job = inflight.popleft()
-            await asyncio.wait({job.future})
-            try:
-                done.append(await executor.collect(job))
-            except Exception as exc:  # the frame failed: keep going, as the service does
-                done.append(exc)
-
-        for frame in frames:
+        inflight: deque[Job] = deque()
+        for frame in frames:  # a frame at a time, so that up to ``workers`` run at once
             if len(inflight) == workers:
-                await emit()
-            inflight.append(executor.process(frame))
+                done += await _collect(executor, inflight.popleft())
+            inflight.extend(executor.process([frame]))
         while inflight:
-            await emit()
+            done += await _collect(executor, inflight.popleft())
         return done, await executor.finish()
     finally:
         executor.close()
+
+
+async def _collect(executor: ThreadExecutor, job: Job) -> list[Frame | BaseException]:
+    await asyncio.wait({job.future})
+    return await executor.collect(job)

@@ -1,7 +1,12 @@
 """The run loop: queue -> executor -> sinks, in order, one series at a time.
 
-Frames run on the executor's workers (up to its ``capacity`` in flight); results leave in
-arrival order through the executor's in-order step to every sink.  Series starts and
+Frames travel in batches: the run loop takes as many frames as have arrived, up to
+``batch_frames`` and ``batch_mb`` (a series start or end, and a pause or a live change,
+always fall between batches), hands the batch to the executor, and hands each job's
+outputs to the sinks together (``add_frames``, see :mod:`livediff.sinks.base`).  At a low
+rate a batch is one frame, as soon as it arrives.  Frames run on the executor's workers
+(up to its ``capacity`` in flight); results leave in arrival order through the executor's
+in-order step to every sink.  Series starts and
 ends, snapshots and the stop marker wait until no frame is in flight, so every operator
 state they read is complete.  The run loop knows no socket and no file: it hands typed
 outputs (:mod:`livediff.outputs`) to a list of :class:`~livediff.sinks.base.Sink`.
@@ -27,10 +32,10 @@ from typing import Any
 
 from ..errors import DecodeError
 from ..model import Frame, SeriesEnd, SeriesStart
-from ..outputs import Reductions, SeriesContext
+from ..outputs import FrameOutput, Reductions, SeriesContext
 from ..pipeline import OperatorSpec
 from ..queues import EventQueue
-from ..sinks.base import Sink
+from ..sinks.base import Sink, add_frames
 from .base import Executor, Job
 from .maps import MapAssembler
 
@@ -64,15 +69,19 @@ class RunLoop:
     snapshot_period : seconds between snapshots of running results (0: only at series end).
     config_text, config_hash : the configuration, for the sinks (epoch 0's; a change brings its own).
     on_series_end : called with each series' summary.
+    batch_frames, batch_mb : the most frames, and payload, taken from the queue as one batch.
+    on_batch : called with the size of each batch taken (for benchmarks).
 
     Attributes
     ----------
     epoch : the configuration epoch frames are dispatched under now (0, then +1 per change).
+    batches, batch_max : batches of frames taken from the queue, and the most frames in one.
     paused : whether frames wait in the queue instead of being processed.
     """
 
     def __init__(self, queue: EventQueue, executor: Executor, sinks: Sequence[Sink], *, snapshot_period: float,
-                 config_text: str, config_hash: str, on_series_end: Callable[[dict[str, Any]], None]) -> None:
+                 config_text: str, config_hash: str, on_series_end: Callable[[dict[str, Any]], None],
+                 batch_frames: int = 1, batch_mb: float = 4.0, on_batch: Callable[[int], None] | None = None) -> None:
         self.queue = queue
         self.executor = executor
         self.sinks = list(sinks)
@@ -80,9 +89,14 @@ class RunLoop:
         self.config_text = config_text
         self.config_hash = config_hash
         self.on_series_end = on_series_end
+        self.batch_frames = batch_frames
+        self.batch_bytes = batch_mb * 2**20
+        self.on_batch = on_batch
         self.current: SeriesProgress | None = None
         self.totals = {"processed": 0, "failed": 0, "undecodable": 0}  # undecodable: failed, payload corrupt
         self.rate = RateMeter()
+        self.batches = 0
+        self.batch_max = 0
         self.epoch = 0
         self.paused = False
         self._last_snapshot = time.monotonic()
@@ -90,15 +104,17 @@ class RunLoop:
             asyncio.Queue()
 
     async def run(self) -> None:
-        """Take events in order; keep up to the executor's ``capacity`` frames in flight; emit in order;
-        run control commands between frames."""
+        """Take events in order, frames in batches; keep up to the executor's ``capacity`` frames
+        in flight; emit in order; run control commands between batches."""
         inflight: deque[Job] = deque()
         getter: asyncio.Future | None = None
         commands = asyncio.ensure_future(self._commands.get())
         try:
             while True:
-                if getter is None and not self.paused and len(inflight) < self.executor.capacity:
-                    getter = asyncio.ensure_future(self.queue.get())
+                room = self.executor.capacity - sum(len(job.frames) for job in inflight)
+                if getter is None and not self.paused and room > 0:
+                    getter = asyncio.ensure_future(self.queue.get_many(min(room, self.batch_frames),
+                                                                       self.batch_bytes, _nbytes))
                 waiting = {f for f in (getter, commands, inflight[0].future if inflight else None) if f is not None}
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 while inflight and inflight[0].future.done():
@@ -117,11 +133,17 @@ class RunLoop:
                         getter = None
                 if getter is None or not getter.done():
                     continue
-                event, getter = getter.result(), None
-                if isinstance(event, Frame):
-                    event.epoch = self.epoch
-                    inflight.append(self.executor.process(event))
+                events, getter = getter.result(), None
+                if isinstance(events[0], Frame):
+                    for frame in events:  # a change or a pause happens between batches: one epoch each
+                        frame.epoch = self.epoch
+                    inflight.extend(self.executor.process(events))
+                    self.batches += 1
+                    self.batch_max = max(self.batch_max, len(events))
+                    if self.on_batch is not None:
+                        self.on_batch(len(events))
                     continue
+                event, = events
                 await self._drain(inflight)
                 if event is STOP:
                     return
@@ -238,34 +260,48 @@ class RunLoop:
                  start.n_frames if start.n_frames is not None else "?", context.facts.get("file", "no file"))
 
     async def _emit(self, job: Job) -> None:
+        """Account for a job's frames, in order, and hand their outputs to the sinks together;
+        a frame processed under a new configuration epoch first tells the sinks of it."""
         cur = self.current
-        try:
-            frame = await self.executor.collect(job)
-        except Exception as exc:  # its payload did not decode or an operator failed: count it, keep going
-            cur.failed += 1
-            self.totals["failed"] += 1
-            if isinstance(exc, DecodeError):  # well framed at the receiver, corrupt inside: found by its worker
-                self.totals["undecodable"] += 1
-                log.error("series %d frame %d failed: its payload does not decode: %s", job.frame.series,
-                          job.frame.index, exc)
-            else:
-                log.error("series %d frame %d: processing failed: %s: %s", job.frame.series, job.frame.index,
-                          type(exc).__name__, exc)
-            return
-        cur.processed += 1
-        cur.last_frame = frame.index
-        self.totals["processed"] += 1
-        self.rate.add(1)
-        out = self.executor.layout.output_of(frame, job.received, decode=self.executor.decode)
-        if out.epoch != cur.epoch:  # the first frame of a change: the configuration history gains it
-            cur.epoch = out.epoch
+        layout = self.executor.layout
+        outcomes = await self.executor.collect(job)
+        done = time.time()
+        outs: list[FrameOutput] = []
+        processed = 0
+        for frame, received, outcome in zip(job.frames, job.received, outcomes):
+            if isinstance(outcome, BaseException):  # its payload did not decode or an operator failed: count it
+                cur.failed += 1
+                self.totals["failed"] += 1
+                if isinstance(outcome, DecodeError):  # well framed at the receiver, corrupt inside: found by its worker
+                    self.totals["undecodable"] += 1
+                    log.error("series %d frame %d failed: its payload does not decode: %s", frame.series,
+                              frame.index, outcome)
+                else:
+                    log.error("series %d frame %d: processing failed: %s: %s", frame.series, frame.index,
+                              type(outcome).__name__, outcome)
+                continue
+            cur.processed += 1
+            processed += 1
+            cur.last_frame = outcome.index
+            out = layout.output_of(outcome, received, done, decode=self.executor.decode)
+            if out.epoch != cur.epoch:  # the first frame of a change: the configuration history gains it
+                self._hand(outs)
+                outs = []
+                cur.epoch = out.epoch
+                for sink in self.sinks:
+                    if hasattr(sink, "new_epoch"):
+                        sink.new_epoch(out.epoch, out.index, self.config_text)
+            if cur.maps is not None:
+                cur.maps.place(out)
+            outs.append(out)
+        self.totals["processed"] += processed
+        self.rate.add(processed)
+        self._hand(outs)
+
+    def _hand(self, outs: list[FrameOutput]) -> None:
+        if outs:
             for sink in self.sinks:
-                if hasattr(sink, "new_epoch"):
-                    sink.new_epoch(out.epoch, out.index, self.config_text)
-        if cur.maps is not None:
-            cur.maps.place(out)
-        for sink in self.sinks:
-            sink.add_frame(out)
+                add_frames(sink, outs)
 
     def _snapshot_due(self) -> bool:
         period = self.snapshot_period
@@ -335,3 +371,8 @@ class RateMeter:
     def _trim(self, now: float) -> None:
         while self._times and self._times[0] < now - self._window:
             self._times.popleft()
+
+
+def _nbytes(frame: Frame) -> int:
+    """A frame's pixels in bytes, decoded or not yet (the work it brings to a batch)."""
+    return frame.payload.nbytes if frame.payload is not None else frame.data.nbytes

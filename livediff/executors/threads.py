@@ -2,8 +2,10 @@
 
 Operators' kernels release the GIL (numba ``nogil=True``), so threads run them in
 parallel; a frame that arrived compressed is decoded by the worker that processes it, so
-decoding scales with the workers too.  The run loop keeps at most
-:attr:`ThreadExecutor.workers` frames in flight and collects them in arrival order; the
+decoding scales with the workers too.  The run loop hands batches of frames; a batch (or
+each run of it, see :meth:`~.base.InOrder.runs`) is one job, processed on one worker thread
+in one hop, so the cost of a thread hop and a future is paid per batch.  Jobs beyond the
+idle workers wait for one, in order; the run loop collects them in arrival order; the
 folding chain (operators with a ``collect`` step or series-wide state) then sees every
 frame, in that order, on one more thread.  A frame
 whose operators need series-wide state waits, on the event loop, until the frames its
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,7 +26,7 @@ from typing import Any
 from ..model import Codec, Frame, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
-from .base import InOrder, Job, merged_report, report
+from .base import InOrder, Job, Outcome, merged_report, report
 from .blas import single_threaded_blas
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class ThreadExecutor:
     ----------
     specs : the configured chain.
     workers : number of worker threads.
+    batch_frames : the most frames of a batch (:attr:`capacity` is this many per worker).
     warm : compile the kernels (:mod:`.warmup`) before a series of a new pixel type starts.
     decode : the codec for frames that arrived compressed (``livediff.sources.codecs.decode_payload``),
         run on the worker thread that processes the frame; None: every frame comes decoded.
@@ -48,10 +52,11 @@ class ThreadExecutor:
 
     resent = 0
 
-    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, warm: bool = True,
-                 decode: Codec | None = None) -> None:
+    def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, batch_frames: int = 1,
+                 warm: bool = True, decode: Codec | None = None) -> None:
         single_threaded_blas()  # parallel over frames: BLAS's own threads would oversubscribe the cores
         self.workers = workers
+        self.batch_frames = batch_frames
         self.decode = decode
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
@@ -66,8 +71,8 @@ class ThreadExecutor:
 
     @property
     def capacity(self) -> int:
-        """Frames in flight: one per worker."""
-        return self.workers
+        """Frames in flight: a full batch per worker."""
+        return self.workers * self.batch_frames
 
     async def warm_up(self, series: SeriesStart) -> None:
         """Compile the chain's kernels for frames like ``series``' (once per pixel type and mask)."""
@@ -92,6 +97,7 @@ class ThreadExecutor:
         self._adopted = {id(chain): dict.fromkeys(self._inorder.stateful, -1) for chain in self._chains}
         self._used: dict[int, dict[str, int]] = {}  # seq -> the version key each stateful operator used
         self._folded_changed = asyncio.Condition()
+        self._waiting: deque[asyncio.Future] = deque()  # jobs waiting for an idle chain, in order
         return self.layout
 
     async def restart(self, specs: Sequence[OperatorSpec], label: str) -> None:
@@ -130,57 +136,97 @@ class ThreadExecutor:
         self._merged = Chain(specs) if self.workers > 1 else self._chains[0]
         self._idle = list(self._chains)
 
-    def process(self, frame: Frame) -> Job:
-        """Queue ``frame`` for an idle worker; call in arrival order, <= ``workers`` in flight."""
-        epochs = self._inorder.number(frame)
-        job = Job(frame, frame.data)
-        job.future = asyncio.ensure_future(self._process(job, epochs))
-        return job
+    def process(self, frames: Sequence[Frame]) -> list[Job]:
+        """Queue a batch of ``frames`` (in arrival order) for the next idle worker, a job per run
+        (:meth:`~.base.InOrder.runs`); call in arrival order, <= :attr:`capacity` frames in flight."""
+        jobs = []
+        for run, epochs in self._inorder.runs(frames):
+            job = Job(run, [frame.data for frame in run])  # a compressed frame's pixels: set by its worker
+            job.future = asyncio.ensure_future(self._process(job, epochs))
+            jobs.append(job)
+        return jobs
 
-    async def _process(self, job: Job, epochs: dict[str, int | None]) -> Frame:
-        frame = job.frame
-        need = self._inorder.need(frame, epochs)
+    async def _process(self, job: Job, epochs: list[dict[str, int | None]]) -> list[Outcome]:
+        frames = job.frames
+        need = max(self._inorder.need(f, e) for f, e in zip(frames, epochs))
         if need > self._inorder.folded:
             async with self._folded_changed:
                 await self._folded_changed.wait_for(lambda: self._inorder.folded >= need)
-        versions = self._inorder.versions_for(frame, epochs)  # every earlier frame is folded: settled now
-        if versions:
-            self._used[frame.seq] = {name: key for name, (key, _) in versions.items()}
-        if not self._idle:
-            raise RuntimeError(f"more than {self.workers} frames in flight")
-        chain = self._idle.pop()
+        versions = [self._inorder.versions_for(f, e) for f, e in zip(frames, epochs)]  # settled now
+        for frame, found in zip(frames, versions):
+            if found:
+                self._used[frame.seq] = {name: key for name, (key, _) in found.items()}
+        chain = await self._acquire()
         try:
             return await self._run(self._pool, self._process_on, chain, job, versions)
         finally:
-            self._idle.append(chain)
+            self._release(chain)
 
-    def _process_on(self, chain: Chain, job: Job, versions: dict[str, tuple[int, Any]]) -> Frame:
-        """On a worker thread: decode the frame if it came compressed (a corrupt payload fails
-        this frame only), adopt its versions of series-wide state, then run the chain."""
-        frame = job.frame
-        job.received = frame.decode(self.decode)
+    async def _acquire(self) -> Chain:
+        """An idle chain, jobs served strictly in the order they asked: with one worker the
+        chain then sees the frames in arrival order, as a single thread would."""
+        if self._idle and not self._waiting:
+            return self._idle.pop()
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            return await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # handed a chain, then cancelled: pass it on
+                self._release(turn.result())
+            raise
+
+    def _release(self, chain: Chain) -> None:
+        """Hand ``chain`` to the job that has waited longest, or keep it idle."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():  # a cancelled job's turn passes on
+                turn.set_result(chain)
+                return
+        self._idle.append(chain)
+
+    def _process_on(self, chain: Chain, job: Job, versions: list[dict[str, tuple[int, Any]]]) -> list[Outcome]:
+        """On a worker thread: decode the frames that came compressed (a corrupt payload fails
+        its frame only), then run the chain on each stretch of frames that use the same
+        versions of series-wide state, after adopting them."""
+        outcomes: list[Outcome | None] = [None] * len(job.frames)
+        good = []
+        for i, frame in enumerate(job.frames):
+            try:
+                job.received[i] = frame.decode(self.decode)
+            except Exception as exc:  # DecodeError: well framed at the receiver, corrupt inside
+                outcomes[i] = exc
+            else:
+                good.append(i)
         adopted = self._adopted[id(chain)]
-        for name, (key, state) in versions.items():
-            if adopted[name] != key:
-                chain.by_name[name].use(state)
-                adopted[name] = key
-        return chain.process(frame)
+        start = 0
+        for end in range(1, len(good) + 1):
+            if end < len(good) and _keys(versions[good[end]]) == _keys(versions[good[start]]):
+                continue
+            for name, (key, state) in versions[good[start]].items():
+                if adopted[name] != key:
+                    chain.by_name[name].use(state)
+                    adopted[name] = key
+            stretch = good[start:end]
+            for i, outcome in zip(stretch, chain.process_batch([job.frames[i] for i in stretch])):
+                outcomes[i] = outcome
+            start = end
+        return outcomes
 
-    async def collect(self, job: Job) -> Frame:
-        """The in-order step; call it for each job in arrival order.  Raises the frame's operator error."""
+    async def collect(self, job: Job) -> list[Outcome]:
+        """The in-order step; call it for each job in arrival order.  Returns each frame's outcome."""
         error = job.future.exception()
-        frame = job.frame if error is not None else job.future.result()
+        outcomes = [error] * len(job.frames) if error is not None else job.future.result()
         if self._inorder.chain.operators:  # nothing to fold: no thread hop
-            published = await self._run(self._fold_pool, self._inorder.fold, frame, error is None)
-            for name, key in self._used.pop(frame.seq, {}).items():
-                self._inorder.versions[name].forget_before(key)
-            self._inorder.folded_through(frame, published)
+            published = await self._run(self._fold_pool, self._inorder.fold_all, job.frames, outcomes)
+            for frame, versions in zip(job.frames, published):
+                for name, key in self._used.pop(frame.seq, {}).items():
+                    self._inorder.versions[name].forget_before(key)
+                self._inorder.folded_through(frame, versions)
         if self._inorder.stateful:
             async with self._folded_changed:
                 self._folded_changed.notify_all()
-        if error is not None:
-            raise error
-        return frame
+        return outcomes
 
     async def snapshot(self) -> dict[str, dict[str, Any]]:
         """Merged snapshot of all workers (call with no frame in flight)."""
@@ -208,3 +254,7 @@ class ThreadExecutor:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._fold_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _keys(versions: dict[str, tuple[int, Any]]) -> dict[str, int]:
+    return {name: key for name, (key, _) in versions.items()}

@@ -9,10 +9,15 @@ to what the sinks after it receive.
 A sink that keeps the configuration history implements the optional hook
 ``new_epoch(epoch, frame, config_text)``: the run loop calls it before the first frame
 processed under a new configuration epoch (a live change), ``frame`` being that frame.
+
+Frames come in batches when they come fast: the run loop calls :func:`add_frames`, which
+hands a sink the whole batch through its optional ``add_frames(outs)`` (one queue item,
+one message, one write for the batch) or, for a sink without one, frame by frame through
+``add_frame``.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 from ..outputs import FrameOutput, Reductions, SeriesContext
@@ -57,3 +62,14 @@ class Sink(Protocol):
     def close(self) -> None:
         """Flush and release everything (the service is stopping)."""
         ...
+
+
+def add_frames(sink: Sink, outs: Sequence[FrameOutput]) -> None:
+    """Hand ``sink`` processed frames, in arrival order: with its ``add_frames`` when it has one,
+    else one by one with :meth:`Sink.add_frame`."""
+    batch = getattr(sink, "add_frames", None)
+    if batch is not None:
+        batch(outs)
+    else:
+        for out in outs:
+            sink.add_frame(out)

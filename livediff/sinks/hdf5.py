@@ -3,7 +3,7 @@
 :class:`HDF5Writer` is a sink (:class:`~livediff.sinks.base.Sink`): it decides what of
 each frame it records (``save_raw``: the frames as received, bitshuffle-LZ4 blobs stored
 as they are; ``save_corrected``: the chain's output frames).  The event loop only
-enqueues.  Rows are flushed every ``flush_frames`` frames or ``flush_seconds``, so a
+enqueues, a batch of frames as one item (:meth:`HDF5Writer.add_frames`).  Rows are flushed every ``flush_frames`` frames or ``flush_seconds``, so a
 reader in SWMR mode follows the file live and a killed process leaves a valid file
 holding every row flushed before the kill.  The queue is bounded in items and in bytes of
 frame data: if the disk falls behind, frames are dropped from the file and counted
@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from ..model import SeriesStart
@@ -118,25 +119,31 @@ class HDF5Writer:
         return {"file": str(path)}
 
     def add_frame(self, out: FrameOutput) -> None:
-        """Queue one processed frame with what the settings record of it.  If the writer is
-        behind, the frame is not saved (counted)."""
-        corrected = out.output if self.config.save_corrected else None
-        size = (out.recorded_nbytes if self.config.save_raw else 0) + (0 if corrected is None else corrected.nbytes)
+        """Queue one processed frame (:meth:`add_frames`)."""
+        self.add_frames([out])
+
+    def add_frames(self, outs: Sequence[FrameOutput]) -> None:
+        """Queue processed frames, in order, as one item, with what the settings record of them.
+        If the writer is behind, they are not saved (counted)."""
+        items = [(out, out.output if self.config.save_corrected else None) for out in outs]
+        size = sum((out.recorded_nbytes if self.config.save_raw else 0) + (0 if corrected is None else corrected.nbytes)
+                   for out, corrected in items)
         with self._lock:
             if self._series is not None:
-                self._series.frames += 1
+                self._series.frames += len(items)
             full = self._pending_bytes + size > self._max_bytes
             if not full:
                 self._pending_bytes += size
         if not full:
             try:
-                self._queue.put_nowait(("frame", (out, corrected, size)))
+                self._queue.put_nowait(("frames", (items, size)))
                 return
             except queue.Full:
                 with self._lock:
                     self._pending_bytes -= size
-        self._count_not_saved(self._series)
-        if self.not_saved == 1 or self.not_saved % 1000 == 0:
+        before = self.not_saved
+        self._count_not_saved(self._series, len(items))
+        if before == 0 or before // 1000 != self.not_saved // 1000:  # the first, then one line per thousand
             log.error("HDF5 writer is behind: %d frames not saved so far", self.not_saved)
 
     def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
@@ -196,12 +203,12 @@ class HDF5Writer:
             self.errors += 1
             log.error("HDF5 writer did not accept %r within %.0f s (disk too slow?)", kind, _CONTROL_TIMEOUT_S)
 
-    def _count_not_saved(self, series: _Series | None) -> None:
-        """One frame of ``series`` will not be in its file."""
+    def _count_not_saved(self, series: _Series | None, n: int = 1) -> None:
+        """``n`` frames of ``series`` will not be in its file."""
         with self._lock:
-            self.not_saved += 1
+            self.not_saved += n
             if series is not None:
-                series.counted += 1
+                series.counted += n
 
     # ------------------------------------------------------------------ the writer thread
     def _run(self) -> None:
@@ -220,14 +227,16 @@ class HDF5Writer:
     def _step(self, kind: str, payload: Any) -> bool:
         """Handle one queued operation; True when the thread should stop."""
         f = self._file
-        if kind == "frame":
-            out, corrected, size = payload
+        if kind == "frames":
+            items, size = payload
             with self._lock:
                 self._pending_bytes -= size
-            raw = out.recorded() if self.config.save_raw else None  # here: it may decode the frame
-            if f is None or not f.add_frame(out.row, arrays=out.arrays, rows=out.rows, raw=raw, corrected=corrected,
-                                            epoch=out.epoch):
-                self._count_not_saved(self._writing)
+            # the raw pixels are taken here, on the writer thread: a payload may need decoding
+            rows = [(out.row, out.arrays, out.rows, out.recorded() if self.config.save_raw else None, corrected,
+                     out.epoch) for out, corrected in items]
+            added = 0 if f is None else f.add_frames(rows)
+            if added < len(items):
+                self._count_not_saved(self._writing, len(items) - added)
         elif kind == "reductions" and f is not None:
             f.write_reductions(*payload)
         elif kind == "rows" and f is not None:

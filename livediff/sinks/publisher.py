@@ -1,7 +1,8 @@
 """The PUB socket live clients subscribe to; messages are built by :mod:`livediff.schema`.
 
 :class:`Publisher` is a sink (:class:`~livediff.sinks.base.Sink`) for the series
-messages, per-frame statistics, operator rows and snapshots, and publishes the service's
+messages, per-frame statistics (a batch of more than one frame in one columnar
+``stats``/``frames`` message), operator rows and snapshots, and publishes the service's
 heartbeat too.  PUB never blocks: a subscriber that cannot keep up loses messages at its
 high-water mark, and the pipeline never waits for it.  Messages the socket refuses are
 counted.  Closing is the exception: what was published before :meth:`close` (a series'
@@ -10,6 +11,7 @@ large final snapshots, its end) still goes out, for up to ``linger_s`` seconds.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +81,19 @@ class Publisher:
     def add_frame(self, out: FrameOutput) -> None:
         self.publish("stats", "frame", schema.stats_frame(series=out.series, row=out.row, arrays=out.arrays))
         self.add_rows(out.series, out.index, out.rows, out.epoch)
+
+    def add_frames(self, outs: Sequence[FrameOutput]) -> None:
+        """A batch: one columnar ``stats``/``frames`` message when it holds several frames (and
+        their arrays stack), then each frame's rows."""
+        body = schema.stats_frames(series=outs[0].series, rows=[out.row for out in outs],
+                                   arrays=[out.arrays for out in outs]) if len(outs) > 1 else None
+        if body is None:
+            for out in outs:
+                self.add_frame(out)
+            return
+        self.publish("stats", "frames", body)
+        for out in outs:
+            self.add_rows(out.series, out.index, out.rows, out.epoch)
 
     def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
         for label, columns in rows.items():

@@ -225,8 +225,19 @@ class SeriesFile:
         epoch ``epoch``); write ``raw`` (pixels, or an ``(encoding, blob)`` bslz4 pair stored by a
         direct chunk write) and ``corrected`` at once.
         False when nothing was done: the file is in error (:attr:`error`)."""
-        self.offered += 1
-        return self._attempt("frame", self._add_frame, row, arrays or {}, rows or {}, raw, corrected, epoch)
+        return self.add_frames([(row, arrays or {}, rows or {}, raw, corrected, epoch)]) == 1
+
+    def add_frames(self, frames: list[tuple[dict[str, Any], dict[str, dict[str, Any]],
+                                            dict[str, dict[str, np.ndarray]], Any, np.ndarray | None, int]]) -> int:
+        """:meth:`add_frame` for each ``(row, arrays, rows, raw, corrected, epoch)`` of a batch, in
+        order; their rows reach the tables together at the next flush.  Returns how many were
+        added: all, or 0 when the file is (now) in error."""
+        self.offered += len(frames)
+        return len(frames) if self._attempt("frame", self._add_frames, frames) else 0
+
+    def _add_frames(self, frames: list[tuple[Any, ...]]) -> None:
+        for frame in frames:
+            self._add_frame(*frame)
 
     def _add_frame(self, row: dict[str, Any], arrays: dict[str, dict[str, Any]],
                    rows: dict[str, dict[str, np.ndarray]], raw: Any, corrected: np.ndarray | None, epoch: int) -> None:
