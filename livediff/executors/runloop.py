@@ -111,8 +111,12 @@ class RunLoop:
         commands = asyncio.ensure_future(self._commands.get())
         try:
             while True:
-                room = self.executor.capacity - sum(len(job.frames) for job in inflight)
-                if getter is None and not self.paused and room > 0:
+                capacity = self.executor.capacity
+                room = capacity - sum(len(job.frames) for job in inflight)
+                # wait for room for a good batch: taking frames as single places free up would
+                # keep a full pipeline at batches of one frame, however fast frames come
+                if getter is None and not self.paused and room >= (min(self.batch_frames, capacity // 2)
+                                                                   if inflight else 1):
                     getter = asyncio.ensure_future(self.queue.get_many(min(room, self.batch_frames),
                                                                        self.batch_bytes, _nbytes))
                 waiting = {f for f in (getter, commands, inflight[0].future if inflight else None) if f is not None}

@@ -71,8 +71,8 @@ class ThreadExecutor:
 
     @property
     def capacity(self) -> int:
-        """Frames in flight: a full batch per worker."""
-        return self.workers * self.batch_frames
+        """Frames in flight: a full batch per worker, and one more waiting for the first free worker."""
+        return (self.workers + 1) * self.batch_frames
 
     async def warm_up(self, series: SeriesStart) -> None:
         """Compile the chain's kernels for frames like ``series``' (once per pixel type and mask)."""

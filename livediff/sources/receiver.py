@@ -92,6 +92,7 @@ DECODERS: dict[str, Callable[[SourceSettings], Callable[..., Decoded]]] = {
 }
 
 _POLL_MS = 200
+_DRAIN = 256  # messages taken per wake-up at most, so a fast stream never starves the rest of the loop
 #: messages smaller than this are decoded on the event loop: compressed frames are only parsed
 #: and framing-checked here (well under a millisecond for a 4M frame), cheaper than a thread hop;
 #: larger ones (uncompressed frames that CBOR or JSON parsing copies) go to the decode thread
@@ -180,6 +181,9 @@ class Receiver:
     async def _loop(self, sock: zmq.asyncio.Socket) -> None:
         loop = asyncio.get_running_loop()
         last = loop.time()
+        # Messages that have arrived are taken without a trip through the event loop each: at
+        # thousands of small frames a second, pyzmq's asyncio recv costs more than the frame.
+        ready = zmq.Socket.shadow(sock.underlying)
         while True:
             if not await sock.poll(_POLL_MS):
                 if self.tracker.open is not None and loop.time() - last > self.config.end_timeout:
@@ -187,30 +191,38 @@ class Receiver:
                                 self.config.end_timeout)
                     await self.queue.put(self.tracker.close("timeout"))
                 continue
-            parts = await sock.recv_multipart(copy=False)
-            last = loop.time()
-            self.messages += 1
-            try:
-                decoded = await self._decoded([p.buffer for p in parts])
-            except Exception as exc:  # noqa: BLE001 - DecodeError, or anything a decoder raised on untrusted bytes
-                self._bad(exc)
-                continue
-            events = decoded if isinstance(decoded, list) else [decoded]
-            failed = [e for e in events if isinstance(e, DecodeError)]
-            events = [e for e in events if not isinstance(e, DecodeError)]
-            if not failed:  # a failed message is counted as bad below, once its events are in
-                if events:
-                    self.decoded += 1
-                else:
-                    self.silent += 1
-            self.events += len(events)
-            for event in events:   # a failed first image follows the start it opens: count it there
-                if self._scan is not None and isinstance(event, SeriesStart):
-                    event = replace(event, scan=self._scan)
-                for ev in self.tracker.feed(event):
-                    await self.queue.put(ev)
-            if failed:
-                self._bad(failed[0])
+            for _ in range(_DRAIN):
+                try:
+                    parts = ready.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                last = loop.time()
+                await self._take([p.buffer for p in parts])
+
+    async def _take(self, parts: list[memoryview]) -> None:
+        """Decode one message, account for it, queue its events."""
+        self.messages += 1
+        try:
+            decoded = await self._decoded(parts)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or anything a decoder raised on untrusted bytes
+            self._bad(exc)
+            return
+        events = decoded if isinstance(decoded, list) else [decoded]
+        failed = [e for e in events if isinstance(e, DecodeError)]
+        events = [e for e in events if not isinstance(e, DecodeError)]
+        if not failed:  # a failed message is counted as bad below, once its events are in
+            if events:
+                self.decoded += 1
+            else:
+                self.silent += 1
+        self.events += len(events)
+        for event in events:   # a failed first image follows the start it opens: count it there
+            if self._scan is not None and isinstance(event, SeriesStart):
+                event = replace(event, scan=self._scan)
+            for ev in self.tracker.feed(event):
+                await self.queue.put(ev)
+        if failed:
+            self._bad(failed[0])
 
     async def _decoded(self, parts: list[memoryview]) -> Decoded:
         if sum(p.nbytes for p in parts) < _INLINE_BYTES:
