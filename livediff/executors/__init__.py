@@ -68,7 +68,8 @@ class PipelineSettings:
 
 
 def _threads(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None) -> Executor:
-    return ThreadExecutor(specs, settings.workers, batch_frames=settings.batch_frames, decode=decode)
+    return ThreadExecutor(specs, settings.workers, batch_frames=settings.batch_frames, batch_mb=settings.batch_mb,
+                          decode=decode)
 
 
 def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None) -> Executor:

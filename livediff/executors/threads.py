@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 from ..model import Codec, Frame, SeriesStart
 from ..outputs import Layout
@@ -41,7 +44,8 @@ class ThreadExecutor:
     ----------
     specs : the configured chain.
     workers : number of worker threads.
-    batch_frames : the most frames of a batch (:attr:`capacity` is this many per worker).
+    batch_frames, batch_mb : the most frames, and MiB of them, in a batch (:attr:`capacity` is a
+        batch per worker and one more).
     warm : compile the kernels (:mod:`.warmup`) before a series of a new pixel type starts.
     decode : the codec for frames that arrived compressed (``livediff.sources.codecs.decode_payload``),
         run on the worker thread that processes the frame; None: every frame comes decoded.
@@ -53,10 +57,11 @@ class ThreadExecutor:
     resent = 0
 
     def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, batch_frames: int = 1,
-                 warm: bool = True, decode: Codec | None = None) -> None:
+                 batch_mb: float = 4.0, warm: bool = True, decode: Codec | None = None) -> None:
         single_threaded_blas()  # parallel over frames: BLAS's own threads would oversubscribe the cores
         self.workers = workers
         self.batch_frames = batch_frames
+        self.batch_mb = batch_mb
         self.decode = decode
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
@@ -71,8 +76,14 @@ class ThreadExecutor:
 
     @property
     def capacity(self) -> int:
-        """Frames in flight: a full batch per worker, and one more waiting for the first free worker."""
-        return (self.workers + 1) * self.batch_frames
+        """Frames in flight: a full batch per worker, and one more waiting for the first free
+        worker, a batch being at most ``batch_frames`` and ``batch_mb`` of the series' frames
+        (so large frames are not held by the hundred)."""
+        per_batch = self.batch_frames
+        if self._series is not None:
+            frame_bytes = math.prod(self._series.shape) * np.dtype(self._series.dtype).itemsize
+            per_batch = max(1, min(per_batch, int(self.batch_mb * 2**20 // max(frame_bytes, 1))))
+        return (self.workers + 1) * per_batch
 
     async def warm_up(self, series: SeriesStart) -> None:
         """Compile the chain's kernels for frames like ``series``' (once per pixel type and mask)."""
