@@ -206,14 +206,25 @@ class Registration:
 
     def _climb(self, level: int, frame: np.ndarray, mean: float, lag: tuple[int, int], *,
                climb: bool) -> tuple[tuple[int, int], np.ndarray]:
-        """The 3 x 3 NCC patch around ``lag``, moved (when ``climb``) until its centre is the largest."""
+        """The 3 x 3 NCC patch around ``lag``, moved (when ``climb``) until its centre is the largest.
+
+        Each patch is normalised over the pixel pairs symmetric about its own centre, so on a
+        flat, noisy correlation two neighbouring patches may each point to the other: the climb
+        then stops at the one whose centre scored higher, instead of swinging between them.
+        """
+        seen: dict[tuple[int, int], np.ndarray] = {}
         for _ in range(_MAX_MOVES + 1):
             patch = self._patch(level, frame, mean, lag)
             if not climb or not np.isfinite(patch).any():
                 break
+            seen[lag] = patch
             a, b = np.unravel_index(np.nanargmax(patch), patch.shape)
             step = (lag[0] + int(a) - 1, lag[1] + int(b) - 1)
             if step == lag or not self._allowed(level, step):
+                break
+            if step in seen:  # back and forth: keep the better centre
+                if seen[step][1, 1] > patch[1, 1]:
+                    lag, patch = step, seen[step]
                 break
             lag = step
         return lag, patch
