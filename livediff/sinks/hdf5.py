@@ -53,7 +53,9 @@ class OutputSettings:
 
     directory: str = "livediff-output"
     template: str = "series_{series:06d}.h5"
-    flush_frames: int = param(50, ge=1, doc="flush at least every N frames")
+    flush_frames: int = param(1000, ge=1, doc="flush at least every N frames, and every flush_seconds (at "
+                                              "thousands of frames a second a flush costs the writer more than "
+                                              "the rows it writes)")
     flush_seconds: float = param(1.0, gt=0, doc="flush at least every T seconds")
     queue_size: int = param(1024, ge=1, doc="frames buffered for the writer thread")
     max_pending_mb: float = param(512.0, gt=0, doc="frame data buffered for the writer before frames go unsaved")
