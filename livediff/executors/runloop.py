@@ -35,7 +35,7 @@ from ..model import Frame, SeriesEnd, SeriesStart
 from ..outputs import FrameOutput, Reductions, SeriesContext
 from ..pipeline import OperatorSpec
 from ..queues import EventQueue
-from ..sinks.base import Sink, add_frames
+from ..sinks.base import Sink, add_frames, new_epoch
 from .base import Executor, Job
 from .maps import MapAssembler
 
@@ -293,8 +293,7 @@ class RunLoop:
                 outs = []
                 cur.epoch = out.epoch
                 for sink in self.sinks:
-                    if hasattr(sink, "new_epoch"):
-                        sink.new_epoch(out.epoch, out.index, self.config_text)
+                    new_epoch(sink, out.epoch, out.index, self.config_text)
             if cur.maps is not None:
                 cur.maps.place(out)
             outs.append(out)

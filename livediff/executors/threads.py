@@ -62,6 +62,7 @@ class ThreadExecutor:
         self.workers = workers
         self.batch_frames = batch_frames
         self.batch_mb = batch_mb
+        self._per_batch = batch_frames  # frames in a full batch of the current series' frames
         self.decode = decode
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
@@ -79,11 +80,7 @@ class ThreadExecutor:
         """Frames in flight: a full batch per worker, and one more waiting for the first free
         worker, a batch being at most ``batch_frames`` and ``batch_mb`` of the series' frames
         (so large frames are not held by the hundred)."""
-        per_batch = self.batch_frames
-        if self._series is not None:
-            frame_bytes = math.prod(self._series.shape) * np.dtype(self._series.dtype).itemsize
-            per_batch = max(1, min(per_batch, int(self.batch_mb * 2**20 // max(frame_bytes, 1))))
-        return (self.workers + 1) * per_batch
+        return (self.workers + 1) * self._per_batch
 
     async def warm_up(self, series: SeriesStart) -> None:
         """Compile the chain's kernels for frames like ``series``' (once per pixel type and mask)."""
@@ -103,6 +100,8 @@ class ThreadExecutor:
         here: the output frames are in this process anyway."""
         await self.warm_up(series)
         self._series = series
+        frame_bytes = math.prod(series.shape) * np.dtype(series.dtype).itemsize
+        self._per_batch = max(1, min(self.batch_frames, int(self.batch_mb * 2**20 // max(frame_bytes, 1))))
         await asyncio.gather(*(self._run(self._pool, c.start, series) for c in self._chains))
         await self._run(self._fold_pool, self._inorder.start, series, self._chains[0].inputs)
         self._adopted = {id(chain): dict.fromkeys(self._inorder.stateful, -1) for chain in self._chains}

@@ -7,8 +7,9 @@ sink reports at series start or end (the HDF5 writer: ``file``, ``not_saved``) a
 to what the sinks after it receive.
 
 A sink that keeps the configuration history implements the optional hook
-``new_epoch(epoch, frame, config_text)``: the run loop calls it before the first frame
-processed under a new configuration epoch (a live change), ``frame`` being that frame.
+``new_epoch(epoch, frame, config_text)``: the run loop calls it (through :func:`new_epoch`)
+before the first frame processed under a new configuration epoch (a live change), ``frame``
+being that frame.
 
 Frames come in batches when they come fast: the run loop calls :func:`add_frames`, which
 hands a sink the whole batch through its optional ``add_frames(outs)`` (one queue item,
@@ -73,3 +74,11 @@ def add_frames(sink: Sink, outs: Sequence[FrameOutput]) -> None:
     else:
         for out in outs:
             sink.add_frame(out)
+
+
+def new_epoch(sink: Sink, epoch: int, frame: int, config_text: str) -> None:
+    """Tell ``sink`` that ``frame`` is the first of configuration epoch ``epoch``, when it keeps
+    the configuration history (its optional ``new_epoch`` hook)."""
+    hook = getattr(sink, "new_epoch", None)
+    if hook is not None:
+        hook(epoch, frame, config_text)
