@@ -4,8 +4,9 @@ Operators' kernels release the GIL (numba ``nogil=True``), so threads run them i
 parallel; a frame that arrived compressed is decoded by the worker that processes it, so
 decoding scales with the workers too.  The run loop hands batches of frames; a batch (or
 each run of it, see :meth:`~.base.InOrder.runs`) is one job, processed on one worker thread
-in one hop, so the cost of a thread hop and a future is paid per batch.  Jobs beyond the
-idle workers wait for one, in order; the run loop collects them in arrival order; the
+in one hop, so the cost of a thread hop and a future is paid per batch.  Jobs wait in one
+queue, in order, and a worker that finishes one takes the next itself
+(:mod:`.workers`); the run loop collects them in arrival order; the
 folding chain (operators with a ``collect`` step or series-wide state) then sees every
 frame, in that order, on one more thread.  A frame
 whose operators need series-wide state waits, on the event loop, until the frames its
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,6 +31,7 @@ from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
 from .base import InOrder, Job, Outcome, merged_report, report
 from .blas import single_threaded_blas
+from .workers import ChainWorkers
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class ThreadExecutor:
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
         self._build(specs)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="livediff-worker")
+        self._workers = ChainWorkers(workers)
         self._fold_pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-fold")
         self._series: SeriesStart | None = None
 
@@ -102,12 +103,11 @@ class ThreadExecutor:
         self._series = series
         frame_bytes = math.prod(series.shape) * np.dtype(series.dtype).itemsize
         self._per_batch = max(1, min(self.batch_frames, int(self.batch_mb * 2**20 // max(frame_bytes, 1))))
-        await asyncio.gather(*(self._run(self._pool, c.start, series) for c in self._chains))
+        await asyncio.gather(*(asyncio.to_thread(c.start, series) for c in self._chains))
         await self._run(self._fold_pool, self._inorder.start, series, self._chains[0].inputs)
         self._adopted = {id(chain): dict.fromkeys(self._inorder.stateful, -1) for chain in self._chains}
         self._used: dict[int, dict[str, int]] = {}  # seq -> the version key each stateful operator used
         self._folded_changed = asyncio.Condition()
-        self._waiting: deque[asyncio.Future] = deque()  # jobs waiting for an idle chain, in order
         return self.layout
 
     async def restart(self, specs: Sequence[OperatorSpec], label: str) -> None:
@@ -131,7 +131,7 @@ class ThreadExecutor:
         if problems:
             raise ValueError("\n".join(problems))
         self._specs = list(specs)
-        await asyncio.gather(*(self._run(self._pool, c.restart, specs, label) for c in self._chains))
+        await asyncio.gather(*(asyncio.to_thread(c.restart, specs, label) for c in self._chains))
         restarted = await self._run(self._fold_pool, self._inorder.restart, specs, label, self._chains[0].inputs)
         for adopted in self._adopted.values():
             adopted.update(dict.fromkeys(restarted, -1))
@@ -144,7 +144,6 @@ class ThreadExecutor:
         self._chains = [Chain(specs) for _ in range(self.workers)]
         self._inorder = InOrder(specs)
         self._merged = Chain(specs) if self.workers > 1 else self._chains[0]
-        self._idle = list(self._chains)
 
     def process(self, frames: Sequence[Frame]) -> list[Job]:
         """Queue a batch of ``frames`` (in arrival order) for the next idle worker, a job per run
@@ -166,37 +165,10 @@ class ThreadExecutor:
         for frame, found in zip(frames, versions):
             if found:
                 self._used[frame.seq] = {name: key for name, (key, _) in found.items()}
-        chain = await self._acquire()
-        try:
-            return await self._run(self._pool, self._process_on, chain, job, versions)
-        finally:
-            self._release(chain)
+        return await self._workers.submit(self._process_on, job, versions)
 
-    async def _acquire(self) -> Chain:
-        """An idle chain, jobs served strictly in the order they asked: with one worker the
-        chain then sees the frames in arrival order, as a single thread would."""
-        if self._idle and not self._waiting:
-            return self._idle.pop()
-        turn = asyncio.get_running_loop().create_future()
-        self._waiting.append(turn)
-        try:
-            return await turn
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():  # handed a chain, then cancelled: pass it on
-                self._release(turn.result())
-            raise
-
-    def _release(self, chain: Chain) -> None:
-        """Hand ``chain`` to the job that has waited longest, or keep it idle."""
-        while self._waiting:
-            turn = self._waiting.popleft()
-            if not turn.done():  # a cancelled job's turn passes on
-                turn.set_result(chain)
-                return
-        self._idle.append(chain)
-
-    def _process_on(self, chain: Chain, job: Job, versions: list[dict[str, tuple[int, Any]]]) -> list[Outcome]:
-        """On a worker thread: decode the frames that came compressed (a corrupt payload fails
+    def _process_on(self, worker: int, job: Job, versions: list[dict[str, tuple[int, Any]]]) -> list[Outcome]:
+        """On worker thread ``worker``, with its chain: decode the frames that came compressed (a corrupt payload fails
         its frame only), then run the chain on each stretch of frames that use the same
         versions of series-wide state, after adopting them."""
         outcomes: list[Outcome | None] = [None] * len(job.frames)
@@ -208,6 +180,7 @@ class ThreadExecutor:
                 outcomes[i] = exc
             else:
                 good.append(i)
+        chain = self._chains[worker]
         adopted = self._adopted[id(chain)]
         start = 0
         for end in range(1, len(good) + 1):
@@ -262,7 +235,7 @@ class ThreadExecutor:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._workers.close()
         self._fold_pool.shutdown(wait=True, cancel_futures=True)
 
 
