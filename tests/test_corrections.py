@@ -320,6 +320,73 @@ def test_flatfield_masks_the_gap_marker_whatever_the_saturation_like_summary():
         assert not mask[2, 3] and mask.sum() == image.size - 1, (params, saturation)
 
 
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "int32", "uint8"])
+def test_valid_below_equals_numpy(dtype):
+    rng = np.random.default_rng(21)
+    info = np.iinfo(dtype)
+    image = rng.integers(max(info.min, -1000), info.max, (37, 61), dtype=dtype, endpoint=True)
+    image[rng.random(image.shape) < 0.1] = info.max
+    mask = rng.random(image.shape) > 0.2
+    for saturation in (float(info.max), 100.5, 0.0, float(info.max) * 4.0, np.inf):
+        np.testing.assert_array_equal(flatfield.valid_below(image, mask, saturation), mask & (image < saturation))
+        np.testing.assert_array_equal(flatfield.valid_below(image, None, saturation), image < saturation)
+    with pytest.raises(TypeError, match="integer dtype"):
+        flatfield.valid_below(image.astype(np.float32), mask, 10.0)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32"])
+def test_flatfield_with_nothing_to_correct_passes_integer_counts_on_with_the_same_mask(dtype):
+    rng = np.random.default_rng(22)
+    header = rng.random(SHAPE) > 0.1
+    user = (rng.random(SHAPE) < 0.1).astype(np.uint8)
+    series = _series(mask=header, dtype=dtype, saturation=np.iinfo(dtype).max - 7)
+    ops = {out: FlatField(FlatField.Params(mask=user, output=out)) for out in ("auto", "float32")}
+    for op in ops.values():
+        op.start(series)
+    counts, converted = (ops[k].output_series(series) for k in ("auto", "float32"))
+    assert counts.dtype == dtype and converted.dtype == "float32"
+    np.testing.assert_array_equal(counts.mask, converted.mask)
+    image = _raw(rng, dtype)
+    image[rng.random(SHAPE) < 0.05] = np.iinfo(dtype).max - 3   # saturated, below the gap marker
+    kept = ops["auto"].process(Frame(3, 0, image, mask=header))
+    fixed = ops["float32"].process(Frame(3, 0, image, mask=header))
+    assert kept.data is image                                   # no float32 frame written
+    np.testing.assert_array_equal(kept.mask, fixed.mask)
+    assert not kept.mask[image >= np.iinfo(dtype).max - 7].any() and kept.mask.sum() > 0.5 * image.size
+    np.testing.assert_array_equal(fixed.data[fixed.mask], image[kept.mask].astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32"])
+def test_counts_passed_on_give_the_spots_and_tables_of_the_float32_frames(dtype):
+    """The MX chain with flatfield's default (integer counts on, the integer spot kernel) and with
+    float32 frames (the general kernel): the same per-frame results and spot tables."""
+    sim = DiffractionSimulator(shape=(96, 130), dtype=dtype, n_frames=6, n_spots=25, seed=5, n_dead=30, n_hot=6)
+    start = sim.series_start()
+    results = {}
+    for out in ("auto", "float32"):
+        specs = parse({"operators": {"summary": {}, "flatfield": {"output": out, "saturation": sim.top - 100},
+                                     "spots": {}}}).operators
+        frames = []
+        for i in range(sim.n_frames):
+            image = sim.frame(i)
+            image[i, :7] = sim.top - 50                              # saturated counts the flatfield masks
+            frames.append(Frame(1, i, image, mask=start.mask))
+        done, _ = process_frames(specs, start, frames, workers=2)
+        assert all(isinstance(f, Frame) for f in done)
+        results[out] = [(f.results["summary"], f.results["spots"]) for f in done]
+    for (sum_a, spots_a), (sum_b, spots_b) in zip(results["auto"], results["float32"]):
+        assert sum_a == sum_b
+        assert spots_a.keys() == spots_b.keys()
+        for key, value in spots_a.items():
+            if isinstance(value, dict):
+                assert value.keys() == spots_b[key].keys()
+                for column in value:
+                    np.testing.assert_array_equal(value[column], spots_b[key][column], err_msg=column)
+            else:
+                np.testing.assert_array_equal(value, spots_b[key], err_msg=key)
+    assert sum(len(s["rows"]["x"]) if "rows" in s else 0 for _, s in results["auto"]) > 0
+
+
 def test_flatfield_references_must_match_the_frame_shape():
     op = FlatField(FlatField.Params(flat=np.ones((10, 10))))
     with pytest.raises(ValueError, match=r"flatfield: flat shape \(10, 10\) != frame shape \(37, 61\)"):

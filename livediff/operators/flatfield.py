@@ -10,7 +10,7 @@ config names the operator; :mod:`livediff.operators.corrections` gathers their k
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numba
@@ -18,10 +18,10 @@ import numpy as np
 
 from ..model import Frame, SeriesStart
 from .base import BaseOperator, param
-from .checks import check_image, check_mask, check_output, check_reference, check_shape
+from .checks import all_valid, check_image, check_mask, check_output, check_reference, check_shape
 from .masks import float32_series, mask_from_file, pass_mask, saturation_level, store
 
-__all__ = ["FlatField", "FlatFieldParams", "correct", "divide_flat", "subtract_dark"]
+__all__ = ["FlatField", "FlatFieldParams", "correct", "divide_flat", "subtract_dark", "valid_below"]
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -41,6 +41,44 @@ def _correct(image, dark, flat, mask, saturation, fill, out, valid):
             if mask is not None:
                 ok &= mask[r, c]
             store(out, valid, r, c, np.float32(v), ok, fill)
+
+
+@numba.njit(nogil=True, cache=True)
+def _below(image, mask, limit, out):
+    rows, cols = image.shape
+    for r in range(rows):
+        x = image[r]
+        m = mask[r]
+        o = out[r]
+        for c in range(cols):
+            o[c] = m[c] & (np.int64(x[c]) < limit)
+
+
+def valid_below(image: np.ndarray, mask: np.ndarray | None, saturation: float) -> np.ndarray:
+    """The pixels of an integer ``image`` that ``mask`` lets through and that hold less than ``saturation``.
+
+    What :func:`correct` records as valid when there is nothing to correct, in one pass and
+    without the float32 frame.
+
+    Returns
+    -------
+    New bool array, True = valid.
+
+    Raises
+    ------
+    TypeError
+        ``image`` is not of an integer dtype, or ``mask`` is not bool.
+    ValueError
+        Shapes differ.
+    """
+    image = check_image(image)
+    if image.dtype.kind not in "ui":
+        raise TypeError(f"image must be of an integer dtype, got {image.dtype}")
+    mask = check_mask(mask, image.shape)
+    out = np.empty(image.shape, dtype=np.bool_)
+    limit = min(math.ceil(saturation), 2**63 - 1) if math.isfinite(saturation) else 2**63 - 1
+    _below(image, all_valid(image.shape) if mask is None else mask, limit, out)
+    return out
 
 
 def correct(image: np.ndarray, *, dark: np.ndarray | None = None, flat: np.ndarray | None = None,
@@ -142,6 +180,9 @@ class FlatFieldParams:
     mask_nonzero: Literal["invalid", "valid"] = "invalid"
     saturation: float | None = param(None, ge=0, doc="mask raw values >= this (default: header, else 2**bits-1)")
     fill_value: float = param(0.0, doc="value of invalid pixels")
+    output: Literal["auto", "float32"] = param("auto", doc="'auto': integer frames with no dark and no flat "
+                                                           "keep their counts (only the mask changes); "
+                                                           "else float32")
 
     def __post_init__(self) -> None:
         if self.dark is not None and self.dark_frames:
@@ -150,6 +191,12 @@ class FlatFieldParams:
 
 class FlatField(BaseOperator):
     """Dark, flat field and pixel mask in one pass (:func:`correct`); float32 frames out.
+
+    With ``output = "auto"`` (the default), integer frames with neither a dark nor a flat
+    pass on as they are, only their mask changed (:func:`valid_below`): no float32 frame is
+    written, and the integer kernels downstream (spot finding) keep their fast path.  Their
+    invalid pixels then keep their raw values, not ``fill_value``; ``output = "float32"``
+    corrects (converts and fills) them anyway.
 
     The frame's mask becomes the header (or upstream) mask AND the user mask file AND a
     finite nonzero flat AND raw value < saturation (``saturation``, else the header's,
@@ -190,6 +237,9 @@ class FlatField(BaseOperator):
         given = series.saturation if p.saturation is None else p.saturation
         # the top of an integer dtype is a gap / defect marker whatever the saturation (as in ``summary``)
         self._saturation = min(saturation_level(series.dtype, given), saturation_level(series.dtype))
+        # nothing to correct in integer counts: only the mask changes, the frame passes on as it is
+        self._mask_only = (p.output == "auto" and self._dark is None and self._flat is None and not self.series_state
+                           and np.dtype(series.dtype).kind in "ui")
         if self.series_state:
             self._darks_through = 0  # dispatching side: frames up to and including the last dark so far
             self._total: np.ndarray | None = None  # folding side: sum and count of the darks
@@ -200,6 +250,8 @@ class FlatField(BaseOperator):
             self._none_valid.setflags(write=False)
 
     def output_series(self, series: SeriesStart) -> SeriesStart:
+        if self._mask_only:
+            return replace(float32_series(series, self._valid), dtype=series.dtype)
         return float32_series(series, self._valid)
 
     def process(self, frame: Frame) -> Frame:
@@ -214,6 +266,9 @@ class FlatField(BaseOperator):
             if dark is None:
                 raise ValueError(f"flatfield: no dark frame (index < {self.params.dark_frames}) arrived before "
                                  f"frame {frame.index}")
+        if self._mask_only:
+            frame.mask = valid_below(frame.data, pass_mask(frame, self.series, self._valid), self._saturation)
+            return frame
         valid = np.empty(frame.data.shape, dtype=np.bool_)
         frame.data = correct(frame.data, dark=dark, flat=self._flat, mask=pass_mask(frame, self.series, self._valid),
                              saturation=self._saturation, fill_value=self.params.fill_value, mask_out=valid)
