@@ -25,3 +25,4 @@ def test_end_to_end_load_run_accounts_for_every_frame(tmp_path):
     report = e2e.run_load(detector="small", rate=50.0, seconds=1.0, config=str(config), protocol="dectris-stream2")
     assert report["sent"] == 50 and report["processed"] == 50 and report["dropped"] == report["lost"] == 0
     assert report["latency_ms"]["p50"] > 0 and report["peak_rss_mb"] > 0 and report["max_queue"] >= 0
+    assert report["sender_cpu_ms_per_frame"] > 0 and "sender thread" in e2e.format_report(report)

@@ -111,10 +111,10 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
             if pages is not None:
                 pages.start()
             rss = RssSampler(proc.pid)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             listener.mark()
             sent = stream_series(source, source_ep, rate=rate, protocol=protocol, encoding=encoding)
-            send_s = time.perf_counter() - t0
+            send_s, send_cpu = time.perf_counter() - t0, time.thread_time() - cpu0
             end = listener.wait_end(timeout=120 + seconds)
             web["rss_mb"] = rss.stop()
             if pages is not None:
@@ -141,6 +141,7 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
         "executor": settings.executor, "workers": settings.workers,
         "cpu_cores": listener.cpu_cores(),
         "cpu_ms_per_frame": listener.cpu_ms_per_frame(),
+        "sender_cpu_ms_per_frame": send_cpu / sent * 1e3 if sent else None,
         "mean_batch": listener.mean_batch(), "batch_max": listener.batch_max,
         "peak_rss_mb": listener.peak_rss_mb,
         "max_queue": listener.max_queue,
@@ -283,7 +284,8 @@ def format_report(r: dict[str, Any]) -> str:
             f"lost {r['lost']}  bad {r['bad']}\n"
             f"  sustained {fmt(r['sustained_fps'])} fr/s  latency p50/p95/p99 {fmt(lat['p50'])}/{fmt(lat['p95'])}/"
             f"{fmt(lat['p99'])} ms (first frame {fmt(r['first_latency_ms'])} ms)  cpu {fmt(r['cpu_cores'])} cores, "
-            f"{fmt(None if r['cpu_ms_per_frame'] is None else r['cpu_ms_per_frame'] * 1e3, '.0f')} us/frame  "
+            f"{fmt(None if r['cpu_ms_per_frame'] is None else r['cpu_ms_per_frame'] * 1e3, '.0f')} us/frame "
+            f"(sender thread {fmt(None if r.get('sender_cpu_ms_per_frame') is None else r['sender_cpu_ms_per_frame'] * 1e3, '.0f')} us/frame)  "
             f"peak RSS {r['peak_rss_mb']:.0f} MB  max queue {r['max_queue']}\n"
             f"  batches: mean {fmt(r['mean_batch'])} frames, largest {r['batch_max']}" + _format_web(r))
 
