@@ -27,6 +27,25 @@ def test_summary_matches_numpy_over_valid_pixels(dtype):
     assert got["n_saturated"] == (valid >= 10060).sum()
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "int16", "int32"])
+@pytest.mark.parametrize("top_invalid", [True, False])
+def test_every_saturation_and_marker_rule_matches_numpy(dtype, top_invalid):
+    """Unsigned frames take their own kernel (tests in the pixels' width): it must give numpy's
+    answer for any saturation level (fractional, beyond the dtype, negative, infinite, NaN)."""
+    rng = np.random.default_rng(6)
+    info = np.iinfo(dtype)
+    image = rng.integers(max(info.min, -300), info.max, (23, 71), dtype=dtype, endpoint=True)
+    image[rng.random(image.shape) < 0.05] = info.max
+    mask = rng.random(image.shape) > 0.2
+    valid = mask & (image < info.max) if top_invalid else mask
+    values = image[valid].astype(np.float64)
+    for saturation in (None, 100.5, 150.0, float(info.max) * 8, -5.0, np.inf, -np.inf, np.nan):
+        got = summarise(image, mask, saturation=saturation, top_invalid=top_invalid)
+        level = info.max if saturation is None else saturation
+        assert got["sum"] == values.sum() and got["n_valid"] == valid.sum() and got["max"] == values.max()
+        assert got["n_saturated"] == (values >= level).sum(), saturation
+
+
 def test_top_of_an_integer_dtype_is_a_gap_marker_not_a_count():
     image = np.array([[65535, 65534], [0, 65535]], dtype=np.uint16)
     got = summarise(image)
