@@ -527,3 +527,19 @@ async def test_service_with_two_workers_masks_corrects_bins_and_saves(tmp_path, 
     truth[tuple(np.array(sim.truth()["hot_pixels"]).T)] = True
     np.testing.assert_array_equal(hot.astype(bool), truth)
     assert rows["n_hot"][-1] == truth.sum() and preview.shape == (16, 24) and preview.max() == 255
+
+
+async def test_counts_passed_on_are_saved_as_corrected_frames_with_their_raw_values(tmp_path):
+    """``save_corrected`` after a flatfield with nothing to correct: the counts, exactly, in the float32 stack."""
+    sim = DiffractionSimulator(shape=(40, 72), dtype="uint32", n_frames=5, n_spots=6, seed=12)
+    cfg = config(tmp_path, pipeline={"workers": 2}, operators={"flatfield": {}},
+                 output={"save_corrected": True, "save_raw": True})
+    async with running(cfg) as (service, sub):
+        await asyncio.to_thread(stream_series, sim, cfg.source.endpoint)
+        end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
+    assert end["processed"] == sim.n_frames and end["failed"] == 0
+    with h5py.File(end["file"], "r") as f:
+        corrected = f["entry/livediff/corrected"][:]
+    raw = np.stack([sim.frame(i) for i in range(sim.n_frames)])
+    assert corrected.dtype == np.float32 and raw.max() < 2**24
+    np.testing.assert_array_equal(corrected, raw.astype(np.float32))
