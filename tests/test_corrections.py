@@ -327,11 +327,12 @@ def test_valid_below_equals_numpy(dtype):
     image = rng.integers(max(info.min, -1000), info.max, (37, 61), dtype=dtype, endpoint=True)
     image[rng.random(image.shape) < 0.1] = info.max
     mask = rng.random(image.shape) > 0.2
-    for saturation in (float(info.max), 100.5, 0.0, float(info.max) * 4.0, np.inf):
+    for saturation in (float(info.max), 100.5, 0.0, float(info.max) * 4.0, -7.5, np.inf, -np.inf, np.nan):
         np.testing.assert_array_equal(flatfield.valid_below(image, mask, saturation), mask & (image < saturation))
         np.testing.assert_array_equal(flatfield.valid_below(image, None, saturation), image < saturation)
-    with pytest.raises(TypeError, match="integer dtype"):
-        flatfield.valid_below(image.astype(np.float32), mask, 10.0)
+    for wrong in (np.float32, np.int64):
+        with pytest.raises(TypeError, match="integer dtype of at most 32 bits"):
+            flatfield.valid_below(image.astype(wrong), mask, 10.0)
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "uint32"])

@@ -67,16 +67,18 @@ def valid_below(image: np.ndarray, mask: np.ndarray | None, saturation: float) -
     Raises
     ------
     TypeError
-        ``image`` is not of an integer dtype, or ``mask`` is not bool.
+        ``image`` is not of an integer dtype of at most 32 bits, or ``mask`` is not bool.
     ValueError
         Shapes differ.
     """
     image = check_image(image)
-    if image.dtype.kind not in "ui":
-        raise TypeError(f"image must be of an integer dtype, got {image.dtype}")
+    if image.dtype.kind not in "ui" or image.dtype.itemsize > 4:
+        raise TypeError(f"image must be of an integer dtype of at most 32 bits, got {image.dtype}")
     mask = check_mask(mask, image.shape)
     out = np.empty(image.shape, dtype=np.bool_)
-    limit = min(math.ceil(saturation), 2**63 - 1) if math.isfinite(saturation) else 2**63 - 1
+    # v < s <=> v < ceil(s) for integers; any 32-bit value is below 2**40 and above -2**40
+    limit = (min(max(math.ceil(saturation), -2**40), 2**40) if math.isfinite(saturation)
+             else 2**40 if saturation > 0 else -2**40)  # +inf: every value; -inf and NaN: none
     _below(image, all_valid(image.shape) if mask is None else mask, limit, out)
     return out
 
@@ -239,7 +241,7 @@ class FlatField(BaseOperator):
         self._saturation = min(saturation_level(series.dtype, given), saturation_level(series.dtype))
         # nothing to correct in integer counts: only the mask changes, the frame passes on as it is
         self._mask_only = (p.output == "auto" and self._dark is None and self._flat is None and not self.series_state
-                           and np.dtype(series.dtype).kind in "ui")
+                           and np.dtype(series.dtype).kind in "ui" and np.dtype(series.dtype).itemsize <= 4)
         if self.series_state:
             self._darks_through = 0  # dispatching side: frames up to and including the last dark so far
             self._total: np.ndarray | None = None  # folding side: sum and count of the darks
