@@ -9,7 +9,7 @@ what to keep (the HDF5 sink, for example, whether to record the frames as receiv
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -195,6 +195,13 @@ class FrameOutput:
         if self.payload is not None and self.payload.encoding == "bslz4":
             return ("bslz4", self.payload.buffer)
         return self.pixels()
+
+    def to_record(self) -> FrameOutput:
+        """This frame as a writer that records it as received keeps it in its queue: without the
+        output frame, and without the decoded pixels when a bitshuffle-LZ4 payload is what it
+        stores, so the queue holds no more than its budget (:attr:`recorded_nbytes`) counts."""
+        stored = self.payload is not None and self.payload.encoding == "bslz4"
+        return replace(self, output=None, received=None if stored else self.received)
 
     @property
     def recorded_nbytes(self) -> int:

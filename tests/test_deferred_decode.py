@@ -196,3 +196,35 @@ def test_sinks_get_the_frame_as_received_when_another_process_decoded_it(encodin
         assert out.recorded_nbytes == sim.frame(0).nbytes
     with pytest.raises(ValueError, match="no codec"):
         Layout().output_of(frame, None).pixels()
+
+
+@pytest.mark.parametrize("encoding", ["bslz4", "lz4", "raw"])
+def test_a_writer_keeps_only_what_it_records(encoding):
+    """What the HDF5 writer and the .cxi exporter queue (``FrameOutput.to_record``): never the
+    output frame, and not the decoded pixels when the bitshuffle-LZ4 chunk is what they store, so
+    their queues hold what their byte budgets count (``recorded_nbytes``)."""
+    import weakref
+
+    from livediff.outputs import FrameOutput
+    from livediff.sources import codecs
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 500, (24, 40)).astype(np.uint16)
+    blob = None if encoding == "raw" else codecs.encode(pixels, encoding)
+    payload = None if blob is None else codecs.accept(blob, encoding, pixels.shape, pixels.dtype)[1]
+    received = codecs.decode(blob, encoding, pixels.shape, pixels.dtype) if blob is not None else pixels.copy()
+    output = pixels.astype(np.float32)
+    out = FrameOutput(1, 7, 0, {"frame": 7}, {}, {"spots": {"x": np.arange(3.0)}}, received, payload,
+                      codecs.decode_payload, output)
+    kept = out.to_record()
+    assert kept.output is None and kept.row == out.row and kept.rows is out.rows and out.output is output
+    stored = kept.recorded()
+    if encoding == "bslz4":
+        assert kept.received is None and stored[0] == "bslz4" and bytes(stored[1]) == bytes(blob)
+        assert kept.recorded_nbytes == len(blob) < pixels.nbytes
+        gone = weakref.ref(received)
+        del out, received, stored
+        assert gone() is None          # nothing the writer holds keeps the decoded frame alive
+    else:
+        np.testing.assert_array_equal(stored, pixels)
+        assert kept.recorded_nbytes == pixels.nbytes

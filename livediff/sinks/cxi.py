@@ -84,7 +84,7 @@ class CxiExporter:
         if self._hit is None or not out.row.get(self._hit):
             return
         peaks = out.rows.get(self._spots) or {"x": np.zeros(0), "y": np.zeros(0), "intensity": np.zeros(0)}
-        if self._worker.offer(self._append, out, peaks):
+        if self._worker.offer(self._append, out.to_record(), peaks):
             self.hits += 1
         else:
             self.not_saved += 1

@@ -127,7 +127,7 @@ class HDF5Writer:
     def add_frames(self, outs: Sequence[FrameOutput]) -> None:
         """Queue processed frames, in order, as one item, with what the settings record of them.
         If the writer is behind, they are not saved (counted)."""
-        items = [(out, out.output if self.config.save_corrected else None) for out in outs]
+        items = [(out.to_record(), out.output if self.config.save_corrected else None) for out in outs]
         size = sum((out.recorded_nbytes if self.config.save_raw else 0) + (0 if corrected is None else corrected.nbytes)
                    for out, corrected in items)
         with self._lock:
