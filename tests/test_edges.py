@@ -104,3 +104,37 @@ async def test_anything_a_decoder_raises_is_one_bad_message_logged_once(tmp_path
     lines = [r for r in caplog.records if type(error).__name__ in r.getMessage()]
     assert len(lines) == 1 and lines[0].getMessage().startswith(
         f"bad message #1 skipped: the decoder raised {type(error).__name__}")
+
+
+async def test_large_messages_are_parsed_on_the_decode_thread_in_order(tmp_path, monkeypatch):
+    """A message of 1 MB or more (here raw 600 x 512 uint32 frames) is parsed off the event loop,
+    on the one decode thread, and the frames still arrive whole and in order."""
+    import threading
+
+    import h5py
+    import numpy as np
+
+    native = receiver.DECODERS["native"]
+    where: list[tuple[int, str]] = []
+
+    def recording(settings):
+        decode = native(settings)
+
+        def call(parts, *, series=None):
+            event = decode(parts, series=series)
+            where.append((type(event).__name__, threading.current_thread().name))
+            return event
+        return call
+
+    monkeypatch.setitem(receiver.DECODERS, "native", recording)
+    sim = DiffractionSimulator(shape=(600, 512), dtype="uint32", n_frames=6, n_spots=5, seed=2)
+    cfg = config(tmp_path, output={"save_raw": True})
+    async with running(cfg) as (service, sub):
+        await asyncio.to_thread(stream_series, sim, cfg.source.endpoint)
+        end = await sub.wait_for(lambda t, m: t == "series" and m["type"] == "end")
+    assert end["received"] == end["processed"] == sim.n_frames and end["bad"] == 0
+    threads = {kind: {name for k, name in where if k == kind} for kind, _ in where}
+    assert [k for k, _ in where].count("Frame") == sim.n_frames
+    assert threads["Frame"] == {"livediff-decode_0"} and threads["SeriesEnd"] == {"MainThread"}
+    with h5py.File(end["file"], "r") as f:
+        np.testing.assert_array_equal(f["entry/data/data"][:], np.stack([sim.frame(i) for i in range(sim.n_frames)]))
