@@ -143,14 +143,13 @@ def summarise(image: np.ndarray, mask: np.ndarray | None = None, *,
     mask = check_mask(mask, image.shape)
     if mask is None:
         mask = all_valid(image.shape)
+    top = int(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else None
     if image.dtype.kind == "u" and image.dtype.itemsize <= 4 and image.shape[1] < 2**32:  # row sums fit
-        top = int(np.iinfo(image.dtype).max)
         level = (top if saturation is None else math.ceil(saturation) if math.isfinite(saturation)  # d >= s <=> d >= ceil(s)
                  else 0 if saturation < 0 else top + 1)  # -inf: every pixel; inf or NaN: none
         total, peak, n_valid, n_saturated = _summarise_uint(
             image, mask, image.dtype.type(min(max(level, 0), top)), level <= top, image.dtype.type(top), top_invalid)
-    elif image.dtype.kind in "ui":
-        top = int(np.iinfo(image.dtype).max)
+    elif top is not None:
         total, peak, n_valid, n_saturated = _summarise_int(
             image, mask, float(top if saturation is None else saturation), top if top_invalid else _NO_TOP)
     else:
