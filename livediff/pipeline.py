@@ -8,7 +8,7 @@ rebuilt in another process.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +47,15 @@ class Chain:
     folding : keep only the operators with an in-order step: a ``collect`` of their own
         or series-wide state to fold (the executor's folding chain, which sees every
         frame in arrival order after a worker processed it).
+    fuse : run operators that allow it as one pass over each frame
+        (:mod:`livediff.operators.fused`; the same results); False runs each alone.
     """
 
-    def __init__(self, specs: Sequence[OperatorSpec], *, folding: bool = False) -> None:
+    def __init__(self, specs: Sequence[OperatorSpec], *, folding: bool = False, fuse: bool = True) -> None:
         built = [spec.build() for spec in specs]
         self.operators: list[Operator] = [op for op in built if not folding or in_order(op)]
+        self.fuse = fuse
+        self._steps: list[Callable[[Frame], Frame]] = []  # what process_batch runs: the operators, some fused
         self.by_name: dict[str, Operator] = {op.name: op for op in self.operators}
         self.layout = Layout()
         self.inputs: dict[str, SeriesStart] = {}  # what each operator sees, by label
@@ -107,6 +111,11 @@ class Chain:
             series = op.output_series(series)
             self.layout.add(op)
         self.layout.output = series
+        self._steps = [op.process for op in self.operators]
+        if self.fuse:
+            from .operators import fused  # numba's, like the operators: loaded with them, not with this module
+
+            self._steps = fused.steps(self.operators)
         return self.layout
 
     def declared(self) -> dict[str, tuple[Any, ...]]:
@@ -149,8 +158,8 @@ class Chain:
             if frame.mask is None:
                 frame.mask = self._mask
             try:
-                for op in self.operators:
-                    frame = op.process(frame)
+                for step in self._steps:
+                    frame = step(frame)
             except Exception as exc:
                 outcomes.append(exc)
             else:

@@ -54,6 +54,8 @@ class PipelineSettings:
                                                      "as have arrived, up to this, as one batch (1: a frame at "
                                                      "a time)")
     batch_mb: float = param(4.0, gt=0, doc="most payload per batch (a larger frame goes alone); dask: per call")
+    fuse: bool = param(True, doc="run operators that allow it as one pass over each frame (summary, flatfield "
+                                 "and spots on integer counts: the same results); false: each alone")
     ledger_mb: float = param(1024.0, gt=0, doc="dask: frames kept for re-sending after a worker loss; when "
                                                "full, the workers' partial states are pulled")
     wait_s: float = param(60.0, gt=0, doc="dask: a call not back after this long loses its worker; frames "
@@ -69,7 +71,7 @@ class PipelineSettings:
 
 def _threads(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None) -> Executor:
     return ThreadExecutor(specs, settings.workers, batch_frames=settings.batch_frames, batch_mb=settings.batch_mb,
-                          decode=decode)
+                          decode=decode, fuse=settings.fuse)
 
 
 def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None) -> Executor:
@@ -77,7 +79,7 @@ def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Cod
 
     return DaskExecutor(specs, settings.workers, decode=decode, scheduler=settings.scheduler,
                         credits=settings.credits, batch_mb=settings.batch_mb, ledger_mb=settings.ledger_mb,
-                        wait_s=settings.wait_s)
+                        wait_s=settings.wait_s, fuse=settings.fuse)
 
 
 #: ``[pipeline] executor`` -> factory ``(specs, settings, decode) -> Executor``

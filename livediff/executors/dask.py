@@ -86,11 +86,12 @@ class DaskExecutor:
     decode : the codec the workers decode payloads with (``livediff.sources.codecs.decode_payload``); the
         sinks decode with it the frames they need as received (this process does not decode them).
     warm : compile the kernels before a series of a new pixel type starts.
+    fuse : run operators that allow it as one pass over each frame (``Chain``'s ``fuse``).
     """
 
     def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, decode: Codec,
                  scheduler: str = "local", credits: int = 2, batch_mb: float = 4.0, ledger_mb: float = 1024.0,
-                 wait_s: float = 60.0, warm: bool = True) -> None:
+                 wait_s: float = 60.0, warm: bool = True, fuse: bool = True) -> None:
         self.workers = workers
         self.decode = decode
         self.resent = 0
@@ -102,9 +103,9 @@ class DaskExecutor:
         self._wait = wait_s
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()
-        self._cluster = Cluster(scheduler, workers, specs, decode, warm=warm, wait_s=wait_s,
+        self._cluster = Cluster(scheduler, workers, specs, decode, warm=warm, fuse=fuse, wait_s=wait_s,
                                 on_ready=self._slot_ready, on_lost=self._lose)
-        self._local = Chain(specs)  # the layout, and the merged partial states
+        self._local = Chain(specs, fuse=fuse)  # the layout, and the merged partial states
         self._inorder = InOrder(specs)
         self._fold_pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-fold")
         self._ledger = Ledger()

@@ -83,9 +83,10 @@ class ChainActor:
     specs : the configured chain.
     decode : the codec for compressed payloads (``livediff.sources.codecs.decode_payload``).
     warm : compile the kernels before a series of a new pixel type starts.
+    fuse : run operators that allow it as one pass over each frame (``Chain``'s ``fuse``).
     """
 
-    def __init__(self, specs: Sequence[OperatorSpec], decode: Codec, warm: bool = True) -> None:
+    def __init__(self, specs: Sequence[OperatorSpec], decode: Codec, warm: bool = True, fuse: bool = True) -> None:
         _reuse_freed_memory()
         # one chain per worker process, parallel over frames: BLAS threads would oversubscribe the cores (Dask's
         # nanny sets OPENBLAS_NUM_THREADS=1 in the workers it spawns; a worker started otherwise gets it here)
@@ -94,7 +95,8 @@ class ChainActor:
         self._decode = decode
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()
-        self._chain = Chain(specs)
+        self._fuse = fuse
+        self._chain = Chain(specs, fuse=fuse)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-actor")
         self._next = 0
         self._turn: asyncio.Condition | None = None
@@ -122,7 +124,7 @@ class ChainActor:
             from .warmup import warm_up  # it runs a chain offline, with the threads executor
 
             self._warmed.add(key)
-            warm_up(self._specs, series)
+            warm_up(self._specs, series, fuse=self._fuse)
         self._chain.start(series)
         self._series, self._output = series, output
         stateful = [op.name for op in self._chain.operators if op.series_state]

@@ -51,14 +51,14 @@ class Cluster:
     ----------
     scheduler : ``"local"`` or a scheduler address (``"tcp://host:8786"``).
     workers : chains to keep (and worker processes of the ``LocalCluster``).
-    specs, decode, warm : what a chain is built from (:class:`~.dask_actor.ChainActor`).
+    specs, decode, warm, fuse : what a chain is built from (:class:`~.dask_actor.ChainActor`).
     wait_s : how long to wait for a worker, a chain's creation, or a worker's return.
     on_ready : called with a chain once it runs the current series.
     on_lost : called with a chain and why, when its worker left or a call failed.
     """
 
     def __init__(self, scheduler: str, workers: int, specs: Sequence[OperatorSpec], decode: Codec, *,
-                 warm: bool, wait_s: float, on_ready: Callable[[Slot], None],
+                 warm: bool, fuse: bool, wait_s: float, on_ready: Callable[[Slot], None],
                  on_lost: Callable[[Slot, str], None]) -> None:
         self.scheduler = scheduler
         self.workers = workers
@@ -68,6 +68,7 @@ class Cluster:
         self._specs = list(specs)
         self._decode = decode
         self._warm = warm
+        self._fuse = fuse
         self._wait = wait_s
         self._on_ready = on_ready
         self._on_lost = on_lost
@@ -219,7 +220,7 @@ class Cluster:
         return min(candidates)[1] if candidates else None
 
     async def _new_slot(self, address: str) -> Slot:
-        future = self._client.submit(ChainActor, self._specs, self._decode, self._warm, actor=True,
+        future = self._client.submit(ChainActor, self._specs, self._decode, self._warm, self._fuse, actor=True,
                                      workers=[address], allow_other_workers=False, pure=False)
         try:
             actor = await asyncio.wait_for(_wait(future), self._wait)

@@ -18,20 +18,21 @@ from .threads import ThreadExecutor
 
 
 def process_frames(specs: Sequence[OperatorSpec], series: SeriesStart, frames: Iterable[Frame], *,
-                   workers: int = 1) -> tuple[list[Frame | BaseException], dict[str, dict[str, Any]]]:
-    """Process ``frames`` (in this order) through the chain ``specs`` on ``workers`` threads.
+                   workers: int = 1, fuse: bool = True) -> tuple[list[Frame | BaseException], dict[str, dict[str, Any]]]:
+    """Process ``frames`` (in this order) through the chain ``specs`` on ``workers`` threads
+    (operators that allow it fused into one pass, unless not ``fuse``).
 
     Returns
     -------
     (frames, results) : each processed frame in order, or the exception its operators
     raised; and the operators' final results (``finish``), by label.
     """
-    return asyncio.run(_process(specs, series, frames, workers))
+    return asyncio.run(_process(specs, series, frames, workers, fuse))
 
 
-async def _process(specs: Sequence[OperatorSpec], series: SeriesStart, frames: Iterable[Frame],
-                   workers: int) -> tuple[list[Frame | BaseException], dict[str, dict[str, Any]]]:
-    executor = ThreadExecutor(specs, workers, warm=False)  # frames in memory: nothing waits for them
+async def _process(specs: Sequence[OperatorSpec], series: SeriesStart, frames: Iterable[Frame], workers: int,
+                   fuse: bool) -> tuple[list[Frame | BaseException], dict[str, dict[str, Any]]]:
+    executor = ThreadExecutor(specs, workers, warm=False, fuse=fuse)  # frames in memory: nothing waits for them
     try:
         await executor.start(series)
         done: list[Frame | BaseException] = []

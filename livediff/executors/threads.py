@@ -50,6 +50,7 @@ class ThreadExecutor:
     warm : compile the kernels (:mod:`.warmup`) before a series of a new pixel type starts.
     decode : the codec for frames that arrived compressed (``livediff.sources.codecs.decode_payload``),
         run on the worker thread that processes the frame; None: every frame comes decoded.
+    fuse : run operators that allow it as one pass over each frame (``Chain``'s ``fuse``).
 
     Creating one limits BLAS to one thread, process-wide (:mod:`.blas`): the workers parallelise over
     frames, and BLAS threads on top of them would oversubscribe the cores.
@@ -58,7 +59,7 @@ class ThreadExecutor:
     resent = 0
 
     def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, batch_frames: int = 1,
-                 batch_mb: float = 4.0, warm: bool = True, decode: Codec | None = None) -> None:
+                 batch_mb: float = 4.0, warm: bool = True, decode: Codec | None = None, fuse: bool = True) -> None:
         single_threaded_blas()  # parallel over frames: BLAS's own threads would oversubscribe the cores
         self.workers = workers
         self.batch_frames = batch_frames
@@ -67,6 +68,7 @@ class ThreadExecutor:
         self.decode = decode
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
+        self.fuse = fuse
         self._build(specs)
         self._workers = ChainWorkers(workers)
         self._fold_pool = ThreadPoolExecutor(1, thread_name_prefix="livediff-fold")
@@ -91,7 +93,7 @@ class ThreadExecutor:
         self._warmed.add(key)
         from .warmup import warm_up  # it runs a chain offline, on an executor of this kind
 
-        seconds = await asyncio.to_thread(warm_up, self._specs, series)
+        seconds = await asyncio.to_thread(warm_up, self._specs, series, fuse=self.fuse)
         log.info("kernels ready for %s frames%s in %.2f s (compiled, or loaded from numba's cache)", series.dtype,
                  " with a mask" if series.mask is not None else "", seconds)
 
@@ -125,7 +127,7 @@ class ThreadExecutor:
         if self._series is None:
             self._build(specs)
             return
-        probe = Chain(specs)
+        probe = Chain(specs, fuse=self.fuse)
         await self._run(self._fold_pool, probe.start, self._series)
         problems = self._chains[0].differences(probe)
         if problems:
@@ -136,14 +138,14 @@ class ThreadExecutor:
         for adopted in self._adopted.values():
             adopted.update(dict.fromkeys(restarted, -1))
         if self._merged is not self._chains[0]:  # it is started afresh on every report
-            self._merged = Chain(specs)
+            self._merged = Chain(specs, fuse=self.fuse)
 
     def _build(self, specs: Sequence[OperatorSpec]) -> None:
         """A chain per worker, the in-order side and the merging chain, from ``specs``."""
         self._specs = list(specs)
-        self._chains = [Chain(specs) for _ in range(self.workers)]
+        self._chains = [Chain(specs, fuse=self.fuse) for _ in range(self.workers)]
         self._inorder = InOrder(specs)
-        self._merged = Chain(specs) if self.workers > 1 else self._chains[0]
+        self._merged = Chain(specs, fuse=self.fuse) if self.workers > 1 else self._chains[0]
 
     def process(self, frames: Sequence[Frame]) -> list[Job]:
         """Queue a batch of ``frames`` (in arrival order) for the next idle worker, a job per run

@@ -30,8 +30,9 @@ WARM_FRAMES = 6
 WARM_SIDE = 256
 
 
-def warm_up(specs: Sequence[OperatorSpec], series: SeriesStart) -> float:
-    """Run ``specs`` over a few synthetic frames like ``series``' ones; returns the seconds it took.
+def warm_up(specs: Sequence[OperatorSpec], series: SeriesStart, *, fuse: bool = True) -> float:
+    """Run ``specs`` (fused as ``fuse`` says) over a few synthetic frames like ``series``' ones;
+    returns the seconds it took.
 
     The frames are a crop of the series (at most :data:`WARM_SIDE` pixels a side, around
     the beam centre, with the crop of its mask and geometry); a chain that cannot start on
@@ -50,7 +51,7 @@ def warm_up(specs: Sequence[OperatorSpec], series: SeriesStart) -> float:
             frames = [Frame(series.series, i, data)
                       for i, data in enumerate(synthetic_frames(candidate, WARM_FRAMES))]
             try:
-                process_frames(specs, candidate, frames)
+                process_frames(specs, candidate, frames, fuse=fuse)
                 break
             except Exception as exc:  # the real series will report it, once, where it matters
                 log.debug("warm-up on %s %s stopped early: %s: %s", candidate.dtype, candidate.shape,

@@ -43,15 +43,24 @@ def _correct(image, dark, flat, mask, saturation, fill, out, valid):
             store(out, valid, r, c, np.float32(v), ok, fill)
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def below_row(x: np.ndarray, m: np.ndarray, limit: int, o: np.ndarray) -> None:
+    """``o = m & (x < limit)`` on a row of integers (``limit`` from :func:`below_limit`)."""
+    for c in range(x.size):
+        o[c] = m[c] & (np.int64(x[c]) < limit)
+
+
 @numba.njit(nogil=True, cache=True)
 def _below(image, mask, limit, out):
-    rows, cols = image.shape
-    for r in range(rows):
-        x = image[r]
-        m = mask[r]
-        o = out[r]
-        for c in range(cols):
-            o[c] = m[c] & (np.int64(x[c]) < limit)
+    for r in range(image.shape[0]):
+        below_row(image[r], mask[r], limit, out[r])
+
+
+def below_limit(saturation: float) -> int:
+    """The integer ``limit`` of :func:`below_row`: an integer is below ``saturation`` when it is below it."""
+    # v < s <=> v < ceil(s) for integers; any 32-bit value is below 2**40 and above -2**40
+    return (min(max(math.ceil(saturation), -2**40), 2**40) if math.isfinite(saturation)
+            else 2**40 if saturation > 0 else -2**40)  # +inf: every value; -inf and NaN: none
 
 
 def valid_below(image: np.ndarray, mask: np.ndarray | None, saturation: float) -> np.ndarray:
@@ -76,10 +85,7 @@ def valid_below(image: np.ndarray, mask: np.ndarray | None, saturation: float) -
         raise TypeError(f"image must be of an integer dtype of at most 32 bits, got {image.dtype}")
     mask = check_mask(mask, image.shape)
     out = np.empty(image.shape, dtype=np.bool_)
-    # v < s <=> v < ceil(s) for integers; any 32-bit value is below 2**40 and above -2**40
-    limit = (min(max(math.ceil(saturation), -2**40), 2**40) if math.isfinite(saturation)
-             else 2**40 if saturation > 0 else -2**40)  # +inf: every value; -inf and NaN: none
-    _below(image, all_valid(image.shape) if mask is None else mask, limit, out)
+    _below(image, all_valid(image.shape) if mask is None else mask, below_limit(saturation), out)
     return out
 
 
@@ -250,6 +256,18 @@ class FlatField(BaseOperator):
             self.reductions = {"dark": (shape, "f4")}
             self._none_valid = np.zeros(shape, dtype=np.bool_)
             self._none_valid.setflags(write=False)
+
+    @property
+    def passes_counts(self) -> bool:
+        """Whether the series' frames pass on as they came, only their mask changed (:func:`valid_below`)."""
+        return self._mask_only
+
+    def count_mask(self, frame: Frame) -> tuple[np.ndarray, int] | None:
+        """(mask, limit) such that ``below_row`` of each row of the frame's pixels gives the mask
+        :meth:`process` would give it, or None when :meth:`process` corrects this frame."""
+        if not self._mask_only or frame.data.dtype.kind not in "ui" or frame.data.dtype.itemsize > 4:
+            return None
+        return pass_mask(frame, self.series, self._valid), below_limit(self._saturation)
 
     def output_series(self, series: SeriesStart) -> SeriesStart:
         if self._mask_only:

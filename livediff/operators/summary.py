@@ -16,6 +16,8 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba.extending import overload
+from numba.np.numpy_support import as_dtype
 
 from ..model import Frame, SeriesStart
 from .base import BaseOperator
@@ -143,18 +145,48 @@ def summarise(image: np.ndarray, mask: np.ndarray | None = None, *,
     mask = check_mask(mask, image.shape)
     if mask is None:
         mask = all_valid(image.shape)
-    top = int(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else None
-    if image.dtype.kind == "u" and image.dtype.itemsize <= 4 and image.shape[1] < 2**32:  # row sums fit
+    return summary_dict(*_kernel(image.dtype)(image, mask, *kernel_args(image.dtype, saturation, top_invalid)))
+
+
+def _kernel(dtype: np.dtype) -> Any:
+    """The kernel for frames of ``dtype``: unsigned pixels of at most 32 bits (row sums fit in
+    uint64 below 2**32 columns), other integers, floats."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "u" and dtype.itemsize <= 4:
+        return _summarise_uint
+    return _summarise_int if dtype.kind in "ui" else _summarise_float
+
+
+def kernel_args(dtype: np.dtype, saturation: float | None = None, top_invalid: bool = True) -> tuple:
+    """The arguments after (data, mask) of the kernel that summarises frames of ``dtype`` (see
+    :func:`summarise` for ``saturation`` and ``top_invalid``); :func:`summarise_rows` takes them."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "ui":
+        return (np.inf if saturation is None else float(saturation),)
+    top = int(np.iinfo(dtype).max)
+    if _kernel(dtype) is _summarise_uint:
         level = (top if saturation is None else math.ceil(saturation) if math.isfinite(saturation)  # d >= s <=> d >= ceil(s)
                  else 0 if saturation < 0 else top + 1)  # -inf: every pixel; inf or NaN: none
-        total, peak, n_valid, n_saturated = _summarise_uint(
-            image, mask, image.dtype.type(min(max(level, 0), top)), level <= top, image.dtype.type(top), top_invalid)
-    elif top is not None:
-        total, peak, n_valid, n_saturated = _summarise_int(
-            image, mask, float(top if saturation is None else saturation), top if top_invalid else _NO_TOP)
-    else:
-        total, peak, n_valid, n_saturated = _summarise_float(
-            image, mask, np.inf if saturation is None else float(saturation))
+        return dtype.type(min(max(level, 0), top)), level <= top, dtype.type(top), top_invalid
+    return float(top if saturation is None else saturation), top if top_invalid else _NO_TOP
+
+
+def summarise_rows(data: np.ndarray, mask: np.ndarray, args: tuple) -> tuple[float, float, int, int]:
+    """(sum, max, n_valid, n_saturated) of ``data`` (rows of a frame: sums of integer frames are
+    exact, so they add up row block by row block to the frame's), ``args`` from
+    :func:`kernel_args`; numba only: a pass over a frame that reads each row anyway
+    (``livediff.operators.fused``) summarises the row while it is in cache."""
+    raise NotImplementedError("only callable from numba code")
+
+
+@overload(summarise_rows)
+def _summarise_rows_impl(data, mask, args):  # noqa: ANN001, ANN202
+    kernel = _kernel(as_dtype(data.dtype))
+    return lambda data, mask, args: kernel(data, mask, *args)
+
+
+def summary_dict(total: float, peak: float, n_valid: int, n_saturated: int) -> dict[str, float | int]:
+    """:func:`summarise`'s dict from its kernel's (sum, max, n_valid, n_saturated)."""
     return {
         "sum": total,
         "mean": total / n_valid if n_valid else np.nan,
@@ -176,4 +208,13 @@ class Summary(BaseOperator):
 
     def process(self, frame: Frame) -> Frame:
         frame.results[self.name] = summarise(frame.data, frame.mask, saturation=self.series.saturation)
+        return frame
+
+    def kernel_args(self, dtype: np.dtype) -> tuple:
+        """:func:`kernel_args` of this operator's frames of ``dtype`` (for :func:`summarise_rows`)."""
+        return kernel_args(dtype, self.series.saturation)
+
+    def add_summary(self, frame: Frame, total: float, peak: float, n_valid: int, n_saturated: int) -> Frame:
+        """The frame's results from (sum, max, n_valid, n_saturated) summed elsewhere (``operators.fused``)."""
+        frame.results[self.name] = summary_dict(total, peak, n_valid, n_saturated)
         return frame

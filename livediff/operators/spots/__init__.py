@@ -39,8 +39,8 @@ from .label import NSTAT, component_stats, label_runs, select, shoeboxes, spot_c
 from .integer import SLACK, dispersion_block_int, fits, limits
 from .threshold import MAX_VALUE, background_block, block_rows, dispersion_block, extended_strong, run_blocks
 
-__all__ = ["FRAME_SPOTS", "MAX_VALUE", "ROW_COLUMNS", "FrameSpots", "Spots", "SpotsParams", "dispersion_mask",
-           "find_spots", "frame_spots", "strong_pixels"]
+__all__ = ["FRAME_SPOTS", "MAX_VALUE", "ROW_COLUMNS", "FrameSpots", "Spots", "SpotsParams", "components",
+           "dispersion_mask", "find_spots", "frame_spots", "integer_kernel_args", "strong_pixels"]
 
 
 def dispersion_mask(image: np.ndarray, mask: np.ndarray | None = None, *, gain: float | np.ndarray | None = None,
@@ -138,12 +138,12 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
                   threads=threads)
     out = np.zeros(image.shape, dtype=np.bool_)
     if not extended:
-        fast = _integer_args(image.dtype, gain_rows, kh, kw, float(sigma_strong), float(global_threshold), limit)
+        fast = _integer_args(image.dtype, gain_rows, kh, kw, sigma_background, sigma_strong, min_local,
+                             global_threshold, limit)
         args = (image, mask_rows, gain_rows, has_gain)
         params = (kh, kw, float(sigma_background), float(sigma_strong), int(min_local), float(global_threshold))
         if fast is not None:
-            results = run_blocks(threads, image.shape[0], dispersion_block_int, *args, fast[0], *params, *fast[1:],
-                                 *limits(kh, kw), out=out)
+            results = run_blocks(threads, image.shape[0], dispersion_block_int, *args, *fast, out=out)
             blocks = []
             for (runs, complete), (r0, r1) in zip(results, block_rows(threads, image.shape[0])):
                 if not complete:  # too many values too large for int32 sums: the general kernel
@@ -167,11 +167,32 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
     return out, strong_runs(out)
 
 
-def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigma_strong: float,
-                  global_threshold: float, limit: Any) -> tuple[Any, ...] | None:
-    """The arguments of ``dispersion_block_int`` beyond the general kernel's (factor, low, vmin,
-    vmax, svmin, svmax), or None when the image or the parameters need the general kernel
-    (see ``integer``)."""
+def integer_kernel_args(image: np.ndarray, mask: np.ndarray | None, *, gain: float | np.ndarray | None = None,
+                        kernel_size: tuple[int, int] = (3, 3), sigma_background: float = 6.0,
+                        sigma_strong: float = 3.0, min_local: int = 2, global_threshold: float = 0.0,
+                        extended: bool = False, max_value: float = MAX_VALUE,
+                        threads: int = 1) -> tuple[Any, ...] | None:
+    """The arguments of ``integer.dispersion_rows`` after its row hook and before the rows,
+    for :func:`dispersion_mask` on ``image`` with ``mask`` (which the hook may still be
+    filling), or None when that is not the kernel the parameters and the image's dtype
+    call for, or when it runs on several row blocks."""
+    if extended or threads > 1:
+        return None
+    image, mask_rows, gain_rows, has_gain, limit = _prepare(image, mask, gain, max_value)
+    kh, kw = _kernel(kernel_size)
+    _check_params(sigma_background=sigma_background, sigma_strong=sigma_strong, min_local=min_local,
+                  threads=threads)
+    fast = _integer_args(image.dtype, gain_rows, kh, kw, sigma_background, sigma_strong, min_local, global_threshold,
+                         limit)
+    if fast is None:
+        return None
+    return image, mask_rows, gain_rows, has_gain, *fast
+
+
+def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigma_background: float,
+                  sigma_strong: float, min_local: int, global_threshold: float, limit: Any) -> tuple[Any, ...] | None:
+    """The arguments of ``dispersion_block_int`` after (image, mask, gain, has_gain) and before the
+    rows, or None when the image or the parameters need the general kernel (see ``integer``)."""
     if not fits(dtype, kh, kw) or not math.isfinite(global_threshold):
         return None
     with np.errstate(over="ignore"):
@@ -182,10 +203,11 @@ def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigm
     info = np.iinfo(dtype)
     vmax, vmin = min(int(limit) - 1, int(info.max)), max(1 - int(limit), int(info.min))
     usable = (None if vmin == info.min else dtype.type(vmin), None if vmax == info.max else dtype.type(vmax))
-    big = limits(kh, kw)[1]
+    shift, big, huge = limits(kh, kw)
+    params = (kh, kw, float(sigma_background), float(sigma_strong), int(min_local), float(global_threshold))
     if dtype.kind == "i" and vmin <= 1 - big and vmax >= big - 1:  # the sums let every value in (integer.py)
-        return factor, low, *usable, None, None
-    return factor, low, *usable, *usable
+        return factor, *params, low, *usable, None, None, shift, big, huge
+    return factor, *params, low, *usable, *usable, shift, big, huge
 
 
 def _prepare(image: np.ndarray, mask: np.ndarray | None, gain: float | np.ndarray | None,
@@ -276,6 +298,13 @@ def frame_spots(image: np.ndarray, mask: np.ndarray | None = None, *, z: int = 0
     FrameSpots
     """
     _, runs, n_valid = strong_pixels(image, mask, **threshold)
+    return components(image, runs, n_valid, z=z, max_strong_fraction=max_strong_fraction)
+
+
+def components(image: np.ndarray, runs: np.ndarray, n_valid: int, *, z: int = 0,
+               max_strong_fraction: float = 1.0) -> FrameSpots:
+    """The 4-connected components of a frame's strong pixels (``runs`` of :func:`strong_pixels`,
+    ``n_valid`` valid pixels): the second half of :func:`frame_spots`."""
     n_strong = int((runs[:, 2] - runs[:, 1]).sum())
     if n_strong > max_strong_fraction * n_valid:
         return FrameSpots(runs[:0], np.zeros(0, np.int64), np.zeros((0, NSTAT)), n_strong, n_valid, True)

@@ -35,6 +35,7 @@ halves the vector width.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -217,13 +218,49 @@ def _force(hc, kw, cand):
             cand[max(j - kw, 0):min(j + kw + 1, cols)] = 1
 
 
+def row_hook(r: int, counted: bool, prepared: Any) -> None:
+    """What :func:`dispersion_rows` calls for each row before it first reads it; numba only.
+
+    With ``prepared`` None, nothing.  A module that fuses its own row work into the pass
+    adds an ``overload`` of this function for the type of its ``prepared`` (a NamedTuple
+    class of its own: ``livediff.operators.fused``), chosen when numba compiles.
+    """
+    raise NotImplementedError("only callable from numba code")
+
+
+@overload(row_hook)
+def _no_hook(r, counted, prepared):  # noqa: ANN001, ANN202
+    if isinstance(prepared, types.NoneType):
+        return lambda r, counted, prepared: None
+    return None
+
+
 @numba.njit(nogil=True, cache=True)
 def dispersion_block_int(image, mask, gain, has_gain, factor, kh, kw, sigma_b, sigma_s, min_local, threshold, low,
                          vmin, vmax, svmin, svmax, shift, big, huge, r0, r1, out):
+    """DIALS' dispersion test on rows [r0, r1) of an integer image: strong pixels into ``out``
+    (:func:`dispersion_rows` with no row hook)."""
+    return dispersion_rows(None, image, mask, gain, has_gain, factor, kh, kw, sigma_b, sigma_s,
+                           min_local, threshold, low, vmin, vmax, svmin, svmax, shift, big, huge, r0, r1, out)
+
+
+# not cached on its own: compiled into each caller's cache (dispersion_block_int here, with no hook; a
+# fused pass in its module, with its hook), so a change to a hook invalidates the code that calls it
+@numba.njit(nogil=True)
+def dispersion_rows(prepared, image, mask, gain, has_gain, factor, kh, kw, sigma_b, sigma_s, min_local,
+                    threshold, low, vmin, vmax, svmin, svmax, shift, big, huge, r0, r1, out):
     """DIALS' dispersion test on rows [r0, r1) of an integer image: strong pixels into ``out``.
+
+    A single pass over the rows: the one other pass that needs each row of the frame can
+    run in it, while the row is in cache (``livediff.operators.fused``).
 
     Parameters
     ----------
+    prepared : ``row_hook(row, counted, prepared)`` runs once for each row the block
+        reads (rows r0 - kh to r1 + kh - 1 within the image), in order, before the kernel
+        first reads that row of ``image`` or ``mask``; ``counted`` is True for the block's
+        own rows [r0, r1).  It may write that row of ``mask`` (safe with a single block
+        only: neighbouring blocks share kh rows).
     image : (rows, cols) C-ordered integer array of at most 32 bits.
     mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_local, threshold, out : as
         ``threshold.dispersion_block``'s; :func:`fits` holds.
@@ -263,8 +300,10 @@ def dispersion_block_int(image, mask, gain, has_gain, factor, kh, kw, sigma_b, s
     for r in range(r0 - 2 * kh, r1):  # rows before r0 only fill the sums of row r0's window
         ri, ro = r + kh, r - kh - 1
         use_in, use_out = 0 <= ri < rows, r > r0 and ro >= 0
+        if use_in:
+            row_hook(ri, r0 <= ri < r1, prepared)
         if use_in or use_out:
-            ri, ro = min(max(ri, 0), rows - 1), max(ro, 0)
+            ri, ro = min(max(ri, 0), rows - 1), max(ro, 0)  # a row the slide reads but does not use if not use_*
             hi, lo = _slide(image[ri], _row(mask, ri), use_in, image[ro], _row(mask, ro), use_out, svmin, svmax,
                             shift, cpv, cyv)
             if use_out and big_rows[ro]:

@@ -15,7 +15,7 @@ from ...model import Frame, SeriesStart
 from ..base import BaseOperator, param
 from ..checks import check_shape
 from ..geometry import RESOLUTION_COLUMNS, GeometryParams, resolution_columns
-from . import frame_spots
+from . import components, integer_kernel_args, strong_pixels
 from .label import select, spot_columns
 from .link import SpotLinker
 from .threshold import MAX_VALUE
@@ -105,8 +105,25 @@ class Spots(BaseOperator):
         return replace(series, geometry=self._geometry) if self.params.overrides_geometry else series
 
     def process(self, frame: Frame) -> Frame:
-        spots = frame_spots(frame.data, frame.mask, z=frame.index,
-                            max_strong_fraction=self.params.max_strong_fraction, **self._threshold)
+        _, runs, n_valid = strong_pixels(frame.data, frame.mask, **self._threshold)
+        return self.add_strong(frame, runs, n_valid)
+
+    @property
+    def single_block(self) -> bool:
+        """Whether the spot test runs in one pass over the rows (``spots.integer_kernel_args``
+        then tells, frame by frame, whether that pass is the integer kernel's)."""
+        return self.params.algorithm == "dispersion" and self.params.threads == 1
+
+    def strong_kernel_args(self, frame: Frame, mask: np.ndarray) -> tuple[Any, ...] | None:
+        """``spots.integer_kernel_args`` for this frame's pixels with ``mask`` (filled later, by
+        the kernel's row hook): None when this operator's spot test is not that kernel's."""
+        return integer_kernel_args(frame.data, mask, **self._threshold)
+
+    def add_strong(self, frame: Frame, runs: np.ndarray, n_valid: int) -> Frame:
+        """The second half of :meth:`process`: the frame's results from its strong-pixel runs
+        (``spots.strong_pixels``) and its number of valid pixels."""
+        spots = components(frame.data, runs, n_valid, z=frame.index,
+                           max_strong_fraction=self.params.max_strong_fraction)
         keep = select(spots.stats, **self._filters)
         result: dict[str, Any] = {"n_spots": int(keep.sum()), "n_strong": spots.n_strong,
                                   "strong_fraction": spots.strong_fraction, "spots_rejected": int(spots.rejected)}

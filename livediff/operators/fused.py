@@ -1,0 +1,136 @@
+"""``summary``, ``flatfield`` and ``spots`` in one pass over each frame, when they follow each other.
+
+Run one after the other, the three operators of an MX chain read every frame three
+times: ``summary`` for its sums, ``flatfield`` for the mask (counts pass on unchanged), and
+``spots`` for its window sums, which stream over the rows once.  On a 4M frame (17 MB of
+uint32) each pass goes to main memory.  Fused, the spot kernel's pass calls a row hook
+just before it first reads a row: the hook adds the row to the summary and writes the
+row of flatfield's mask, while the row is in cache, and the spot test then reads that
+mask row.
+
+The results are the three operators' own, bit for bit: the same kernels run on the same
+rows in the same order (integer row sums are exact, so the frame's sum adds up row by
+row in the same order as ``summary`` adds them).  The operators stay separate in the
+config and in the code; :func:`steps` fuses them where they allow it:
+
+- ``summary``, ``flatfield`` and ``spots`` follow each other in the chain;
+- ``flatfield`` passes integer counts on (``output = "auto"`` with neither dark nor flat,
+  :meth:`~livediff.operators.flatfield.FlatField.count_mask`);
+- ``spots`` runs its integer kernel on one block of rows
+  (:meth:`~livediff.operators.spots.Spots.strong_kernel_args`: the ``dispersion``
+  algorithm, ``threads = 1``, an integer frame of at most 32 bits).
+
+Otherwise, and for a frame holding too many values too large for the integer kernel's
+32-bit sums, the three run one after the other as they would unfused.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from ..model import Frame
+from .base import Operator
+from .checks import all_valid
+from .flatfield import FlatField, below_row
+from .spots import Spots, components
+from .spots.integer import dispersion_rows, row_hook
+from .summary import Summary, summarise_rows
+
+__all__ = ["SummaryMaskSpots", "steps"]
+
+Step = Callable[[Frame], Frame]
+
+
+class _Rows(NamedTuple):
+    """What the row hook works on (its type chooses the hook when numba compiles)."""
+
+    image: np.ndarray
+    summary_mask: np.ndarray
+    summary_args: tuple
+    flat_mask: np.ndarray
+    limit: int
+    valid: np.ndarray  # flatfield's mask, written row by row
+    acc: np.ndarray  # the summary: sum, max, n_valid, n_saturated
+
+
+@overload(row_hook)
+def _summarise_and_mask(r, counted, prepared):  # noqa: ANN001, ANN202 - dispersion_rows' row hook for _Rows
+    if not (isinstance(prepared, types.BaseNamedTuple) and prepared.instance_class is _Rows):
+        return None
+
+    def hook(r, counted, prepared):  # noqa: ANN001, ANN202
+        if counted:
+            total, peak, n_valid, n_saturated = summarise_rows(prepared.image[r:r + 1],
+                                                               prepared.summary_mask[r:r + 1],
+                                                               prepared.summary_args)
+            acc = prepared.acc
+            acc[0] += total
+            acc[2] += n_valid
+            acc[3] += n_saturated
+            if n_valid and peak > acc[1]:
+                acc[1] = peak
+        below_row(prepared.image[r], prepared.flat_mask[r], prepared.limit, prepared.valid[r])
+
+    return hook
+
+
+@numba.njit(nogil=True, cache=True)
+def _fused(rows, spot_args, out):  # noqa: ANN001, ANN202
+    return dispersion_rows(rows, *spot_args, 0, out.shape[0], out)
+
+
+class SummaryMaskSpots:
+    """``summary`` → ``flatfield`` → ``spots`` on a frame in one pass (see the module docstring).
+
+    Parameters
+    ----------
+    summary, flatfield, spots : the chain's operators, started; they keep their state and
+        their results' names, and run alone on a frame the fused pass does not take.
+    """
+
+    def __init__(self, summary: Summary, flatfield: FlatField, spots: Spots) -> None:
+        self.operators = (summary, flatfield, spots)
+
+    def process(self, frame: Frame) -> Frame:
+        summary, flatfield, spots = self.operators
+        counts = flatfield.count_mask(frame)
+        valid = np.empty(np.shape(frame.data), dtype=np.bool_)
+        spot_args = None if counts is None else spots.strong_kernel_args(frame, valid)
+        if spot_args is not None:
+            image = spot_args[0]  # C-ordered
+            flat_mask, limit = counts
+            summary_mask = all_valid(image.shape) if frame.mask is None else frame.mask
+            acc = np.array([0.0, -np.inf, 0.0, 0.0])  # sum, max, n_valid, n_saturated
+            out = np.zeros(image.shape, dtype=np.bool_)
+            rows = _Rows(image, summary_mask, summary.kernel_args(image.dtype), flat_mask, limit, valid, acc)
+            runs, complete = _fused(rows, spot_args, out)
+            if complete:
+                summary.add_summary(frame, acc[0], acc[1], int(acc[2]), int(acc[3]))
+                frame.mask = valid
+                return spots.add_strong(frame, runs, int(np.count_nonzero(valid)))
+        for op in self.operators:  # nothing of the frame changed yet
+            frame = op.process(frame)
+        return frame
+
+
+def steps(operators: Sequence[Operator]) -> list[Step]:
+    """What a chain runs on each frame: the operators' ``process``, with every started
+    ``summary`` → ``flatfield`` → ``spots`` that can run as one pass replaced by
+    :class:`SummaryMaskSpots`."""
+    out: list[Step] = []
+    i = 0
+    while i < len(operators):
+        trio = tuple(operators[i:i + 3])
+        if (len(trio) == 3 and isinstance(trio[0], Summary) and isinstance(trio[1], FlatField)
+                and isinstance(trio[2], Spots) and trio[1].passes_counts and trio[2].single_block):
+            out.append(SummaryMaskSpots(*trio).process)
+            i += 3
+        else:
+            out.append(operators[i].process)
+            i += 1
+    return out
