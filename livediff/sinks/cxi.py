@@ -156,7 +156,7 @@ class _CxiFile:
         for dataset in (self.data, self.n_peaks, self.frame, *self.peaks.values()):
             dataset.resize(n + 1, axis=0)
         if isinstance(frame, tuple):  # ("bslz4", blob): the chunk as received
-            self.data.id.write_direct_chunk((n, 0, 0), bytes(frame[1]))
+            self.data.id.write_direct_chunk((n, 0, 0), memoryview(frame[1]))  # the buffer itself, not a copy
         else:
             self.data[n] = frame
         self.n_peaks[n] = x.size

@@ -113,7 +113,7 @@ def write_frame(dataset: h5py.Dataset, index: int, frame: Any) -> None:
     if index >= dataset.shape[0]:
         dataset.resize((index + 1, *dataset.shape[1:]))
     if isinstance(frame, tuple):
-        dataset.id.write_direct_chunk((index, 0, 0), bytes(frame[1]))
+        dataset.id.write_direct_chunk((index, 0, 0), memoryview(frame[1]))  # the buffer itself, not a copy
     else:
         dataset[index] = frame
 
