@@ -44,10 +44,14 @@ def _correct(image, dark, flat, mask, saturation, fill, out, valid):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def below_row(x: np.ndarray, m: np.ndarray, limit: int, o: np.ndarray) -> None:
-    """``o = m & (x < limit)`` on a row of integers (``limit`` from :func:`below_limit`)."""
+def below_row(x: np.ndarray, m: np.ndarray, limit: int, o: np.ndarray) -> int:
+    """``o = m & (x < limit)`` on a row of integers (``limit`` from :func:`below_limit`); returns ``o.sum()``."""
+    n = 0
     for c in range(x.size):
-        o[c] = m[c] & (np.int64(x[c]) < limit)
+        valid = m[c] & (np.int64(x[c]) < limit)
+        o[c] = valid
+        n += valid
+    return n
 
 
 @numba.njit(nogil=True, cache=True)

@@ -55,7 +55,7 @@ class _Rows(NamedTuple):
     flat_mask: np.ndarray
     limit: int
     valid: np.ndarray  # flatfield's mask, written row by row
-    acc: np.ndarray  # the summary: sum, max, n_valid, n_saturated
+    acc: np.ndarray  # the summary (sum, max, n_valid, n_saturated), then the pixels valid in ``valid``
 
 
 @overload(row_hook)
@@ -74,14 +74,14 @@ def _summarise_and_mask(r, counted, prepared):  # noqa: ANN001, ANN202 - dispers
             acc[3] += n_saturated
             if n_valid and peak > acc[1]:
                 acc[1] = peak
-        below_row(prepared.image[r], prepared.flat_mask[r], prepared.limit, prepared.valid[r])
+        prepared.acc[4] += below_row(prepared.image[r], prepared.flat_mask[r], prepared.limit, prepared.valid[r])
 
     return hook
 
 
 @numba.njit(nogil=True, cache=True)
-def _fused(rows, spot_args, out):  # noqa: ANN001, ANN202
-    return dispersion_rows(rows, *spot_args, 0, out.shape[0], out)
+def _fused(rows, spot_args):  # noqa: ANN001, ANN202
+    return dispersion_rows(rows, *spot_args, 0, rows.image.shape[0], None)  # the runs; no strong-pixel map
 
 
 class SummaryMaskSpots:
@@ -105,14 +105,13 @@ class SummaryMaskSpots:
             image = spot_args[0]  # C-ordered
             flat_mask, limit = counts
             summary_mask = all_valid(image.shape) if frame.mask is None else frame.mask
-            acc = np.array([0.0, -np.inf, 0.0, 0.0])  # sum, max, n_valid, n_saturated
-            out = np.zeros(image.shape, dtype=np.bool_)
+            acc = np.array([0.0, -np.inf, 0.0, 0.0, 0.0])
             rows = _Rows(image, summary_mask, summary.kernel_args(image.dtype), flat_mask, limit, valid, acc)
-            runs, complete = _fused(rows, spot_args, out)
-            if complete:
+            runs, complete = _fused(rows, spot_args)
+            if complete:  # the pass wrote no strong-pixel map (nothing reads it) and counted the valid pixels
                 summary.add_summary(frame, acc[0], acc[1], int(acc[2]), int(acc[3]))
                 frame.mask = valid
-                return spots.add_strong(frame, runs, int(np.count_nonzero(valid)))
+                return spots.add_strong(frame, runs, int(acc[4]))
         for op in self.operators:  # nothing of the frame changed yet
             frame = op.process(frame)
         return frame

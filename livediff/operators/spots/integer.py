@@ -263,7 +263,7 @@ def dispersion_rows(prepared, image, mask, gain, has_gain, factor, kh, kw, sigma
         only: neighbouring blocks share kh rows).
     image : (rows, cols) C-ordered integer array of at most 32 bits.
     mask, gain, has_gain, kh, kw, sigma_b, sigma_s, min_local, threshold, out : as
-        ``threshold.dispersion_block``'s; :func:`fits` holds.
+        ``threshold.dispersion_block``'s (``out`` may be None: the runs only); :func:`fits` holds.
     factor : float32 (rows, cols) or (1, cols): sigma_s**2 g (1 - SLACK).
     low : int32, the global threshold rounded down (clipped to int32): the pre-test's
         value > low.
@@ -344,7 +344,8 @@ def dispersion_rows(prepared, image, mask, gain, has_gain, factor, kh, kw, sigma
                     m, x = p & ((1 << shift) - 1), _ashr(p, shift)
                 if m >= min_local and x >= 0 and _strong(float(m), float(x), float(y), float(v), grow[c],
                                                          has_gain, sigma_b, sigma_s):
-                    out[r, c] = True
+                    if out is not None:  # None: the runs only (numba drops the test)
+                        out[r, c] = True
                     n_runs = add_pixel(runs, n_runs, r, c)
     return runs[:n_runs], True
 
