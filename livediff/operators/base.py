@@ -41,9 +41,6 @@ first frame, as SWMR requires):
 ``frame.results[name]`` holds the scalars and arrays under their names and, for
 ``rows``, one 1-D array per column under the key ``"rows"``.
 
-``frame.results[name]`` holds the scalars and arrays under their names and, for
-``rows``, one 1-D array per column under the key ``"rows"``.
-
 Names: ``kind`` is what the config's ``kind`` key (or, without one, the table's label)
 names, e.g. ``"stats"``; ``name`` is the instance's label in the chain, so one kind may
 appear several times (``[operators.stats_raw]`` and ``[operators.stats_aligned]`` with
