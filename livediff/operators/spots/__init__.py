@@ -138,10 +138,9 @@ def _strong_pixels(image: np.ndarray, mask: np.ndarray | None, *, gain: float | 
                   threads=threads)
     out = np.zeros(image.shape, dtype=np.bool_)
     if not extended:
-        fast = _integer_args(image.dtype, gain_rows, kh, kw, sigma_background, sigma_strong, min_local,
-                             global_threshold, limit)
+        params = _params(kh, kw, sigma_background, sigma_strong, min_local, global_threshold)
+        fast = _integer_args(image.dtype, gain_rows, params, limit)
         args = (image, mask_rows, gain_rows, has_gain)
-        params = (kh, kw, float(sigma_background), float(sigma_strong), int(min_local), float(global_threshold))
         if fast is not None:
             results = run_blocks(threads, image.shape[0], dispersion_block_int, *args, *fast, out=out)
             blocks = []
@@ -182,17 +181,25 @@ def integer_kernel_args(image: np.ndarray, mask: np.ndarray | None, *, gain: flo
     kh, kw = _kernel(kernel_size)
     _check_params(sigma_background=sigma_background, sigma_strong=sigma_strong, min_local=min_local,
                   threads=threads)
-    fast = _integer_args(image.dtype, gain_rows, kh, kw, sigma_background, sigma_strong, min_local, global_threshold,
-                         limit)
+    fast = _integer_args(image.dtype, gain_rows, _params(kh, kw, sigma_background, sigma_strong, min_local,
+                                                         global_threshold), limit)
     if fast is None:
         return None
     return image, mask_rows, gain_rows, has_gain, *fast
 
 
-def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigma_background: float,
-                  sigma_strong: float, min_local: int, global_threshold: float, limit: Any) -> tuple[Any, ...] | None:
+def _params(kh: int, kw: int, sigma_background: float, sigma_strong: float, min_local: int,
+            global_threshold: float) -> tuple[int, int, float, float, int, float]:
+    """The test's parameters as the kernels take them (after the gain, before the limits)."""
+    return kh, kw, float(sigma_background), float(sigma_strong), int(min_local), float(global_threshold)
+
+
+def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, params: tuple[int, int, float, float, int, float],
+                  limit: Any) -> tuple[Any, ...] | None:
     """The arguments of ``dispersion_block_int`` after (image, mask, gain, has_gain) and before the
-    rows, or None when the image or the parameters need the general kernel (see ``integer``)."""
+    rows, or None when the image or the parameters (:func:`_params`) need the general kernel
+    (see ``integer``)."""
+    kh, kw, _, sigma_strong, _, global_threshold = params
     if not fits(dtype, kh, kw) or not math.isfinite(global_threshold):
         return None
     with np.errstate(over="ignore"):
@@ -204,7 +211,6 @@ def _integer_args(dtype: np.dtype, gain_rows: np.ndarray, kh: int, kw: int, sigm
     vmax, vmin = min(int(limit) - 1, int(info.max)), max(1 - int(limit), int(info.min))
     usable = (None if vmin == info.min else dtype.type(vmin), None if vmax == info.max else dtype.type(vmax))
     shift, big, huge = limits(kh, kw)
-    params = (kh, kw, float(sigma_background), float(sigma_strong), int(min_local), float(global_threshold))
     if dtype.kind == "i" and vmin <= 1 - big and vmax >= big - 1:  # the sums let every value in (integer.py)
         return factor, *params, low, *usable, None, None, shift, big, huge
     return factor, *params, low, *usable, *usable, shift, big, huge
