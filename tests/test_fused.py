@@ -91,6 +91,16 @@ def test_fused_pass_gives_the_results_of_the_operators_run_one_after_the_other(d
     assert all((~f.mask[f.data >= start.saturation]).all() for f in together)
 
 
+def test_a_series_without_a_mask_is_fused_too(fused_calls):
+    start, frames = _series("uint32")
+    start = replace(start, mask=None)
+    frames = [Frame(f.series, f.index, f.data) for f in frames]
+    together = _run(MX, start, frames, fuse=True)
+    assert fused_calls == [True] * len(frames)
+    _assert_same(together, _run(MX, start, frames, fuse=False))
+    assert all(not f.mask[f.data >= start.saturation].any() and f.mask.sum() > 0.9 * f.mask.size for f in together)
+
+
 def test_frames_too_bright_for_the_integer_sums_run_the_operators_one_after_the_other(fused_calls):
     """Values of 700,000 and more (beyond a 7 x 7 window's int32 sums) on many rows: the integer
     kernel hands the frame back, and the operators run alone on it, with the same results."""
