@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import threading
 
 import h5py
 import hdf5plugin  # noqa: F401 - the bitshuffle-LZ4 filter of the .cxi frames
@@ -18,7 +19,7 @@ from livediff.cli import main
 from livediff.config import parse
 from livediff.errors import ConfigError
 from livediff.model import Scan
-from livediff.outputs import Layout, SeriesContext
+from livediff.outputs import FrameOutput, Layout, SeriesContext
 from livediff.report import format_report, load_report
 from livediff.sinks.cxi import MAX_PEAKS, CxiExporter, _CxiFile
 from livediff.sinks.refl import SPILL, ReflExporter, write_reflection_table
@@ -270,3 +271,23 @@ def test_refl_without_a_series_file_writes_nothing():
     exporter.add_rows(1, 0, {"spots": {"x": np.ones(2)}}, 0)
     assert exporter.end_series({}) == {} and exporter.rows == 0
     exporter.close()
+
+
+def test_a_cxi_export_that_falls_behind_counts_every_hit_not_saved_and_says_so_now_and_then(caplog):
+    """A disk too slow for the hits: each refused hit is counted, the log gets a line, not one per hit
+    (a service whose stderr nobody reads must not block on its own log)."""
+    exporter = CxiExporter()
+    exporter._hit, exporter._spots = "hit", "spots"  # as start_series sets them for a chain with mx and spots
+    release = threading.Event()
+    exporter._worker.offer(release.wait)  # the writer thread stuck, as on a disk that does not keep up
+    frame = np.zeros((4, 5), np.uint16)
+    try:
+        with caplog.at_level("ERROR", logger="livediff.sinks.cxi"):
+            for i in range(200):
+                exporter.add_frame(FrameOutput(1, i, 0, {"hit": 1}, {}, {"spots": {}}, frame))
+    finally:
+        release.set()
+        exporter._worker.close()
+    lines = [r for r in caplog.records if "cxi export is behind" in r.getMessage()]
+    assert exporter.hits + exporter.not_saved == 200 and exporter.not_saved >= 200 - 32 - 1
+    assert 1 <= len(lines) <= 2 and "1 hits not saved so far" in lines[0].getMessage()

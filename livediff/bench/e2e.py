@@ -101,13 +101,16 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
     with tempfile.TemporaryDirectory(prefix="livediff-e2e-") as tmp:
         cfg_path, source_ep, publish_ep, http_port = _service_config(Path(tmp), config, protocol, pipeline)
         settings = load(cfg_path).pipeline
-        proc = subprocess.Popen([sys.executable, "-m", "livediff", "--log-level", "warning", "serve",
-                                 "--config", str(cfg_path), "--max-series", "1", "--no-progress"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # its log goes to a file, not a pipe: a pipe read only at the end would stop the service at 64 KB of log
+        log_path = Path(tmp) / "serve.log"
+        with log_path.open("w") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "livediff", "--log-level", "warning", "serve",
+                                     "--config", str(cfg_path), "--max-series", "1", "--no-progress"],
+                                    stdout=subprocess.DEVNULL, stderr=log_file)
         listener = _Listener(publish_ep)
         pages = PageClients(http_port, web_clients, web_stalled) if web_clients or web_stalled else None
         try:
-            listener.wait_ready(proc)
+            listener.wait_ready(proc, log_path)
             if pages is not None:
                 pages.start()
             rss = RssSampler(proc.pid)
@@ -119,14 +122,14 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
             web["rss_mb"] = rss.stop()
             if pages is not None:
                 web.update(pages.stop())
-            _, err = proc.communicate(timeout=120)
+            proc.wait(timeout=120)
         finally:
             listener.close()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    if end is None:
-        raise RuntimeError(f"the service did not end the series; its log:\n{err[-2000:]}")
+        if end is None:
+            raise RuntimeError(f"the service did not end the series; its log:\n{_tail(log_path)}")
     latencies = np.array([t - source.sent_at[i] for i, t in listener.done.items()])
     done_times = np.array(sorted(listener.done.values()))
     active = done_times[-1] - done_times[0] if len(done_times) > 1 else np.nan
@@ -166,6 +169,11 @@ def find_max_rate(*, start: float = 50.0, seconds: float = 5.0, steps: int = 4, 
         runs.append(report)
         good, bad = (rate, bad) if _keeps_up(report) else (good, rate)
     return {"max_rate": good, "runs": runs}
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    """The end of a log file."""
+    return path.read_text(errors="replace")[-size:]
 
 
 def _keeps_up(report: dict[str, Any]) -> bool:
@@ -232,11 +240,11 @@ class _Listener:
                     self.end = msg
                     self._ended.set()
 
-    def wait_ready(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    def wait_ready(self, proc: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.2):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+                raise RuntimeError(f"the service did not start: {_tail(log_path)}")
 
     def mark(self) -> None:
         """Streaming starts now: CPU use counts from the next heartbeat."""

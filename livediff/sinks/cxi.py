@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 
 from ..outputs import FrameOutput, Reductions, SeriesContext
+from ..throttle import Throttle
 from .exports import Background, beside, labels_of
 from .h5tables import BSLZ4
 
@@ -58,6 +59,7 @@ class CxiExporter:
         self._hit: str | None = None  # the frames-table column saying "hit"
         self._spots: str | None = None
         self.hits = self.not_saved = 0
+        self._behind = Throttle()  # a slow disk may refuse every hit: a line now and then, not one per hit
         self._file: _CxiFile | None = None  # the worker thread's
 
     @property
@@ -88,7 +90,8 @@ class CxiExporter:
             self.hits += 1
         else:
             self.not_saved += 1
-            log.error("cxi export is behind: %d hits not saved so far", self.not_saved)
+            self._behind.log(log, "behind", "cxi export is behind: %d hits not saved so far", self.not_saved,
+                             level=logging.ERROR)
 
     def add_rows(self, series: int, index: int, rows: dict[str, dict[str, Any]], epoch: int) -> None:
         return None

@@ -49,6 +49,7 @@ import msgpack
 import numpy as np
 
 from ..outputs import FrameOutput, Reductions, SeriesContext
+from ..throttle import Throttle
 from .exports import Background, beside, labels_of
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class ReflExporter:
         self._label: str | None = None
         self._open: tuple[BinaryIO, Path] | None = None  # the worker thread's spill file and export path
         self.rows = self.not_saved = 0
+        self._behind = Throttle()  # a slow disk may refuse every block: a line now and then, not one per block
 
     @property
     def errors(self) -> int:
@@ -153,7 +155,8 @@ class ReflExporter:
             self.rows += block.size
         else:
             self.not_saved += block.size
-            log.error("refl export is behind: %d spots not saved so far", self.not_saved)
+            self._behind.log(log, "behind", "refl export is behind: %d spots not saved so far", self.not_saved,
+                             level=logging.ERROR)
 
     def write_reductions(self, reductions: Reductions) -> None:
         return None
