@@ -120,7 +120,7 @@ def test_refl_round_trips_through_an_independent_reader(mx_series):
 def test_cxi_holds_the_hit_frames_as_received_and_their_spots_in_crystfels_layout(mx_series):
     sim, summary, frames, spots, _ = mx_series
     hits = np.sort(frames["frame"][frames["hit"] == 1])
-    assert 0 < hits.size < sim.n_frames and summary["cxi_hits"] == hits.size
+    assert 0 < hits.size < sim.n_frames and summary["cxi_hits"] == hits.size and summary["cxi_not_saved"] == 0
     assert hits.tolist() == [i for i in range(sim.n_frames) if sim.is_hit(i)]
     with h5py.File(summary["cxi"], "r", swmr=True) as f:
         assert f["cxi_version"][()] == 150

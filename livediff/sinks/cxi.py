@@ -78,7 +78,7 @@ class CxiExporter:
                    else "no hit column (an mx operator with the series geometry decides what a hit is)")
             log.warning("series %d: cxi export: %s; no .cxi file", series.start.series, why)
             return {}
-        self._hit, self._spots, self.hits, self._path = hits[0], spots[0], 0, path
+        self._hit, self._spots, self.hits, self.not_saved, self._path = hits[0], spots[0], 0, 0, path
         self._worker.submit(self._start, path, series.start.shape, series.start.dtype)
         return {}
 
@@ -104,7 +104,7 @@ class CxiExporter:
             return {}
         self._hit = None
         self._worker.submit(self._close)
-        return {"cxi": str(self._path), "cxi_hits": self.hits}
+        return {"cxi": str(self._path), "cxi_hits": self.hits, "cxi_not_saved": self.not_saved}
 
     def close(self) -> None:
         self._worker.close()
