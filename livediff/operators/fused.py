@@ -64,17 +64,17 @@ def _summarise_and_mask(r, counted, prepared):  # noqa: ANN001, ANN202 - dispers
         return None
 
     def hook(r, counted, prepared):  # noqa: ANN001, ANN202
+        acc = prepared.acc
         if counted:
             total, peak, n_valid, n_saturated = summarise_rows(prepared.image[r:r + 1],
                                                                prepared.summary_mask[r:r + 1],
                                                                prepared.summary_args)
-            acc = prepared.acc
             acc[0] += total
             acc[2] += n_valid
             acc[3] += n_saturated
             if n_valid and peak > acc[1]:
                 acc[1] = peak
-        prepared.acc[4] += below_row(prepared.image[r], prepared.flat_mask[r], prepared.limit, prepared.valid[r])
+        acc[4] += below_row(prepared.image[r], prepared.flat_mask[r], prepared.limit, prepared.valid[r])
 
     return hook
 
@@ -97,24 +97,35 @@ class SummaryMaskSpots:
         self.operators = (summary, flatfield, spots)
 
     def process(self, frame: Frame) -> Frame:
-        summary, flatfield, spots = self.operators
-        counts = flatfield.count_mask(frame)
-        valid = np.empty(np.shape(frame.data), dtype=np.bool_)
-        spot_args = None if counts is None else spots.strong_kernel_args(frame, valid)
-        if spot_args is not None:
-            image = spot_args[0]  # C-ordered
-            flat_mask, limit = counts
-            summary_mask = all_valid(image.shape) if frame.mask is None else frame.mask
-            acc = np.array([0.0, -np.inf, 0.0, 0.0, 0.0])
-            rows = _Rows(image, summary_mask, summary.kernel_args(image.dtype), flat_mask, limit, valid, acc)
-            runs, complete = _fused(rows, spot_args)
-            if complete:  # the pass wrote no strong-pixel map (nothing reads it) and counted the valid pixels
-                summary.add_summary(frame, acc[0], acc[1], int(acc[2]), int(acc[3]))
-                frame.mask = valid
-                return spots.add_strong(frame, runs, int(acc[4]))
+        done = self._one_pass(frame)
+        if done is not None:
+            return done
         for op in self.operators:  # nothing of the frame changed yet
             frame = op.process(frame)
         return frame
+
+    def _one_pass(self, frame: Frame) -> Frame | None:
+        """The frame after the fused pass, or None (frame untouched) when the pass cannot take it."""
+        summary, flatfield, spots = self.operators
+        counts = flatfield.count_mask(frame)
+        if counts is None:
+            return None
+        valid = np.empty(np.shape(frame.data), dtype=np.bool_)
+        spot_args = spots.strong_kernel_args(frame, valid)
+        if spot_args is None:
+            return None
+        image = spot_args[0]  # C-ordered
+        flat_mask, limit = counts
+        summary_mask = all_valid(image.shape) if frame.mask is None else frame.mask
+        acc = np.array([0.0, -np.inf, 0.0, 0.0, 0.0])
+        rows = _Rows(image, summary_mask, summary.kernel_args(image.dtype), flat_mask, limit, valid, acc)
+        runs, complete = _fused(rows, spot_args)
+        if not complete:
+            return None
+        # the pass wrote no strong-pixel map (nothing reads it) and counted the valid pixels
+        summary.add_summary(frame, acc[0], acc[1], int(acc[2]), int(acc[3]))
+        frame.mask = valid
+        return spots.add_strong(frame, runs, int(acc[4]))
 
 
 def steps(operators: Sequence[Operator]) -> list[Step]:
