@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     e2e.add_argument("--web-stalled", type=int, default=0, metavar="N",
                      help="and N page clients that never read (default %(default)s)")
     e2e.add_argument("--max-rate", action="store_true",
-                     help="find the highest rate with no frame dropped (overflow = drop)")
+                     help="find the highest rate with no frame dropped or left unsaved (overflow = drop)")
     alone = b.add_argument_group("the service alone (--pipeline): run loop, executor and sinks on pre-queued frames")
     alone.add_argument("--pipeline", action="store_true", help="time the service on frames queued in-process "
                                                                "(no sender, no socket): frames/s, CPU per frame, "

@@ -3,11 +3,12 @@
 The service runs as its own process (``livediff serve``) with the user's chain; this
 process streams simulated detector frames to it over loopback at the requested rate, in
 the requested protocol, and listens to what it publishes.  The report gives the frames
-sent and processed, sustained frames/s, latency from sending a frame to receiving its
+sent and processed (and those processed but not saved: a disk slower than the stream),
+sustained frames/s, latency from sending a frame to receiving its
 result, the service's CPU use (cores, and µs per frame) and peak memory, the deepest
 queue seen, drops, and the batches the run loop took frames in (mean and largest).
-``find_max_rate`` raises the rate until frames are dropped and bisects to the highest
-rate with none.
+``find_max_rate`` raises the rate until frames are dropped (or not saved) and bisects to
+the highest rate with none.
 """
 from __future__ import annotations
 
@@ -137,6 +138,7 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
         "detector": detector, "shape": [rows, cols], "dtype": dtype, "protocol": protocol, "encoding": encoding,
         "rate": rate, "seconds": seconds, "sent": sent, "sent_fps": sent / send_s,
         "processed": end["processed"], "dropped": end["dropped"], "lost": end["lost"], "bad": end["bad"],
+        "not_saved": end["not_saved"],
         "sustained_fps": (len(done_times) - 1) / active if active else None,
         "latency_ms": {f"p{q}": float(np.percentile(latencies, q) * 1e3) if latencies.size else None
                        for q in (50, 95, 99)},
@@ -153,7 +155,7 @@ def run_load(*, detector: str = "eiger2-4m", rate: float = 100.0, seconds: float
 
 
 def find_max_rate(*, start: float = 50.0, seconds: float = 5.0, steps: int = 4, **kw: Any) -> dict[str, Any]:
-    """Highest rate (frames/s) with no frame dropped, with ``overflow = "drop"``."""
+    """Highest rate (frames/s) with no frame dropped or left unsaved, with ``overflow = "drop"``."""
     good, bad, runs = 0.0, None, []
     rate = start
     while bad is None and rate < 1e5:
@@ -177,7 +179,8 @@ def _tail(path: Path, size: int = 2000) -> str:
 
 
 def _keeps_up(report: dict[str, Any]) -> bool:
-    return report["dropped"] == 0 and report["processed"] == report["sent"] and report["sent_fps"] >= 0.95 * report["rate"]
+    return (report["dropped"] == 0 and report["not_saved"] == 0 and report["processed"] == report["sent"]
+            and report["sent_fps"] >= 0.95 * report["rate"])
 
 
 def _service_config(tmp: Path, config: str | None, protocol: str,
@@ -289,7 +292,7 @@ def format_report(r: dict[str, Any]) -> str:
     return (f"{r['detector']} {r['shape'][0]}x{r['shape'][1]} {r['dtype']}, {r['protocol']}/{r['encoding']}, "
             f"{r['executor']} x {r['workers']}, requested {r['rate']:.1f} fr/s for {r['seconds']:.0f} s\n"
             f"  sent {r['sent']} ({r['sent_fps']:.1f} fr/s)  processed {r['processed']}  dropped {r['dropped']}  "
-            f"lost {r['lost']}  bad {r['bad']}\n"
+            f"lost {r['lost']}  bad {r['bad']}  not saved {r['not_saved']}\n"
             f"  sustained {fmt(r['sustained_fps'])} fr/s  latency p50/p95/p99 {fmt(lat['p50'])}/{fmt(lat['p95'])}/"
             f"{fmt(lat['p99'])} ms (first frame {fmt(r['first_latency_ms'])} ms)  cpu {fmt(r['cpu_cores'])} cores, "
             f"{fmt(None if r['cpu_ms_per_frame'] is None else r['cpu_ms_per_frame'] * 1e3, '.0f')} us/frame "
