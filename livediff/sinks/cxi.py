@@ -38,7 +38,8 @@ import numpy as np
 from ..outputs import FrameOutput, Reductions, SeriesContext
 from ..throttle import Throttle
 from .exports import Background, beside, labels_of
-from .h5tables import BSLZ4
+from .h5tables import BSLZ4, write_frame
+from .page_cache import WrittenPages
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class _CxiFile:
         self.frame = result.create_dataset("frame", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(1024,))
         self.file.swmr_mode = True
         self.file.flush()
+        self.pages = WrittenPages(self.file)
         self.trimmed = 0
 
     def append(self, index: int, frame: Any, peaks: dict[str, np.ndarray], series: int) -> None:
@@ -156,12 +158,9 @@ class _CxiFile:
             if self.trimmed == 1:
                 log.warning("series %d: cxi export: frame %d has more than %d spots: the strongest kept",
                             series, index, MAX_PEAKS)
-        for dataset in (self.data, self.n_peaks, self.frame, *self.peaks.values()):
+        for dataset in (self.n_peaks, self.frame, *self.peaks.values()):
             dataset.resize(n + 1, axis=0)
-        if isinstance(frame, tuple):  # ("bslz4", blob): the chunk as received
-            self.data.id.write_direct_chunk((n, 0, 0), memoryview(frame[1]))  # the buffer itself, not a copy
-        else:
-            self.data[n] = frame
+        self.pages.add(write_frame(self.data, n, frame))  # ("bslz4", blob): the chunk as received
         self.n_peaks[n] = x.size
         self.frame[n] = index
         for name, values in zip(("peakXPosRaw", "peakYPosRaw", "peakTotalIntensity"), (x, y, total)):

@@ -108,14 +108,17 @@ def frame_stack(group: h5py.Group, name: str, shape: tuple[int, int], dtype: str
                                 chunks=(1, *shape), **BSLZ4)
 
 
-def write_frame(dataset: h5py.Dataset, index: int, frame: Any) -> None:
-    """Store frame ``index``: a (encoding, blob) bslz4 pair by direct chunk write, else an array."""
+def write_frame(dataset: h5py.Dataset, index: int, frame: Any) -> int:
+    """Store frame ``index``: a (encoding, blob) bslz4 pair by direct chunk write, else an array.
+    Returns the bytes handed over (an array's before compression)."""
     if index >= dataset.shape[0]:
         dataset.resize((index + 1, *dataset.shape[1:]))
     if isinstance(frame, tuple):
-        dataset.id.write_direct_chunk((index, 0, 0), memoryview(frame[1]))  # the buffer itself, not a copy
-    else:
-        dataset[index] = frame
+        chunk = memoryview(frame[1])  # the buffer itself, not a copy
+        dataset.id.write_direct_chunk((index, 0, 0), chunk)
+        return chunk.nbytes
+    dataset[index] = frame
+    return np.asarray(frame).nbytes
 
 
 def missing(dtype: np.dtype) -> Any:

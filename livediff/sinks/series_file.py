@@ -56,6 +56,7 @@ from ..outputs import Layout
 from . import nxdata
 from .h5errors import close_abandoned, describe
 from .h5tables import Columns, Stack, Table, frame_stack, missing, write_frame
+from .page_cache import WrittenPages
 from .nxmx import InstrumentSettings, NXmxWriter, crystfel_geometry
 
 SUMMARY_FIELDS = ("expected", "received", "processed", "failed", "dropped", "bad", "duplicates", "stray",
@@ -105,6 +106,7 @@ class SeriesFile:
         self._unflushed = 0            # frame rows written since the last flush that worked
         self._broken = False           # nothing more may be written
         self.file = h5py.File(path, "w-", libver="latest")
+        self._pages = WrittenPages(self.file)  # the frames written leave the page cache
         self.summary_written = False
         self.written_frames: set[int] = set()   # frame numbers whose row is on disk
         self._written_pending: list[int] = []
@@ -250,9 +252,9 @@ class SeriesFile:
                 self.arrays[op, name].pending.append(value)
             self.array_frames[op].pending.append(index)
         if self.raw is not None and raw is not None:
-            write_frame(self.raw, index, raw)
+            self._pages.add(write_frame(self.raw, index, raw))
         if self.corrected is not None and corrected is not None:
-            write_frame(self.corrected, index, corrected)
+            self._pages.add(write_frame(self.corrected, index, corrected))
 
     def add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]], epoch: int) -> bool:
         """Buffer operators' rows ({operator: {column: array}}) emitted with frame ``index``
