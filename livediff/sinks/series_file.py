@@ -56,8 +56,8 @@ from ..outputs import Layout
 from . import nxdata
 from .h5errors import close_abandoned, describe
 from .h5tables import Columns, Stack, Table, frame_stack, missing, write_frame
-from .page_cache import WrittenPages
 from .nxmx import InstrumentSettings, NXmxWriter, crystfel_geometry
+from .page_cache import WrittenPages
 
 SUMMARY_FIELDS = ("expected", "received", "processed", "failed", "dropped", "bad", "duplicates", "stray",
                   "lost", "not_saved", "written", "missing")
