@@ -28,9 +28,9 @@ many pixels in a vector instruction:
   float64 formulas (``threshold._strong``) on the exact sums: the result is DIALS' formula
   exactly.
 
-Arithmetic is through the ``_add``/``_sub``/``_mul``/``_and``/``_shl``/``_ashr``
-intrinsics, which stay in int32 and wrap: numba's integer operators widen to int64, which
-halves the vector width.
+Arithmetic is through the ``add32``/``sub32``/``mul32``/``and32``/``shl32``/``ashr32``
+intrinsics (:mod:`livediff.operators.intrinsics`), which stay in int32 and wrap: numba's
+integer operators widen to int64, which halves the vector width.
 """
 from __future__ import annotations
 
@@ -39,11 +39,10 @@ from typing import Any
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
+from ..intrinsics import add32, and32, ashr32, low_byte, mul32, prefetch, shl32, sub32
 from .label import add_pixel
 from .threshold import _row, _strong
 
@@ -55,44 +54,6 @@ MAX_AREA = 127
 
 #: columns the pre-test takes between prefetches of the next row
 PREFETCH_COLUMNS = 64
-
-
-def _int32_op(name: str):  # noqa: ANN202 - a numba intrinsic
-    """An int32 binary operation of LLVM's (wrapping), callable from numba code."""
-
-    def typer(typingctx, a, b):  # noqa: ANN001, ANN202, ARG001 - numba's intrinsic signature
-        if not all(isinstance(t, (types.Integer, types.Boolean)) for t in (a, b)):
-            return None
-
-        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-            x, y = (context.cast(builder, v, t, types.int32) for v, t in zip(args, sig.args))
-            return getattr(builder, name)(x, y)
-
-        return types.int32(a, b), codegen
-
-    typer.__name__ = f"_{name.rstrip('_')}32"
-    return intrinsic(typer)
-
-
-_add = _int32_op("add")
-_sub = _int32_op("sub")
-_mul = _int32_op("mul")
-_and = _int32_op("and_")
-_shl = _int32_op("shl")
-_ashr = _int32_op("ashr")
-
-
-@intrinsic
-def _low_byte(typingctx, word):  # noqa: ANN001, ANN202, ARG001
-    """Index of the lowest nonzero byte of a nonzero uint64 (LLVM's count of trailing zeros / 8)."""
-    if not isinstance(word, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202, ARG001
-        zeros = builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
-        return builder.lshr(zeros, ir.Constant(zeros.type, 3))
-
-    return types.int64(word), codegen
 
 
 def _in_range(v, vmin, vmax):  # noqa: ANN001, ANN202
@@ -138,11 +99,11 @@ def _slide(irow, imask, use_in, orow, omask, use_out, vmin, vmax, shift, cp, cy)
         u = orow[c]
         ok_in = imask[c] & use_in & _in_range(v, vmin, vmax)
         ok_out = omask[c] & use_out & _in_range(u, vmin, vmax)
-        a = _and(v, _sub(0, ok_in))
-        b = _and(u, _sub(0, ok_out))
-        d = _sub(a, b)
-        cp[c] = _add(cp[c], _add(_shl(d, shift), _sub(ok_in, ok_out)))
-        cy[c] = _add(cy[c], _mul(d, _add(a, b)))
+        a = and32(v, sub32(0, ok_in))
+        b = and32(u, sub32(0, ok_out))
+        d = sub32(a, b)
+        cp[c] = add32(cp[c], add32(shl32(d, shift), sub32(ok_in, ok_out)))
+        cy[c] = add32(cy[c], mul32(d, add32(a, b)))
         hi = max(hi, a)
         lo = min(lo, a)
     return hi, lo
@@ -160,9 +121,9 @@ def _count_big(row, mask, step, vmin, vmax, svmin, svmax, shift, cp, cy, big, hu
         if not (mask[c] and _in_range(v, svmin, svmax)):
             continue
         if not _in_range(v, vmin, vmax):
-            a = _add(v, 0)
-            cp[c] = _sub(cp[c], _mul(step, _add(_shl(a, shift), 1)))
-            cy[c] = _sub(cy[c], _mul(step, _mul(a, a)))
+            a = add32(v, 0)
+            cp[c] = sub32(cp[c], mul32(step, add32(shl32(a, shift), 1)))
+            cy[c] = sub32(cy[c], mul32(step, mul32(a, a)))
         elif v >= big or v <= -big:
             bc[c] += step
             if v >= huge or v <= -huge:
@@ -190,11 +151,11 @@ def _sums(image, mask, r, c, kh, kw, vmin, vmax):
 @numba.njit(nogil=True, cache=True, inline="always")
 def _maybe_strong(v, w, valid, factor, low, shift):
     """The float32 necessary condition of the strong test, from the packed box sum ``w``."""
-    m = _and(w, (1 << shift) - 1)
-    x = _ashr(w, shift)
-    b = _sub(_mul(m, v), x)
+    m = and32(w, (1 << shift) - 1)
+    x = ashr32(w, shift)
+    b = sub32(mul32(m, v), x)
     f = np.float32(b)
-    return valid & (_add(v, 0) > low) & (b > 0) & (f * f > factor * np.float32(x) * np.float32(m))
+    return valid & (add32(v, 0) > low) & (b > 0) & (f * f > factor * np.float32(x) * np.float32(m))
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -202,32 +163,15 @@ def _pretest_span(irow, mrow, frow, low, cp, span, shift, cand, c0, c1):
     """``cand[c]`` = :func:`_maybe_strong` for the columns c0 <= c < c1 of a row."""
     if span == 7:  # DIALS' default window: the box sum written out, so that the loop vectorises
         for c in range(c0, c1):
-            w = _add(_add(_add(cp[c], cp[c + 1]), _add(cp[c + 2], cp[c + 3])),
-                     _add(_add(cp[c + 4], cp[c + 5]), cp[c + 6]))
+            w = add32(add32(add32(cp[c], cp[c + 1]), add32(cp[c + 2], cp[c + 3])),
+                     add32(add32(cp[c + 4], cp[c + 5]), cp[c + 6]))
             cand[c] = _maybe_strong(irow[c], w, mrow[c], frow[c], low, shift)
         return
     for c in range(c0, c1):
         w = np.int32(0)
         for j in range(c, c + span):
-            w = _add(w, cp[j])
+            w = add32(w, cp[j])
         cand[c] = _maybe_strong(irow[c], w, mrow[c], frow[c], low, shift)
-
-
-@intrinsic
-def _prefetch(typingctx, address):  # noqa: ANN001, ANN202, ARG001
-    """A hint to bring the cache line at ``address`` (an integer) into the cache (LLVM's
-    ``llvm.prefetch``: a read, kept in all levels); it never faults."""
-    if not isinstance(address, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202, ARG001
-        byte_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
-        builder.call(fn, [builder.inttoptr(args[0], byte_ptr), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return types.none(address), codegen
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -235,7 +179,7 @@ def _prefetch_span(row, c0, c1):
     """Prefetch the cache lines of ``row[c0:c1]``."""
     base = row.ctypes.data
     for offset in range(c0 * row.itemsize, c1 * row.itemsize, 64):
-        _prefetch(base + offset)
+        prefetch(base + offset)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -374,7 +318,7 @@ def dispersion_rows(prepared, image, mask, gain, has_gain, factor, kh, kw, sigma
         for k in range(words.size):
             w = words[k]
             while w:
-                c = 8 * k + _low_byte(w)
+                c = 8 * k + low_byte(w)
                 w &= w - np.uint64(1)
                 v = irow[c]
                 if not (mrow[c] and _in_range(v, vmin, vmax) and float(v) > threshold):
@@ -385,9 +329,9 @@ def dispersion_rows(prepared, image, mask, gain, has_gain, factor, kh, kw, sigma
                     p = np.int32(0)
                     y = 0
                     for j in range(c, c + span):
-                        p = _add(p, cp[j])
+                        p = add32(p, cp[j])
                         y += np.int64(cy[j]) & 0xFFFFFFFF
-                    m, x = p & ((1 << shift) - 1), _ashr(p, shift)
+                    m, x = p & ((1 << shift) - 1), ashr32(p, shift)
                 if m >= min_local and x >= 0 and _strong(float(m), float(x), float(y), float(v), grow[c],
                                                          has_gain, sigma_b, sigma_s):
                     if out is not None:  # None: the runs only (numba drops the test)
