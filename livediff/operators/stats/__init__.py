@@ -63,7 +63,8 @@ class RunningStats:
     with the pairwise update of Chan, Golub & LeVeque, "Algorithms for computing the sample
     variance", Am. Stat. 37, 242 (1983), weighted as in West, CACM 22, 532 (1979) and
     Schubert & Gertz, SSDBM 2018; a frame is a partial state of one sample per pixel.
-    Pixels without samples give NaN; so do var/std/SEM where V1 - ddof V2/V1 <= 0.
+    Pixels without samples give NaN; so do var/std/SEM where V1 - ddof V2/V1 <= 0 or a pixel
+    has no more samples than ``ddof``.
     """
 
     def __init__(self, shape: tuple[int, int] | None = None, *, ddof: int = 1, dtype: str = "float64",

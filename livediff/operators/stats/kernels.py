@@ -152,7 +152,7 @@ def derive(count: np.ndarray, shift: np.ndarray, mean: np.ndarray, m2: np.ndarra
     Notes
     -----
     mean = shift + mean, var = M2 / (V1 - ddof V2 / V1), std = sqrt(var),
-    SEM = sqrt(var V2 / V1^2); NaN where V1 = 0 or V1 - ddof V2 / V1 <= 0.
+    SEM = sqrt(var V2 / V1^2); NaN where V1 = 0, V1 - ddof V2 / V1 <= 0 or count <= ddof.
     """
     rows, cols = count.shape
     for r in range(rows):
@@ -167,7 +167,9 @@ def derive(count: np.ndarray, shift: np.ndarray, mean: np.ndarray, m2: np.ndarra
             q = v1 * v1 - ddof * v2  # V1 (V1 - ddof V2 / V1): one division each for var and SEM
             var = np.nan
             sem = np.nan
-            if v1 > 0.0 and q > 0.0:
+            # one sample has V1^2 = V2 exactly, but the V2 of merged states may round a hair
+            # apart: the count decides, so that merging never turns an undefined variance into 0
+            if v1 > 0.0 and q > 0.0 and count[r, c] > ddof:
                 var = m2[r, c] * v1 / q
                 sem = math.sqrt(m2[r, c] * v2 / (v1 * q))
             if out_mean is not None:
