@@ -46,6 +46,19 @@ def test_every_saturation_and_marker_rule_matches_numpy(dtype, top_invalid):
         assert got["n_saturated"] == (values >= level).sum(), saturation
 
 
+def test_rows_longer_than_a_32_bit_span_add_up_exactly():
+    """The unsigned kernel sums the low and high 16 bits of a row's pixels in 32 bits, 65536
+    pixels at a time: rows longer than that, of values near the top, still add up exactly."""
+    rng = np.random.default_rng(8)
+    image = rng.integers(2**32 - 2**20, 2**32 - 2, (3, 70001), dtype=np.uint32, endpoint=True)
+    mask = rng.random(image.shape) > 0.01
+    got = summarise(image, mask, saturation=2**32 - 1000)
+    values = image[mask].astype(np.int64)  # exact: the sum is below 2**53
+    assert got["sum"] == values.sum()
+    assert (got["n_valid"], got["max"]) == (mask.sum(), values.max())
+    assert got["n_saturated"] == (values >= 2**32 - 1000).sum() > 0
+
+
 def test_top_of_an_integer_dtype_is_a_gap_marker_not_a_count():
     image = np.array([[65535, 65534], [0, 65535]], dtype=np.uint16)
     got = summarise(image)

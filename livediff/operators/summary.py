@@ -22,6 +22,7 @@ from numba.np.numpy_support import as_dtype
 from ..model import Frame, SeriesStart
 from .base import BaseOperator
 from .checks import all_valid, check_image, check_mask
+from .intrinsics import add32, and32
 
 
 @numba.njit(nogil=True, cache=True)
@@ -80,35 +81,54 @@ def _summarise_int(data: np.ndarray, mask: np.ndarray, saturation: float, top: i
     return total, peak, n_valid, n_saturated
 
 
+#: pixels whose 16-bit halves a wrapping 32-bit sum adds up exactly
+_SPAN = 1 << 16
+
+
+@numba.njit(nogil=True, cache=True)
+def _summarise_span(data: np.ndarray, mask: np.ndarray, saturation: Any, count_saturated: bool, top: Any,
+                    top_invalid: bool) -> tuple[int, Any, int, int]:
+    # (sum, max, n_valid, n_saturated) of at most _SPAN unsigned pixels in 32-bit lanes: the sum
+    # as the sums of the pixels' low and high 16 bits, counts in 32 bits (numba's integer
+    # arithmetic is 64-bit, which halves the lanes: 1.7 -> 1.1 ms on a 4M uint32 frame in cache)
+    zero = data.dtype.type(0)
+    low = high = n_valid = n_saturated = np.int32(0)
+    peak = zero
+    for c in range(data.size):
+        d = data[c]
+        m = mask[c] & ((d < top) | (not top_invalid))
+        v = d if m else zero
+        low = add32(low, and32(v, 0xFFFF))
+        high = add32(high, v >> 16)
+        n_valid = add32(n_valid, m)
+        peak = max(peak, v)  # unsigned: an invalid pixel's 0 never exceeds a valid one
+        n_saturated = add32(n_saturated, m & (d >= saturation) & count_saturated)
+    return ((np.int64(low) & 0xFFFFFFFF) + ((np.int64(high) & 0xFFFFFFFF) << 16), peak,
+            np.int64(n_valid) & 0xFFFFFFFF, np.int64(n_saturated) & 0xFFFFFFFF)
+
+
 @numba.njit(nogil=True, cache=True)
 def _summarise_uint(data: np.ndarray, mask: np.ndarray, saturation: Any, count_saturated: bool, top: Any,
                     top_invalid: bool) -> tuple[float, float, int, int]:
-    # unsigned pixels: tests, maxima and counts in the pixels' own width (twice the lanes of int64),
-    # row sums in uint64; the same answers as _summarise_int
+    # unsigned pixels of at most 32 bits: the same answers as _summarise_int, in 32-bit lanes
     total = 0.0
     peak = -np.inf
     n_valid = 0
     n_saturated = 0
     rows, cols = data.shape
-    zero = data.dtype.type(0)
     for r in range(rows):
-        drow = data[r]
-        mrow = mask[r]
-        row_sum = np.uint64(0)
-        row_max = zero
-        row_valid = np.uint32(0)
-        row_saturated = np.uint32(0)
-        for c in range(cols):
-            d = drow[c]
-            m = mrow[c] & ((d < top) | (not top_invalid))
-            v = d if m else zero
-            row_sum += np.uint64(v)
-            row_valid += np.uint32(m)
-            row_max = max(row_max, v)  # unsigned: an invalid pixel's 0 never exceeds a valid one
-            row_saturated += np.uint32(m & (d >= saturation) & count_saturated)
+        row_sum = 0
+        row_max = data.dtype.type(0)
+        row_valid = 0
+        for c in range(0, cols, _SPAN):
+            span_sum, span_max, span_valid, span_saturated = _summarise_span(
+                data[r, c:c + _SPAN], mask[r, c:c + _SPAN], saturation, count_saturated, top, top_invalid)
+            row_sum += span_sum
+            row_max = max(row_max, span_max)
+            row_valid += span_valid
+            n_saturated += span_saturated
         total += row_sum
         n_valid += row_valid
-        n_saturated += row_saturated
         if row_valid and float(row_max) > peak:
             peak = float(row_max)
     return total, peak, n_valid, n_saturated
