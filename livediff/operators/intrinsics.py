@@ -5,15 +5,19 @@ the lanes of a vectorised loop.  The ``*32`` operations here stay in 32 bits and
 modulo 2**32, as LLVM's own instructions do: a kernel uses them where it has shown that
 its sums fit (``spots.integer``, ``summary``) or wants the wrap.  Arguments of any integer
 or bool type are truncated or extended to int32 first.
+
+Cache prefetches: a kernel that alternates between streaming rows from memory and working
+on rows in cache can fetch the next rows while it works (``spots.integer``, ``fused``).
 """
 from __future__ import annotations
 
+import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["add32", "and32", "ashr32", "low_byte", "mul32", "prefetch", "shl32", "sub32"]
+__all__ = ["add32", "and32", "ashr32", "low_byte", "mul32", "prefetch", "prefetch_span", "shl32", "sub32"]
 
 
 def _int32_op(name: str):  # noqa: ANN202 - a numba intrinsic
@@ -69,3 +73,11 @@ def prefetch(typingctx, address):  # noqa: ANN001, ANN202, ARG001
         return context.get_dummy_value()
 
     return types.none(address), codegen
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def prefetch_span(row, c0, c1):  # noqa: ANN001, ANN201
+    """:func:`prefetch` the cache lines of ``row[c0:c1]`` (``row`` a 1-D C-ordered array)."""
+    base = row.ctypes.data
+    for offset in range(c0 * row.itemsize, c1 * row.itemsize, 64):
+        prefetch(base + offset)

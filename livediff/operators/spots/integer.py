@@ -42,7 +42,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ..intrinsics import add32, and32, ashr32, low_byte, mul32, prefetch, shl32, sub32
+from ..intrinsics import add32, and32, ashr32, low_byte, mul32, prefetch_span, shl32, sub32
 from .label import add_pixel
 from .threshold import _row, _strong
 
@@ -174,14 +174,6 @@ def _pretest_span(irow, mrow, frow, low, cp, span, shift, cand, c0, c1):
         cand[c] = _maybe_strong(irow[c], w, mrow[c], frow[c], low, shift)
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _prefetch_span(row, c0, c1):
-    """Prefetch the cache lines of ``row[c0:c1]``."""
-    base = row.ctypes.data
-    for offset in range(c0 * row.itemsize, c1 * row.itemsize, 64):
-        prefetch(base + offset)
-
-
 @numba.njit(nogil=True, cache=True)
 def _pretest(irow, mrow, frow, low, cp, span, shift, cand, next_row, next_mask):
     """``cand[c]`` = :func:`_maybe_strong` at every pixel of a row, while the row the slide
@@ -192,8 +184,8 @@ def _pretest(irow, mrow, frow, low, cp, span, shift, cand, next_row, next_mask):
     # whole chunks first: with a computed end (min(c0 + 64, cols)) LLVM left the loop scalar
     full = cols - cols % PREFETCH_COLUMNS
     for c0 in range(0, full, PREFETCH_COLUMNS):
-        _prefetch_span(next_row, c0, c0 + PREFETCH_COLUMNS)
-        _prefetch_span(next_mask, c0, c0 + PREFETCH_COLUMNS)
+        prefetch_span(next_row, c0, c0 + PREFETCH_COLUMNS)
+        prefetch_span(next_mask, c0, c0 + PREFETCH_COLUMNS)
         _pretest_span(irow, mrow, frow, low, cp, span, shift, cand, c0, c0 + PREFETCH_COLUMNS)
     _pretest_span(irow, mrow, frow, low, cp, span, shift, cand, full, cols)
 
