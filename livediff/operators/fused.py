@@ -38,7 +38,7 @@ from .base import Operator
 from .checks import all_valid
 from .flatfield import FlatField, below_row
 from .intrinsics import prefetch_span
-from .spots import Spots, components
+from .spots import Spots
 from .spots.integer import dispersion_rows, row_hook
 from .summary import Summary, summarise_rows
 
