@@ -164,7 +164,7 @@ def _pretest_span(irow, mrow, frow, low, cp, span, shift, cand, c0, c1):
     if span == 7:  # DIALS' default window: the box sum written out, so that the loop vectorises
         for c in range(c0, c1):
             w = add32(add32(add32(cp[c], cp[c + 1]), add32(cp[c + 2], cp[c + 3])),
-                     add32(add32(cp[c + 4], cp[c + 5]), cp[c + 6]))
+                      add32(add32(cp[c + 4], cp[c + 5]), cp[c + 6]))
             cand[c] = _maybe_strong(irow[c], w, mrow[c], frow[c], low, shift)
         return
     for c in range(c0, c1):
