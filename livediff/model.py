@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -469,6 +469,46 @@ class Encoded:
 Codec = Callable[[Encoded], np.ndarray]
 
 
+class Decoding(Protocol):
+    """A compressed frame's pixels, decoded as a chain's one pass over the frame reads its rows.
+
+    The pass calls ``advance`` (a C-callable function: numba code can call it with no
+    Python in between) before it reads each row, so each block of the payload is decoded
+    into the frame while that part of the frame is in cache, then reads the decoded row;
+    :meth:`finish` decodes whatever the pass left and reports a corrupt payload.  Made by a
+    :class:`RowDecoder` (``livediff.sources.codecs.BitshuffleRows``).
+
+    Attributes
+    ----------
+    pixels : (rows, cols), native byte order: the buffer ``advance`` fills, row after row.
+    advance : ``advance(state, src, dst, scratch, upto) -> code`` on ``args``' arrays' data:
+        decode until the first ``upto`` bytes of ``dst`` (the pixels' bytes) hold pixels;
+        0 on success, otherwise an error that :meth:`finish` reports.
+    args : (state, src, dst, scratch), the arrays ``advance`` takes the data of.
+    """
+
+    pixels: np.ndarray
+    advance: Any
+    args: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+    def finish(self) -> np.ndarray:
+        """Decode what is left and check it: the pixels.  Raises ``livediff.errors.DecodeError``
+        when the payload is corrupt (its well-framed blocks do not decode)."""
+
+
+class RowDecoder(Protocol):
+    """Decodes compressed frames row by row for a chain whose first pass reads them so
+    (``livediff.sources.codecs.BitshuffleRows``); executors are handed one."""
+
+    def __call__(self, payload: Encoded) -> Decoding | None:
+        """A :class:`Decoding` of ``payload``, or None when it is decoded whole (its encoding
+        is not one decoded row by row)."""
+
+    def sample(self, pixels: np.ndarray) -> Encoded:
+        """``pixels`` encoded as this decoder decodes row by row: to compile the kernels a
+        chain runs on such frames before a series starts."""
+
+
 @dataclass
 class Frame:
     """One detector frame on its way through the pipeline.
@@ -491,6 +531,8 @@ class Frame:
     payload : the pixels exactly as received when they came compressed (:class:`Encoded`),
         kept after decoding so a writer can store them without recompressing; None for
         uncompressed frames.
+    decoding : the payload being decoded row by row by the chain's first pass (:class:`Decoding`),
+        set by the executor instead of decoding the frame first; None otherwise.
     position : (row, col) of the frame in the series' scan when the source sent it
         explicitly; None = ``scan.position(index)``.
     seq : the frame's place in the series in arrival order (0 for the first frame to
@@ -513,9 +555,11 @@ class Frame:
     seq: int = -1
     shared: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
+    decoding: Decoding | None = None
 
     def decode(self, codec: Codec | None) -> np.ndarray:
-        """The pixels, decoding ``payload`` with ``codec`` into ``data`` first if not done yet.
+        """The pixels, decoding them into ``data`` first if not done yet: the rest of a row-by-row
+        :attr:`decoding`, or ``payload`` with ``codec``.
 
         Raises
         ------
@@ -524,6 +568,9 @@ class Frame:
         livediff.errors.DecodeError
             From ``codec``: the payload is corrupt.
         """
+        if self.data is None and self.decoding is not None:
+            self.data = self.decoding.finish()
+            self.decoding = None
         if self.data is None:
             if self.payload is None:
                 raise ValueError(f"frame {self.index} of series {self.series} has neither pixels nor a payload")

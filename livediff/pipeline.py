@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .model import Frame, SeriesStart
+import numpy as np
+
+from .model import Codec, Frame, RowDecoder, SeriesStart
 from .operators.base import BaseOperator, Operator
 from .outputs import Layout
 
@@ -60,6 +62,7 @@ class Chain:
         self.layout = Layout()
         self.inputs: dict[str, SeriesStart] = {}  # what each operator sees, by label
         self._mask = None
+        self.reads_rows = False  # the first step decodes compressed frames as it reads them (see take)
 
     def start(self, series: SeriesStart, inputs: dict[str, SeriesStart] | None = None) -> Layout:
         """Start every operator on the frames it will see; gather what they declare.
@@ -112,11 +115,33 @@ class Chain:
             self.layout.add(op)
         self.layout.output = series
         self._steps = [op.process for op in self.operators]
+        self.reads_rows = False
         if self.fuse:
             from .operators import fused  # numba's, like the operators: loaded with them, not with this module
 
             self._steps = fused.steps(self.operators)
+            self.reads_rows = fused.reads_rows(self._steps)
         return self.layout
+
+    def take(self, frame: Frame, decode: Codec | None, rows: RowDecoder | None) -> np.ndarray:
+        """Make ``frame``'s pixels ready for :meth:`process_batch` and return them.
+
+        A frame that came compressed is decoded now with ``decode``, unless this chain's first
+        step is a pass that decodes frames as it reads their rows (:attr:`reads_rows`) and
+        ``rows`` decodes this payload so: then it becomes the frame's
+        :attr:`~livediff.model.Frame.decoding`, and the array returned is filled by the time
+        the frame is processed.
+
+        Raises
+        ------
+        livediff.errors.DecodeError
+            The payload does not decode (found now, or by the pass).
+        """
+        if frame.data is None and rows is not None and self.reads_rows and frame.payload is not None:
+            frame.decoding = rows(frame.payload)
+            if frame.decoding is not None:
+                return frame.decoding.pixels
+        return frame.decode(decode)
 
     def declared(self) -> dict[str, tuple[Any, ...]]:
         """What each operator declared at its start, whether it runs in order (and holds

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from livediff.errors import DecodeError
+from livediff.model import Encoded
 from livediff.sources import codecs
 from livediff.sources.bitshuffle import bitshuffle as ours_bitshuffle
 from livediff.sources.bitshuffle import bitunshuffle as ours_bitunshuffle
@@ -523,3 +524,51 @@ def test_the_check_walks_the_block_length_chain(encoding):
     data, payload = codecs.accept(blob, encoding, image.shape, image.dtype)
     assert data is None and payload.buffer is blob and payload.nbytes == image.nbytes
     np.testing.assert_array_equal(codecs.decode_payload(payload), image)
+
+
+# ---------------------------------------------------------------- decoding row by row (BitshuffleRows)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "uint32"])
+@pytest.mark.parametrize("block_size", [None, 64])
+def test_a_payload_decoded_a_few_rows_at_a_time_gives_the_frame_decoded_whole(backend, dtype, block_size):
+    from livediff.sources import lz4chunks
+
+    rng = np.random.default_rng(11)
+    image = _frame((53, 77), dtype, seed=3)  # 4081 pixels: the last one stored after the blocks
+    payload = Encoded("bslz4", codecs.encode_bslz4(image, block_size=block_size), image.shape, dtype)
+    decoding = codecs.BitshuffleRows(backend)(payload)
+    state, src, dst, scratch = decoding.args
+    wire = image.reshape(-1).view(np.uint8)
+    upto = 0
+    while upto < dst.size:
+        upto = min(dst.size, upto + int(rng.integers(1, 4 * image.shape[1] * image.itemsize)))
+        assert lz4chunks.decode_bslz4_upto(state, src, dst, scratch, upto) == lz4chunks.OK
+        np.testing.assert_array_equal(dst[:upto], wire[:upto])
+    np.testing.assert_array_equal(decoding.finish(), image)
+    assert decoding.pixels.dtype == image.dtype and decoding.pixels.shape == image.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_payload_decoded_row_by_row_reports_a_corrupt_block_as_decoding_it_whole_does(backend):
+    image = _frame((40, 64), "uint16", seed=5)
+    blob = bytearray(codecs.encode_bslz4(image, block_size=128))
+    second = 12 + 4 + struct.unpack_from(">I", blob, 12)[0]  # block 1's length
+    length = struct.unpack_from(">I", blob, second)[0]
+    blob[second + 4:second + 4 + length] = b"\xff" * length
+    decoding = codecs.BitshuffleRows(backend)(Encoded("bslz4", bytes(blob), image.shape, "uint16"))
+    with pytest.raises(DecodeError) as rows:
+        decoding.finish()
+    with pytest.raises(DecodeError) as whole:
+        codecs.decode(bytes(blob), "bslz4", image.shape, "uint16", backend="numba")
+    assert str(rows.value) == str(whole.value) and "block 1 " in str(rows.value)
+    with pytest.raises(DecodeError):  # and again: the failure is for good
+        decoding.finish()
+
+
+def test_only_bitshuffle_lz4_payloads_are_decoded_row_by_row():
+    image = _frame((8, 9), "uint16")
+    rows = codecs.BitshuffleRows()
+    assert rows(Encoded("lz4", codecs.encode_lz4(image), image.shape, "uint16")) is None
+    assert rows(rows.sample(image)) is not None
+    with pytest.raises(ValueError, match="backend"):
+        codecs.BitshuffleRows("zstd")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ..model import Codec
+from ..model import Codec, RowDecoder
 from ..params import param
 from ..pipeline import OperatorSpec
 from .base import Executor, Job
@@ -69,12 +69,14 @@ class PipelineSettings:
             raise ValueError("executor 'dask' needs Dask distributed: pip install 'livediff[dask]'")
 
 
-def _threads(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None) -> Executor:
+def _threads(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None,
+             rows: RowDecoder | None) -> Executor:
     return ThreadExecutor(specs, settings.workers, batch_frames=settings.batch_frames, batch_mb=settings.batch_mb,
-                          decode=decode, fuse=settings.fuse)
+                          decode=decode, rows=rows, fuse=settings.fuse)
 
 
-def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None) -> Executor:
+def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Codec | None,
+          rows: RowDecoder | None) -> Executor:  # noqa: ARG001 - its workers decode frames whole
     from .dask import DaskExecutor  # Dask is an optional extra: loaded only when chosen
 
     return DaskExecutor(specs, settings.workers, decode=decode, scheduler=settings.scheduler,
@@ -82,17 +84,21 @@ def _dask(specs: Sequence[OperatorSpec], settings: PipelineSettings, decode: Cod
                         wait_s=settings.wait_s, fuse=settings.fuse)
 
 
-#: ``[pipeline] executor`` -> factory ``(specs, settings, decode) -> Executor``
-EXECUTORS: dict[str, Callable[[Sequence[OperatorSpec], PipelineSettings, Codec | None], Executor]] = {
+#: ``[pipeline] executor`` -> factory ``(specs, settings, decode, rows) -> Executor``
+EXECUTORS: dict[str, Callable[[Sequence[OperatorSpec], PipelineSettings, Codec | None, RowDecoder | None],
+                              Executor]] = {
     "threads": _threads,
     "dask": _dask,
 }
 
 
-def create(settings: PipelineSettings, specs: Sequence[OperatorSpec], *, decode: Codec | None = None) -> Executor:
+def create(settings: PipelineSettings, specs: Sequence[OperatorSpec], *, decode: Codec | None = None,
+           rows: RowDecoder | None = None) -> Executor:
     """The executor ``settings`` chooses, with one chain per worker built from ``specs``.
 
     ``decode`` is the codec for frames that arrived compressed
-    (``livediff.sources.codecs.decode_payload``): their workers decode them with it.
+    (``livediff.sources.codecs.decode_payload``): their workers decode them with it, or, where
+    the chain's first pass can and ``rows`` (``livediff.sources.codecs.BitshuffleRows``) decodes
+    the payload so, the pass decodes them as it reads their rows (the thread executor).
     """
-    return EXECUTORS[settings.executor](specs, settings, decode)
+    return EXECUTORS[settings.executor](specs, settings, decode, rows)

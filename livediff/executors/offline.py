@@ -11,28 +11,31 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..model import Frame, SeriesStart
+from ..model import Codec, Frame, RowDecoder, SeriesStart
 from ..pipeline import OperatorSpec
 from .base import Job
 from .threads import ThreadExecutor
 
 
 def process_frames(specs: Sequence[OperatorSpec], series: SeriesStart, frames: Iterable[Frame], *,
-                   workers: int = 1, fuse: bool = True) -> tuple[list[Frame | BaseException], dict[str, dict[str, Any]]]:
+                   workers: int = 1, fuse: bool = True, decode: Codec | None = None,
+                   rows: RowDecoder | None = None) -> tuple[list[Frame | BaseException], dict[str, dict[str, Any]]]:
     """Process ``frames`` (in this order) through the chain ``specs`` on ``workers`` threads
-    (operators that allow it fused into one pass, unless not ``fuse``).
+    (operators that allow it fused into one pass, unless not ``fuse``); frames that came
+    compressed are decoded with ``decode`` or row by row with ``rows`` (:class:`.ThreadExecutor`).
 
     Returns
     -------
     (frames, results) : each processed frame in order, or the exception its operators
     raised; and the operators' final results (``finish``), by label.
     """
-    return asyncio.run(_process(specs, series, frames, workers, fuse))
+    return asyncio.run(_process(series, frames, workers,
+                                specs=specs, fuse=fuse, decode=decode, rows=rows))
 
 
-async def _process(specs: Sequence[OperatorSpec], series: SeriesStart, frames: Iterable[Frame], workers: int,
-                   fuse: bool) -> tuple[list[Frame | BaseException], dict[str, dict[str, Any]]]:
-    executor = ThreadExecutor(specs, workers, warm=False, fuse=fuse)  # frames in memory: nothing waits for them
+async def _process(series: SeriesStart, frames: Iterable[Frame], workers: int,
+                   **settings: Any) -> tuple[list[Frame | BaseException], dict[str, dict[str, Any]]]:
+    executor = ThreadExecutor(workers=workers, warm=False, **settings)  # frames in memory: nothing waits for them
     try:
         await executor.start(series)
         done: list[Frame | BaseException] = []

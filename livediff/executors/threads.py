@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..model import Codec, Frame, SeriesStart
+from ..model import Codec, Frame, RowDecoder, SeriesStart
 from ..outputs import Layout
 from ..pipeline import Chain, OperatorSpec
 from .base import InOrder, Job, Outcome, merged_report, report
@@ -50,6 +50,8 @@ class ThreadExecutor:
     warm : compile the kernels (:mod:`.warmup`) before a series of a new pixel type starts.
     decode : the codec for frames that arrived compressed (``livediff.sources.codecs.decode_payload``),
         run on the worker thread that processes the frame; None: every frame comes decoded.
+    rows : decodes compressed frames row by row as a chain's first pass reads them, where the chain
+        and the payload allow it (``livediff.sources.codecs.BitshuffleRows``; :meth:`Chain.take`).
     fuse : run operators that allow it as one pass over each frame (``Chain``'s ``fuse``).
 
     Creating one limits BLAS to one thread, process-wide (:mod:`.blas`): the workers parallelise over
@@ -59,13 +61,15 @@ class ThreadExecutor:
     resent = 0
 
     def __init__(self, specs: Sequence[OperatorSpec], workers: int = 1, *, batch_frames: int = 1,
-                 batch_mb: float = 4.0, warm: bool = True, decode: Codec | None = None, fuse: bool = True) -> None:
+                 batch_mb: float = 4.0, warm: bool = True, decode: Codec | None = None, rows: RowDecoder | None = None,
+                 fuse: bool = True) -> None:
         single_threaded_blas()  # parallel over frames: BLAS's own threads would oversubscribe the cores
         self.workers = workers
         self.batch_frames = batch_frames
         self.batch_mb = batch_mb
         self._per_batch = batch_frames  # frames in a full batch of the current series' frames
         self.decode = decode
+        self.rows = rows
         self._warm = warm
         self._warmed: set[tuple[str, bool]] = set()  # (dtype, has a mask) the kernels were compiled for
         self.fuse = fuse
@@ -93,7 +97,7 @@ class ThreadExecutor:
         self._warmed.add(key)
         from .warmup import warm_up  # it runs a chain offline, on an executor of this kind
 
-        seconds = await asyncio.to_thread(warm_up, self._specs, series, fuse=self.fuse)
+        seconds = await asyncio.to_thread(warm_up, self._specs, series, fuse=self.fuse, rows=self.rows)
         log.info("kernels ready for %s frames%s in %.2f s (compiled, or loaded from numba's cache)", series.dtype,
                  " with a mask" if series.mask is not None else "", seconds)
 
@@ -170,19 +174,20 @@ class ThreadExecutor:
         return await self._workers.submit(self._process_on, job, versions)
 
     def _process_on(self, worker: int, job: Job, versions: list[dict[str, tuple[int, Any]]]) -> list[Outcome]:
-        """On worker thread ``worker``, with its chain: decode the frames that came compressed (a corrupt payload fails
-        its frame only), then run the chain on each stretch of frames that use the same
+        """On worker thread ``worker``, with its chain: decode the frames that came compressed, or leave them to
+        the chain's first pass to decode as it reads them (:meth:`Chain.take`; a corrupt payload fails its
+        frame only), then run the chain on each stretch of frames that use the same
         versions of series-wide state, after adopting them."""
         outcomes: list[Outcome | None] = [None] * len(job.frames)
+        chain = self._chains[worker]
         good = []
         for i, frame in enumerate(job.frames):
             try:
-                job.received[i] = frame.decode(self.decode)
+                job.received[i] = chain.take(frame, self.decode, self.rows)
             except Exception as exc:  # DecodeError: well framed at the receiver, corrupt inside
                 outcomes[i] = exc
             else:
                 good.append(i)
-        chain = self._chains[worker]
         adopted = self._adopted[id(chain)]
         start = 0
         for end in range(1, len(good) + 1):

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..model import Frame, SeriesStart
+from ..model import Frame, RowDecoder, SeriesStart
 from ..pipeline import OperatorSpec
 from .offline import process_frames
 
@@ -30,9 +30,11 @@ WARM_FRAMES = 6
 WARM_SIDE = 256
 
 
-def warm_up(specs: Sequence[OperatorSpec], series: SeriesStart, *, fuse: bool = True) -> float:
+def warm_up(specs: Sequence[OperatorSpec], series: SeriesStart, *, fuse: bool = True,
+            rows: RowDecoder | None = None) -> float:
     """Run ``specs`` (fused as ``fuse`` says) over a few synthetic frames like ``series``' ones;
-    returns the seconds it took.
+    returns the seconds it took.  With ``rows``, every other frame comes compressed as ``rows``
+    decodes row by row, so the kernels a chain runs on such frames are ready too.
 
     The frames are a crop of the series (at most :data:`WARM_SIDE` pixels a side, around
     the beam centre, with the crop of its mask and geometry); a chain that cannot start on
@@ -48,10 +50,11 @@ def warm_up(specs: Sequence[OperatorSpec], series: SeriesStart, *, fuse: bool = 
     operators.setLevel(logging.ERROR)
     try:
         for candidate in (crop(series, WARM_SIDE), series):
-            frames = [Frame(series.series, i, data)
+            frames = [Frame(series.series, i, data) if rows is None or i % 2 == 0
+                      else Frame(series.series, i, None, payload=rows.sample(data))
                       for i, data in enumerate(synthetic_frames(candidate, WARM_FRAMES))]
             try:
-                process_frames(specs, candidate, frames, fuse=fuse)
+                process_frames(specs, candidate, frames, fuse=fuse, rows=rows)
                 break
             except Exception as exc:  # the real series will report it, once, where it matters
                 log.debug("warm-up on %s %s stopped early: %s: %s", candidate.dtype, candidate.shape,

@@ -68,6 +68,7 @@ References
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import struct
 import sys
@@ -102,6 +103,7 @@ _LZ4_MAX_BLOCK = 0x7E000000  # LZ4_MAX_INPUT_SIZE: the most one LZ4 block can ho
 _LZ4_MAX_RATIO = 255         # an LZ4 block of b bytes takes at least ceil(b / 255) bytes
 _U32 = 0xFFFFFFFF
 _logged: set[str] = set()
+_found: dict[str, tuple[int, int]] = {}  # what _block_functions looked up
 
 
 def backend() -> str:
@@ -240,6 +242,97 @@ def decode_payload(payload: Encoded) -> np.ndarray:
         The payload does not decode (e.g. a corrupt LZ4 stream in well-framed blocks).
     """
     return decode(payload.buffer, payload.encoding, payload.shape, payload.dtype)
+
+
+class BitshuffleRows:
+    """Decodes bitshuffle-LZ4 frames row by row as a chain's one pass reads them
+    (:class:`~livediff.model.RowDecoder`; the fused pass of ``livediff.operators.fused``).
+
+    A frame of a 4M EIGER is 17 MB: decoded whole, it goes to memory and the pass reads it
+    back.  Decoded a few blocks at a time just before the pass reads each row, it is written
+    and read while in cache.  The blocks are decoded by the backend's block functions: with
+    dectris-compression, the ``LZ4_decompress_safe`` and kcb ``bitshuf_decode_block`` its
+    module exports (the functions its own decoder is made of), found by name when the first
+    frame comes; without it (or those names), livediff's numba kernels (:mod:`.lz4chunks`).
+    Either way each block's length is checked before the block is decoded, as :func:`check`
+    and :func:`decode` do.
+
+    Parameters
+    ----------
+    backend : {"dectris-compression", "numba"}, optional
+        Whose block functions decode; default :func:`backend`.
+    """
+
+    def __init__(self, backend: str | None = None) -> None:
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "dectris-compression" and _dectris is None:
+            raise ValueError("backend 'dectris-compression' is not installed (pip install 'livediff[fast-codec]')")
+        self.backend = backend
+
+    def __call__(self, payload: Encoded) -> RowDecoding | None:
+        """A :class:`RowDecoding` of a ``"bslz4"`` payload (its framing checked by :func:`check`);
+        None for other encodings, or on a big-endian host."""
+        if payload.encoding != "bslz4" or sys.byteorder != "little":
+            return None
+        return RowDecoding(payload, backend() if self.backend is None else self.backend)
+
+    def sample(self, pixels: np.ndarray) -> Encoded:
+        """``pixels`` as a bitshuffle-LZ4 payload."""
+        return Encoded("bslz4", encode_bslz4(pixels), tuple(pixels.shape), pixels.dtype.name)
+
+
+class RowDecoding:
+    """One bitshuffle-LZ4 payload being decoded row by row (:class:`~livediff.model.Decoding`),
+    with ``backend``'s block functions (:class:`BitshuffleRows`).
+
+    Raises
+    ------
+    DecodeError
+        From :meth:`finish`: the payload does not decode.
+    """
+
+    def __init__(self, payload: Encoded, backend: str) -> None:
+        from . import lz4chunks  # numba: loaded with the first compressed frame, never by importing a receiver
+
+        dtype = np.dtype(payload.dtype)
+        view = _bytes_view(payload.buffer)
+        block_bytes, _ = _framing(view, "bslz4", payload.shape, dtype)
+        self.pixels = np.empty(payload.shape, dtype)
+        src = np.frombuffer(view, np.uint8)
+        dst = self.pixels.reshape(-1).view(np.uint8)
+        c_lz4, c_unshuffle = _block_functions() if backend == "dectris-compression" and block_bytes < 2**30 \
+            else (0, 0)  # LZ4's lengths are C ints
+        state, scratch = lz4chunks.bslz4_state(src.size, dst.size, block_bytes // dtype.itemsize, dtype.itemsize,
+                                               True, c_lz4, c_unshuffle)
+        self.advance = lz4chunks.bslz4_rows
+        self.args = (state, src, dst, scratch)
+        self._walk = lz4chunks.decode_bslz4_upto
+
+    def finish(self) -> np.ndarray:
+        """Decode the rest (nothing, when the pass decoded every row) and check the payload: the pixels."""
+        state, src, dst, scratch = self.args
+        code = self._walk(state, src, dst, scratch, dst.size)
+        if code:
+            from . import lz4chunks
+
+            k, value = int(state[lz4chunks.BLOCKS]), int(state[lz4chunks.VALUE])
+            raise DecodeError(f"bslz4: corrupt or truncated data ({_MESSAGES[code].format(k=k, v=value)})")
+        return self.pixels
+
+
+def _block_functions() -> tuple[int, int]:
+    """Addresses of ``LZ4_decompress_safe`` and ``bitshuf_decode_block`` in dectris-compression's
+    module, or (0, 0) when it lacks them (they are not its documented interface)."""
+    if "block_functions" not in _found:
+        try:
+            lib = ctypes.CDLL(_dectris.__file__)
+            _found["block_functions"] = (ctypes.cast(lib.LZ4_decompress_safe, ctypes.c_void_p).value,
+                                         ctypes.cast(lib.bitshuf_decode_block, ctypes.c_void_p).value)
+        except (OSError, AttributeError) as exc:
+            log.info("codecs: dectris-compression's block functions not found (%s): rows decode with numba", exc)
+            _found["block_functions"] = (0, 0)
+    return _found["block_functions"]
 
 
 def decode_bslz4(blob: Any, shape: tuple[int, int], dtype: Any, *, backend: str | None = None) -> np.ndarray:

@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from .bitshuffle import unshuffle_block
 
@@ -172,41 +175,141 @@ def walk(src: np.ndarray, blocked: int, block: int, tail: int) -> tuple[int, int
     return OK, k, 0
 
 
-@numba.njit(nogil=True, cache=True)
-def decode_bslz4(src: np.ndarray, dst: np.ndarray, block: int, itemsize: int,
-                 little: bool) -> tuple[int, int, int]:
-    """Decode a bitshuffle-LZ4 chunk (filter 32008) into ``dst`` (uint8, n x itemsize bytes).
+#: Slots of the state :func:`decode_bslz4_upto` resumes from (an int64 array of :data:`STATE_SLOTS`).
+POS, DONE, BLOCKS, CODE, VALUE, FINISHED = 0, 1, 2, 3, 4, 5       # where the walk is, and how it ended
+BLOCK, ITEMSIZE, LITTLE, C_LZ4, C_UNSHUFFLE = 6, 7, 8, 9, 10      # the chunk's layout; the C functions' addresses
+SRC_BYTES, DST_BYTES, SCRATCH_BYTES = 11, 12, 13                  # the buffers' lengths (for the C-callable entry)
+STATE_SLOTS = 14
 
-    ``src`` is the whole chunk, header included (checked by the caller: its total is
-    ``dst.size`` and ``block`` > 0 elements is a multiple of 8).  Returns (code, block, value).
+
+def bslz4_state(src_bytes: int, dst_bytes: int, block: int, itemsize: int, little: bool,
+                c_lz4: int = 0, c_unshuffle: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fresh state for :func:`decode_bslz4_upto` and the scratch buffer it needs: ``(state, scratch)``.
+
+    ``block`` is the chunk's block size in elements (a positive multiple of 8, checked by the
+    caller), ``c_lz4`` and ``c_unshuffle`` the addresses of ``LZ4_decompress_safe`` and kcb's
+    ``bitshuf_decode_block`` (0: livediff's numba kernels decode the blocks).
     """
+    full = dst_bytes // itemsize // 8 * 8
+    scratch = np.empty(2 * min(block, full) * itemsize, np.uint8)  # a block's bit planes, and C's own scratch
+    state = np.zeros(STATE_SLOTS, np.int64)
+    state[POS] = 12
+    state[BLOCK], state[ITEMSIZE], state[LITTLE] = block, itemsize, little
+    state[C_LZ4], state[C_UNSHUFFLE] = c_lz4, c_unshuffle
+    state[SRC_BYTES], state[DST_BYTES], state[SCRATCH_BYTES] = src_bytes, dst_bytes, scratch.size
+    return state, scratch
+
+
+@intrinsic
+def _lz4_at(typingctx, fn, src, dst, length, capacity):  # noqa: ANN001, ANN202, ARG001 - numba's intrinsic protocol
+    """``LZ4_decompress_safe(src, dst, length, capacity)`` at address ``fn`` (all passed as integers)."""
+    sig = types.int64(types.int64, types.uintp, types.uintp, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        function = builder.inttoptr(args[0], ir.FunctionType(i32, [i8p, i8p, i32, i32]).as_pointer())
+        result = builder.call(function, [builder.inttoptr(args[1], i8p), builder.inttoptr(args[2], i8p),
+                                         builder.trunc(args[3], i32), builder.trunc(args[4], i32)])
+        return builder.sext(result, ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _unshuffle_at(typingctx, fn, dst, src, scratch, size, itemsize):  # noqa: ANN001, ANN202, ARG001
+    """kcb's ``bitshuf_decode_block(dst, src, scratch, size, itemsize)`` at address ``fn``: 0 or -1."""
+    sig = types.int64(types.int64, types.uintp, types.uintp, types.uintp, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+        i8p, i32, i64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
+        function = builder.inttoptr(args[0], ir.FunctionType(i32, [i8p, i8p, i8p, i64, i64]).as_pointer())
+        result = builder.call(function, [builder.inttoptr(args[1], i8p), builder.inttoptr(args[2], i8p),
+                                         builder.inttoptr(args[3], i8p), args[4], args[5]])
+        return builder.sext(result, i64)
+
+    return sig, codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def decode_bslz4_upto(state: np.ndarray, src: np.ndarray, dst: np.ndarray, scratch: np.ndarray, upto: int) -> int:
+    """Decode a bitshuffle-LZ4 chunk (filter 32008) into ``dst`` until at least its first ``upto`` bytes hold pixels.
+
+    Resumable: ``state`` (:func:`bslz4_state`) says where the last call stopped, so a chain
+    can decode a frame block by block just before it reads each row, while the rows are
+    in cache.  ``src`` is the whole chunk, header included (checked by the caller: its total
+    is ``dst.size`` and the block size a multiple of 8 elements); ``dst`` is uint8, n x
+    itemsize bytes.  Each block's length is checked (:func:`_block_length`) before it is
+    decompressed, by LZ4's own ``LZ4_decompress_safe`` and kcb's ``bitshuf_decode_block``
+    when ``state`` holds their addresses, else by :func:`lz4_block` and
+    :func:`~.bitshuffle.unshuffle_block`.  Once the blocks are decoded and ``upto`` reaches past
+    them, the walk checks and copies the uncompressed last ``n % 8`` elements.
+
+    Returns the state's code: :data:`OK`, or the first failure, which stops the walk for good
+    (``state[BLOCKS]`` and ``state[VALUE]`` say where and what, as the walkers' triples do).
+    """
+    if state[CODE] != OK or state[FINISHED]:
+        return state[CODE]
+    itemsize = state[ITEMSIZE]
+    block = state[BLOCK]
     n = dst.size // itemsize
     full = n - n % 8
-    scratch = np.empty(min(block, full) * itemsize, np.uint8)
-    words = scratch.view(np.uint64)
+    pos, done, k = state[POS], state[DONE], state[BLOCKS]
+    c_lz4, c_unshuffle = state[C_LZ4], state[C_UNSHUFFLE]
+    block_bytes = min(block, full) * itemsize
+    words = scratch[:block_bytes].view(np.uint64)
     out = dst[:full * itemsize].view(np.uint64)
-    pos = 12
-    start = 0
-    k = 0
-    while start < full:
-        m = min(block, full - start)
-        code, length = _block_length(src, pos, m * itemsize)
+    code, value = OK, 0
+    while done < full and done * itemsize < upto:
+        m = min(block, full - done)
+        size = m * itemsize
+        code, value = _block_length(src, pos, size)
         if code != OK:
-            return code, k, length
+            break
         pos += 4
-        planes = scratch[:m * itemsize]
-        if lz4_block(src, pos, pos + length, planes) != m * itemsize:
-            return CORRUPT, k, length
-        unshuffle_block(planes, words, dst, out, start, m, itemsize, little)
-        pos += length
-        start += m
+        if c_lz4 != 0:
+            if _lz4_at(c_lz4, src[pos:].ctypes.data, scratch.ctypes.data, value, size) != size or _unshuffle_at(
+                    c_unshuffle, dst[done * itemsize:].ctypes.data, scratch.ctypes.data,
+                    scratch[block_bytes:].ctypes.data, m, itemsize) != 0:
+                code = CORRUPT
+                break
+        else:
+            if lz4_block(src, pos, pos + value, scratch[:size]) != size:
+                code = CORRUPT
+                break
+            unshuffle_block(scratch[:size], words, dst, out, done, m, itemsize, state[LITTLE] != 0)
+        pos += value
+        done += m
         k += 1
-    tail = (n - full) * itemsize
-    if src.size - pos != tail:
-        return TRAILING, k, src.size - pos
-    for i in range(tail):
-        dst[full * itemsize + i] = src[pos + i]
-    return OK, k, 0
+    if code == OK and done == full and (upto > full * itemsize or full == n):  # the stored tail, and nothing after
+        tail = (n - full) * itemsize
+        if src.size - pos != tail:
+            code, value = TRAILING, src.size - pos
+        else:
+            for i in range(tail):
+                dst[full * itemsize + i] = src[pos + i]
+            done, value = n, 0
+            state[FINISHED] = 1
+    state[POS], state[DONE], state[BLOCKS], state[CODE] = pos, done, k, code
+    state[VALUE] = value if code != OK else 0
+    return code
+
+
+@numba.cfunc(types.int64(types.CPointer(types.int64), types.CPointer(types.uint8), types.CPointer(types.uint8),
+                         types.CPointer(types.uint8), types.int64), nogil=True, cache=True)
+def bslz4_rows(state, src, dst, scratch, upto):  # noqa: ANN001, ANN201 - a C signature
+    """:func:`decode_bslz4_upto` as a C-callable function, which numba code elsewhere can be handed
+    as a first-class function (and still be cached): the buffers' lengths are in ``state``."""
+    s = numba.carray(state, STATE_SLOTS)
+    return decode_bslz4_upto(s, numba.carray(src, s[SRC_BYTES]), numba.carray(dst, s[DST_BYTES]),
+                             numba.carray(scratch, s[SCRATCH_BYTES]), upto)
+
+
+def decode_bslz4(src: np.ndarray, dst: np.ndarray, block: int, itemsize: int, little: bool) -> tuple[int, int, int]:
+    """Decode a whole bitshuffle-LZ4 chunk (filter 32008) into ``dst`` (uint8, n x itemsize bytes)
+    with livediff's kernels (:func:`decode_bslz4_upto`).  Returns (code, block, value)."""
+    state, scratch = bslz4_state(src.size, dst.size, block, itemsize, little)
+    code = decode_bslz4_upto(state, src, dst, scratch, dst.size)
+    return code, int(state[BLOCKS]), int(state[VALUE])
 
 
 @numba.njit(nogil=True, cache=True)
