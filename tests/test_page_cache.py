@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from livediff.sinks.h5tables import frame_stack, write_frame
+from livediff.sinks.h5tables import FrameStack
 from livediff.sinks.page_cache import WrittenPages
 from livediff.sources import codecs
 
@@ -38,10 +38,10 @@ def write_series(path: os.PathLike, frames: list[np.ndarray], every: int) -> int
     """Write ``frames`` as received bslz4 chunks, at a detector's pace; returns the bytes written."""
     written = 0
     with h5py.File(path, "w", libver="latest") as f:
-        stack = frame_stack(f, "data", SHAPE, "uint32")
+        stack = FrameStack(f, "data", SHAPE, "uint32")
         pages = WrittenPages(f, every)
         for i, frame in enumerate(frames):
-            n = write_frame(stack, i, ("bslz4", codecs.encode(frame, "bslz4")))
+            n = stack.write(i, ("bslz4", codecs.encode(frame, "bslz4")))
             pages.add(n)
             written += n
             time.sleep(0.005)  # the kernel writes back while the next frame comes

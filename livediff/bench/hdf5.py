@@ -62,7 +62,7 @@ class _Ours:
     def read(self, n: int) -> Any:
         self.file.flush()
         if self.raw:
-            return self.file.raw[:n]
+            return self.file.raw.dataset[:n]
         return self.file.frames.dataset["frame"][:n]
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from ..outputs import FrameOutput, Reductions, SeriesContext
 from ..throttle import Throttle
 from .exports import Background, beside, labels_of
-from .h5tables import BSLZ4, write_frame
+from .h5tables import FrameStack, Stack
 from .page_cache import WrittenPages
 
 log = logging.getLogger(__name__)
@@ -135,21 +135,19 @@ class _CxiFile:
         self.file = h5py.File(path, "w-", libver="latest")
         self.file["cxi_version"] = 150
         entry = self.file.create_group("entry_1")
-        self.data = entry.create_group("data_1").create_dataset(
-            "data", shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(1, *shape), **BSLZ4)
+        self.data = FrameStack(entry.create_group("data_1"), "data", shape, dtype)
         result = entry.create_group("result_1")
-        grow = {"maxshape": (None, MAX_PEAKS), "chunks": (16, MAX_PEAKS)}
-        self.n_peaks = result.create_dataset("nPeaks", shape=(0,), maxshape=(None,), dtype="<i4", chunks=(1024,))
-        self.peaks = {name: result.create_dataset(name, shape=(0, MAX_PEAKS), dtype="<f4", **grow)
+        self.n_peaks = Stack(result, "nPeaks", (), "<i4")
+        self.peaks = {name: Stack(result, name, (MAX_PEAKS,), "<f4")
                       for name in ("peakXPosRaw", "peakYPosRaw", "peakTotalIntensity")}
-        self.frame = result.create_dataset("frame", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(1024,))
+        self.frame = Stack(result, "frame", (), "<i8")
         self.file.swmr_mode = True
         self.file.flush()
         self.pages = WrittenPages(self.file)
         self.trimmed = 0
 
     def append(self, index: int, frame: Any, peaks: dict[str, np.ndarray], series: int) -> None:
-        n = self.n_peaks.shape[0]
+        n = self.data.length
         x, y, total = (np.asarray(peaks[k], dtype=np.float64) for k in ("x", "y", "intensity"))
         if x.size > MAX_PEAKS:
             keep = np.sort(np.argsort(-total, kind="stable")[:MAX_PEAKS])
@@ -158,18 +156,18 @@ class _CxiFile:
             if self.trimmed == 1:
                 log.warning("series %d: cxi export: frame %d has more than %d spots: the strongest kept",
                             series, index, MAX_PEAKS)
-        for dataset in (self.n_peaks, self.frame, *self.peaks.values()):
-            dataset.resize(n + 1, axis=0)
-        self.pages.add(write_frame(self.data, n, frame))  # ("bslz4", blob): the chunk as received
-        self.n_peaks[n] = x.size
-        self.frame[n] = index
+        self.pages.add(self.data.write(n, frame))  # ("bslz4", blob): the chunk as received
+        self.n_peaks.pending = [x.size]
+        self.frame.pending = [index]
         for name, values in zip(("peakXPosRaw", "peakYPosRaw", "peakTotalIntensity"), (x, y, total)):
             row = np.zeros(MAX_PEAKS, np.float32)
             row[:values.size] = values
-            self.peaks[name][n] = row
+            self.peaks[name].pending = [row]
+        for stack in (self.n_peaks, self.frame, *self.peaks.values()):
+            stack.write()
         self.file.flush()
 
     def close(self) -> None:
-        hits = self.n_peaks.shape[0]
+        hits = self.data.length
         self.file.close()
         log.info("closed %s (%d hits)", self.path, hits)

@@ -14,7 +14,13 @@ BSLZ4 = hdf5plugin.Bitshuffle(cname="lz4")
 
 
 class Growing:
-    """A dataset growing along its first axis; ``length`` rows of it were written."""
+    """A dataset growing along its first axis; ``length`` rows of it were written.
+
+    Appends call HDF5 through h5py's low-level interface: ``resize`` and ``dataset[n:] = block``
+    check and convert their arguments in Python at every call, 67 µs for a row where
+    ``set_extent`` and a hyperslab write take 18 (a series file appends to some twenty
+    datasets per batch, a CXI file to five per hit).
+    """
 
     dataset: h5py.Dataset
     length = 0
@@ -22,9 +28,19 @@ class Growing:
     def _append(self, block: np.ndarray) -> None:
         if len(block):
             n = self.length
-            self.dataset.resize((n + len(block), *self.dataset.shape[1:]))
-            self.dataset[n:] = block
+            block = np.asarray(block, dtype=self.dataset.dtype)
+            self._extend(n + len(block))
+            if block.dtype.hasobject:  # variable-length strings: h5py's conversions
+                self.dataset[n:] = block
+            else:
+                block = np.ascontiguousarray(block)
+                space = self.dataset.id.get_space()
+                space.select_hyperslab((n,) + (0,) * (block.ndim - 1), block.shape)
+                self.dataset.id.write(h5py.h5s.create_simple(block.shape), space, block)
             self.length = n + len(block)
+
+    def _extend(self, length: int) -> None:
+        self.dataset.id.set_extent((length, *self.dataset.shape[1:]))
 
     def trim(self) -> None:
         """Cut the dataset back to the rows written (an append that failed may have grown it)."""
@@ -103,22 +119,34 @@ class Columns:
             column.trim()
 
 
-def frame_stack(group: h5py.Group, name: str, shape: tuple[int, int], dtype: str) -> h5py.Dataset:
-    return group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                chunks=(1, *shape), **BSLZ4)
+class FrameStack(Growing):
+    """Frames, one bitshuffle-LZ4 chunk each, written at their index (``length``: one past the
+    highest index written; frames that never came stay unwritten chunks)."""
 
+    def __init__(self, group: h5py.Group, name: str, shape: tuple[int, int], dtype: str) -> None:
+        self.dataset = group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                            chunks=(1, *shape), **BSLZ4)
+        self._frame = tuple(shape)
 
-def write_frame(dataset: h5py.Dataset, index: int, frame: Any) -> int:
-    """Store frame ``index``: a (encoding, blob) bslz4 pair by direct chunk write, else an array.
-    Returns the bytes handed over (an array's before compression)."""
-    if index >= dataset.shape[0]:
-        dataset.resize((index + 1, *dataset.shape[1:]))
-    if isinstance(frame, tuple):
-        chunk = memoryview(frame[1])  # the buffer itself, not a copy
-        dataset.id.write_direct_chunk((index, 0, 0), chunk)
-        return chunk.nbytes
-    dataset[index] = frame
-    return np.asarray(frame).nbytes
+    def write(self, index: int, frame: Any) -> int:
+        """Store frame ``index``: a (encoding, blob) bslz4 pair by direct chunk write, else an array.
+        Returns the bytes handed over (an array's before compression)."""
+        self.pad(index + 1)
+        if isinstance(frame, tuple):
+            chunk = memoryview(frame[1])  # the buffer itself, not a copy
+            self.dataset.id.write_direct_chunk((index, 0, 0), chunk)
+            return chunk.nbytes
+        self.dataset[index] = frame
+        return np.asarray(frame).nbytes
+
+    def pad(self, length: int) -> None:
+        """Grow to ``length`` frames; those never written read as the fill value."""
+        if length > self.length:
+            self._extend(length)
+            self.length = length
+
+    def _extend(self, length: int) -> None:
+        self.dataset.id.set_extent((length, *self._frame))
 
 
 def missing(dtype: np.dtype) -> Any:

@@ -55,7 +55,7 @@ from ..model import SeriesStart
 from ..outputs import Layout
 from . import nxdata
 from .h5errors import close_abandoned, describe
-from .h5tables import Columns, Stack, Table, frame_stack, missing, write_frame
+from .h5tables import Columns, FrameStack, Stack, Table, missing
 from .nxmx import InstrumentSettings, NXmxWriter, crystfel_geometry
 from .page_cache import WrittenPages
 
@@ -134,7 +134,7 @@ class SeriesFile:
         self.raw = self.corrected = None
         if save_raw:
             data = entry.create_group("data")
-            self.raw = frame_stack(data, "data", start.shape, start.dtype)
+            self.raw = FrameStack(data, "data", start.shape, start.dtype)
             nxdata.nxdata(data, "data", [".", ".", "."], image=True)
             plots["raw"] = data.name
         ld = entry.create_group("livediff")
@@ -149,7 +149,7 @@ class SeriesFile:
         self.config.write()
         ld["provenance"] = self.nxmx.provenance
         if save_corrected and layout.output is not None:
-            self.corrected = frame_stack(ld, "corrected", layout.output.shape, "float32")
+            self.corrected = FrameStack(ld, "corrected", layout.output.shape, "float32")
         self.frames = Table(ld, "frames", layout.columns)
         self.per_frame = Columns(ld.create_group("per_frame"), layout.columns)
         plots["per_frame"] = ld["per_frame"].name
@@ -252,9 +252,9 @@ class SeriesFile:
                 self.arrays[op, name].pending.append(value)
             self.array_frames[op].pending.append(index)
         if self.raw is not None and raw is not None:
-            self._pages.add(write_frame(self.raw, index, raw))
+            self._pages.add(self.raw.write(index, raw))
         if self.corrected is not None and corrected is not None:
-            self._pages.add(write_frame(self.corrected, index, corrected))
+            self._pages.add(self.corrected.write(index, corrected))
 
     def add_rows(self, index: int, rows: dict[str, dict[str, np.ndarray]], epoch: int) -> bool:
         """Buffer operators' rows ({operator: {column: array}}) emitted with frame ``index``
@@ -355,9 +355,9 @@ class SeriesFile:
     def _write_summary(self, summary: dict[str, Any]) -> None:
         n = max(summary.get("expected", 0), max(self.written_frames, default=-1) + 1)
         self._mark_written(n)
-        if self.raw is not None and self.raw.shape[0] < n:   # frames missing at the end: flagged, not cut off
-            self.raw.resize((n, *self.raw.shape[1:]))
-        self.nxmx.size(n if self.raw is None else self.raw.shape[0])
+        if self.raw is not None:   # frames missing at the end: flagged, not cut off
+            self.raw.pad(n)
+        self.nxmx.size(n if self.raw is None else self.raw.length)
         summary = {**summary, "written": len(self.written_frames), "missing": n - len(self.written_frames)}
         rec = np.zeros(1, dtype=SUMMARY_DTYPE)
         for k in SUMMARY_FIELDS:
