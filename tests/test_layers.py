@@ -37,7 +37,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
         "base", "registry", "spots", "align", "stats", "azimuthal", "powder_center", "flatfield", "corrections",
         "hot_pixels", "dynamic_background", "static_background", "bin", "preview", "summary", "mx", "geometry")),
     *((f"livediff.sources.{name}", _SOURCE_MUST_NOT) for name in (
-        "receiver", "native", "dectris_v1", "dectris_v2", "codecs", "sender", "dectris_encoders", "tracker")),
+        "receiver", "native", "dectris_v1", "dectris_v2", "codecs", "cbor_views", "sender", "dectris_encoders",
+        "tracker")),
     ("livediff.sources", _SOURCE_MUST_NOT),
     *((f"livediff.sinks.{name}", _SINK_MUST_NOT) for name in ("base", "hdf5", "publisher", "series_file", "exports",
                                                                "refl", "cxi")),

@@ -56,7 +56,7 @@ import numpy as np
 from ..errors import DecodeError
 from ..model import FRAME_DTYPES, Frame, Geometry, Instrument, SeriesEnd, SeriesStart
 from ..throttle import Throttle
-from . import codecs
+from . import cbor_views, codecs
 from .dectris_common import Event, beam_center, goniometer_v2, pixel_flags, valid_mask
 from .fields import (Limits, check_fits, frame_count, frame_index, integer, number, positive, scalars, show, side,
                      sides, text, vector)
@@ -234,12 +234,12 @@ def _typed_array(value: Any, where: str, limits: Limits | None = None) -> tuple[
     if limits is not None:
         limits.check(shape, dtype, where)
     payload = typed.value
-    if isinstance(payload, bytes):
+    if isinstance(payload, (bytes, memoryview)):
         return shape, dtype, payload, "raw"
     if not isinstance(payload, cbor2.CBORTag) or payload.tag != _COMPRESSED:
         raise DecodeError(f"{where}: typed array must hold bytes or tag {_COMPRESSED}, got {_kind(payload)}")
     spec = payload.value
-    if not isinstance(spec, (list, tuple)) or len(spec) != 3 or not isinstance(spec[2], bytes):
+    if not isinstance(spec, (list, tuple)) or len(spec) != 3 or not isinstance(spec[2], (bytes, memoryview)):
         raise DecodeError(f"{where}: tag {_COMPRESSED} must hold [algorithm, element size, bytes]")
     algorithm, elem_size, blob = spec
     if algorithm not in ("bslz4", "lz4"):
@@ -292,7 +292,7 @@ def _pixel_mask(msg: Mapping[str, Any], channel: str, shape: tuple[int, int], wh
 # ---------------------------------------------------------------------- fields
 def _loads(part: Any) -> Mapping[str, Any]:
     try:
-        msg = cbor2.loads(part)
+        msg = cbor_views.loads(part)  # the pixels stay a view of the message
     except Exception as exc:  # noqa: BLE001 - cbor2 on untrusted bytes: any failure means "not CBOR"
         raise DecodeError(f"{PROTOCOL}: not a CBOR message ({type(exc).__name__}: {str(exc)[:80]})") from None
     if not isinstance(msg, Mapping):
