@@ -242,3 +242,80 @@ def test_bench_times_mx_next_to_spotfinding():
     (case,) = bench_mx.cases(quick=True)
     row = core.run_case(case, min_seconds=0.05)
     assert row["skipped"] is None and row["ratio"] > 1  # the analysis costs less than finding the spots
+
+
+# ---------------------------------------------------------------- estimate_d_min against a plain NumPy transcription
+def _reference_d_min(inv_d2, intensity, variance, ice):
+    """DIALS' ``estimate_resolution_limit`` written out in NumPy, step by step (the docstring of
+    ``mx.estimate_d_min``): the compiled version must give the same value, bit for bit."""
+    keep = (variance > 0) & (intensity > 0)
+    x, i_obs, var, ice = inv_d2[keep], intensity[keep], variance[keep], ice[keep]
+    if x.size == 0:
+        return math.nan
+    y = np.log(i_obs / np.sqrt(var))
+    d = 1.0 / np.sqrt(x)
+    n_slots = min(max(x.size // 20, 5), 20)
+    d_sorted = 1.0 / np.sqrt(np.sort(x))
+    edges = [d_sorted[max(int(math.floor((i + 1) * x.size / n_slots + 0.5)) - 1, 0)] for i in range(n_slots)]
+    outliers = np.zeros(x.size, bool)
+    upper, lower = [], []
+    for d_lo, d_hi in zip(edges, [d_sorted[0], *edges[:-1]]):
+        in_bin = (d < d_hi) & (d >= d_lo)
+        if not (in_bin & ~ice).any():
+            continue
+        flagged = np.zeros(in_bin.sum(), bool)
+        while True:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = i_obs[in_bin][~flagged & ~ice[in_bin]].mean() if (~flagged & ~ice[in_bin]).any() else np.nan
+                new = ~flagged & (np.sqrt(i_obs[in_bin]) / math.sqrt(mean) >= math.sqrt(-math.log(0.01)))
+            if not new.any():
+                break
+            flagged |= new
+        outliers[in_bin] = flagged
+        sel = np.flatnonzero(in_bin & ~outliers & ~ice)
+        order = np.argsort(y[sel], kind="stable")
+        lo, hi = sel[order[int(0.1 * sel.size)]], sel[order[int(0.9 * sel.size)]]
+        upper.append((x[lo], y[hi]))
+        lower.append((x[hi], y[lo]))
+    fits = []
+    for points in (upper, lower):
+        px, py = np.array(points).T if len(points) >= 2 else (np.zeros(1), np.zeros(1))
+        fits.append(None if len(points) < 2 or np.ptp(px) == 0 else tuple(np.polyfit(px, py, 1)))
+    if any(f is None for f in fits) or fits[0][0] == fits[1][0]:
+        return math.nan
+    m, c = fits[0]
+    below = (y < m * x + c) & ~outliers & ~ice
+    return float(1.0 / math.sqrt(x[below].max())) if below.any() else math.nan
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_estimated_d_min_is_that_of_a_plain_numpy_transcription_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([3, 11, 40, 137, 400, 1500]))
+    d = rng.uniform(1.2, 25.0, n)
+    intensity = rng.lognormal(6, 1.5, n) * (d / 10) ** 2
+    intensity[rng.random(n) < 0.05] *= 50  # strong outliers
+    variance = intensity * rng.uniform(0.5, 2.0, n)
+    variance[rng.random(n) < 0.03] = 0  # left out
+    ice = rng.random(n) < rng.choice([0.0, 0.2, 0.9])
+    inv_d2 = 1.0 / d ** 2
+    expected = _reference_d_min(inv_d2, intensity, variance, ice)
+    got = mx.estimate_d_min(inv_d2, intensity, variance, ice)
+    assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 16, 63, 128, 129, 130, 257, 1000])
+def test_the_compiled_means_add_up_as_numpy_adds(n):
+    values = np.random.default_rng(n).lognormal(3, 2, n)
+    assert mx._numpy_sum(values) == values.sum()
+
+
+def test_the_warm_up_runs_the_resolution_estimate_so_the_first_hit_does_not_wait_for_numba(monkeypatch):
+    from livediff.executors.warmup import warm_up
+
+    calls = []
+    kernel = mx._bin_points
+    monkeypatch.setattr(mx, "_bin_points", lambda *args: calls.append(args) or kernel(*args))
+    start = DiffractionSimulator(n_frames=1, **MX_SIM).series_start()
+    warm_up(chain(), start)
+    assert calls  # the kernel ran, so it was compiled (or loaded from numba's cache), before any real frame

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 WARM_FRAMES = 6
 
 
+#: bright spots per synthetic frame: more than the ten off the ice rings ``mx`` needs for a resolution
+WARM_SPOTS = 32
+
 #: largest side of the crop of the series the chain is warmed on: numba compiles per pixel
 #: type and array layout, not per shape, so a small crop compiles what a 16M frame needs
 WARM_SIDE = 256
@@ -79,11 +82,12 @@ def crop(series: SeriesStart, side: int) -> SeriesStart:
 
 
 def synthetic_frames(series: SeriesStart, n: int, *, seed: int = 0) -> list[np.ndarray]:
-    """``n`` frames of ``series``' shape and pixel type: a low background and a few bright
-    spots, drifting by a pixel per frame (so alignment, spot finding and binning all run)."""
+    """``n`` frames of ``series``' shape and pixel type: a low background and bright spots,
+    drifting by a pixel per frame (so alignment, spot finding and binning all run, and enough
+    spots, :data:`WARM_SPOTS`, for the per-image analysis to estimate a resolution)."""
     rng = np.random.default_rng(seed)
     rows, cols = series.shape
-    centres = rng.integers((2, 2), (max(rows - 6, 3), max(cols - 6, 3)), (8, 2))
+    centres = rng.integers((2, 2), (max(rows - 6, 3), max(cols - 6, 3)), (WARM_SPOTS, 2))
     peak = min(400, np.iinfo(series.dtype).max // 2) if np.dtype(series.dtype).kind in "ui" else 400
     frames = []
     for i in range(n):
