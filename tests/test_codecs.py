@@ -7,6 +7,7 @@ x86-64 only, so optional) and hdf5plugin's filters through h5py (a core dependen
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import tracemalloc
 from pathlib import Path
@@ -572,3 +573,28 @@ def test_only_bitshuffle_lz4_payloads_are_decoded_row_by_row():
     assert rows(rows.sample(image)) is not None
     with pytest.raises(ValueError, match="backend"):
         codecs.BitshuffleRows("zstd")
+
+
+def test_without_dectris_compressions_block_functions_rows_decode_with_numba(monkeypatch, caplog):
+    class Missing:  # a library without the two symbols (they are not dectris-compression's documented interface)
+        def __init__(self, path):
+            self.path = path
+
+    monkeypatch.setattr(codecs, "_dectris", type("Module", (), {"__file__": "missing.so"}))
+    monkeypatch.setattr(codecs.ctypes, "CDLL", Missing)
+    monkeypatch.setattr(codecs, "_found", {})
+    caplog.set_level(logging.INFO, logger="livediff.sources.codecs")
+    assert codecs._block_functions() == (0, 0)
+    assert "rows decode with numba" in caplog.text
+    image = _frame((30, 41), "uint32", seed=2)
+    decoding = codecs.BitshuffleRows("dectris-compression")(codecs.BitshuffleRows().sample(image))
+    from livediff.sources import lz4chunks
+
+    assert decoding.args[0][lz4chunks.C_LZ4] == 0  # livediff's kernels decode the blocks
+    np.testing.assert_array_equal(decoding.finish(), image)
+
+
+@pytest.mark.skipif(codecs.backend() != "dectris-compression", reason="dectris-compression is not installed")
+def test_dectris_compressions_block_functions_are_found_and_pass_the_check(monkeypatch):
+    monkeypatch.setattr(codecs, "_found", {})
+    assert all(codecs._block_functions())

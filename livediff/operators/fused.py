@@ -168,6 +168,8 @@ class SummaryMaskSpots:
         if spot_args is None:
             return None
         image = spot_args[0]  # C-ordered
+        if decoding is not None and image.ctypes.data != decoding.pixels.ctypes.data:
+            return None  # the kernel would read a copy of the pixels the decoding has yet to fill
         flat_mask, limit = counts
         summary_mask = all_valid(image.shape) if frame.mask is None else frame.mask
         acc = np.array([0.0, -np.inf, 0.0, 0.0, 0.0])

@@ -211,7 +211,7 @@ def check(blob: Any, encoding: str, shape: tuple[int, int], dtype: Any) -> None:
     code, block, value = lz4chunks.walk(np.frombuffer(view, np.uint8), _nbytes(shape, dtype) - tail,
                                         block_bytes, tail)
     if code != lz4chunks.OK:
-        raise DecodeError(f"{encoding}: corrupt or truncated data ({_MESSAGES[code].format(k=block, v=value)})")
+        raise _corrupt(encoding, code, block, value)
 
 
 def accept(blob: Any, encoding: str, shape: tuple[int, int], dtype: Any) -> tuple[np.ndarray | None, Encoded | None]:
@@ -292,7 +292,7 @@ class RowDecoding:
         From :meth:`finish`: the payload does not decode.
     """
 
-    def __init__(self, payload: Encoded, backend: str) -> None:
+    def __init__(self, payload: Encoded, backend: str, functions: tuple[int, int] | None = None) -> None:
         from . import lz4chunks  # numba: loaded with the first compressed frame, never by importing a receiver
 
         dtype = np.dtype(payload.dtype)
@@ -301,38 +301,58 @@ class RowDecoding:
         self.pixels = np.empty(payload.shape, dtype)
         src = np.frombuffer(view, np.uint8)
         dst = self.pixels.reshape(-1).view(np.uint8)
-        c_lz4, c_unshuffle = _block_functions() if backend == "dectris-compression" and block_bytes < 2**30 \
-            else (0, 0)  # LZ4's lengths are C ints
+        if functions is None:
+            functions = _block_functions() if backend == "dectris-compression" else (0, 0)
+        if block_bytes >= 2**30:  # LZ4_decompress_safe takes C ints
+            functions = (0, 0)
         state, scratch = lz4chunks.bslz4_state(src.size, dst.size, block_bytes // dtype.itemsize, dtype.itemsize,
-                                               True, c_lz4, c_unshuffle)
+                                               True, *functions)
         self.advance = lz4chunks.bslz4_rows
         self.args = (state, src, dst, scratch)
-        self._walk = lz4chunks.decode_bslz4_upto
 
     def finish(self) -> np.ndarray:
         """Decode the rest (nothing, when the pass decoded every row) and check the payload: the pixels."""
-        state, src, dst, scratch = self.args
-        code = self._walk(state, src, dst, scratch, dst.size)
-        if code:
-            from . import lz4chunks
+        from . import lz4chunks
 
-            k, value = int(state[lz4chunks.BLOCKS]), int(state[lz4chunks.VALUE])
-            raise DecodeError(f"bslz4: corrupt or truncated data ({_MESSAGES[code].format(k=k, v=value)})")
+        state, src, dst, scratch = self.args
+        code = lz4chunks.decode_bslz4_upto(state, src, dst, scratch, dst.size)
+        if code:
+            raise _corrupt("bslz4", code, int(state[lz4chunks.BLOCKS]), int(state[lz4chunks.VALUE]))
         return self.pixels
 
 
 def _block_functions() -> tuple[int, int]:
     """Addresses of ``LZ4_decompress_safe`` and ``bitshuf_decode_block`` in dectris-compression's
-    module, or (0, 0) when it lacks them (they are not its documented interface)."""
+    module, or (0, 0) when it lacks them or they do not decode a test chunk as livediff's kernels
+    do (they are not its documented interface)."""
     if "block_functions" not in _found:
+        functions = (0, 0)
         try:
             lib = ctypes.CDLL(_dectris.__file__)
-            _found["block_functions"] = (ctypes.cast(lib.LZ4_decompress_safe, ctypes.c_void_p).value,
-                                         ctypes.cast(lib.bitshuf_decode_block, ctypes.c_void_p).value)
+            found = (ctypes.cast(lib.LZ4_decompress_safe, ctypes.c_void_p).value,
+                     ctypes.cast(lib.bitshuf_decode_block, ctypes.c_void_p).value)
         except (OSError, AttributeError) as exc:
             log.info("codecs: dectris-compression's block functions not found (%s): rows decode with numba", exc)
-            _found["block_functions"] = (0, 0)
+        else:
+            test = np.random.default_rng(0).poisson(3.0, (64, 300)).astype(np.uint32)
+            decoding = RowDecoding(Encoded("bslz4", encode_bslz4(test, block_size=512), test.shape, "uint32"),
+                                   "dectris-compression", found)
+            try:
+                same = np.array_equal(decoding.finish(), test)
+            except DecodeError:
+                same = False
+            if same:
+                functions = found
+            else:
+                log.warning("codecs: dectris-compression's block functions do not decode as expected: rows "
+                            "decode with numba")
+        _found["block_functions"] = functions
     return _found["block_functions"]
+
+
+def _corrupt(algorithm: str, code: int, block: int, value: int) -> DecodeError:
+    """The error for a chunk a walker found corrupt (its code, the block and the offending number)."""
+    return DecodeError(f"{algorithm}: corrupt or truncated data ({_MESSAGES[code].format(k=block, v=value)})")
 
 
 def decode_bslz4(blob: Any, shape: tuple[int, int], dtype: Any, *, backend: str | None = None) -> np.ndarray:
@@ -649,7 +669,7 @@ def _numba_decompress(view: memoryview, algorithm: str, expected: int, block_byt
     else:
         code, block, value = lz4chunks.decode_lz4(src, out, block_bytes)
     if code != lz4chunks.OK:
-        raise DecodeError(f"{algorithm}: corrupt or truncated data ({_MESSAGES[code].format(k=block, v=value)})")
+        raise _corrupt(algorithm, code, block, value)
     out.setflags(write=False)
     return out
 
