@@ -93,7 +93,7 @@ class Service:
         self.writer = HDF5Writer(cfg.output)
         self.exporters = create_exporters(cfg.output.export)
         self.executor = executors.create(cfg.pipeline, cfg.operators, decode=codecs.decode_payload,
-                                         rows=codecs.BitshuffleRows())
+                                         rows=codecs.BitshuffleRows(buffers=2 * cfg.pipeline.workers + 2))
         self.web = (LiveView(cfg.http, status=self.status, protocol=source.protocol, control=self._command)
                     if cfg.http.enabled else None)
         sinks = [self.writer, self.publisher, *self.exporters, *([self.web] if self.web else [])]

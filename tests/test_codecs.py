@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from livediff.errors import DecodeError
-from livediff.model import Encoded
+from livediff.model import Encoded, Frame
 from livediff.sources import codecs
 from livediff.sources.bitshuffle import bitshuffle as ours_bitshuffle
 from livediff.sources.bitshuffle import bitunshuffle as ours_bitunshuffle
@@ -598,3 +599,69 @@ def test_without_dectris_compressions_block_functions_rows_decode_with_numba(mon
 def test_dectris_compressions_block_functions_are_found_and_pass_the_check(monkeypatch):
     monkeypatch.setattr(codecs, "_found", {})
     assert all(codecs._block_functions())
+
+
+# ---------------------------------------------------------------- the frame buffers BitshuffleRows decodes into
+def test_a_buffer_is_handed_out_again_only_once_nothing_refers_to_it():
+    pool = codecs.Buffers(2)
+    first = pool.take((4, 6), np.dtype("uint16"))
+    view = first[1:3]  # a view keeps its buffer in use
+    second = pool.take((4, 6), np.dtype("uint16"))
+    assert second is not first
+    del first
+    third = pool.take((4, 6), np.dtype("uint16"))
+    assert not np.shares_memory(third, view) and not np.shares_memory(third, second)  # both still in use
+    del view, second
+    assert pool.take((4, 6), np.dtype("uint16")) is pool._kept[0]  # free again, and reused
+    assert pool.take((5, 6), np.dtype("uint16")).shape == (5, 6)  # another shape: fresh buffers
+
+
+def test_threads_taking_buffers_never_share_one():
+    import threading
+
+    pool = codecs.Buffers(3)
+    held: set[int] = set()
+    lock = threading.Lock()
+    clashes = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(300):
+            buffer = pool.take((8, 8), np.dtype("uint32"))
+            with lock:
+                if id(buffer) in held:
+                    clashes.append(id(buffer))
+                held.add(id(buffer))
+            buffer[...] = seed  # a slow consumer writes and reads its buffer
+            if rng.random() < 0.5:
+                time.sleep(0.0005)
+            if not (buffer == seed).all():
+                clashes.append("overwritten")
+            with lock:
+                held.discard(id(buffer))
+            del buffer
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert clashes == [] and len(pool._kept) == 3
+
+
+def test_frames_kept_by_a_slow_consumer_keep_their_pixels():
+    """Every frame held until the end (process_frames returns them all): none of their buffers
+    is decoded into again, with 2 workers and a pool of 2."""
+    from livediff.config import parse
+    from livediff.executors.offline import process_frames
+    from simulators import DiffractionSimulator
+
+    sim = DiffractionSimulator(shape=(61, 83), dtype="uint32", n_frames=10, n_spots=6, seed=8)
+    rows = codecs.BitshuffleRows(buffers=2)
+    frames = [Frame(sim.series, i, None, payload=rows.sample(sim.frame(i))) for i in range(sim.n_frames)]
+    specs = parse({"operators": {"summary": {}, "flatfield": {}, "spots": {}}}).operators
+    done, _ = process_frames(specs, sim.series_start(), frames, workers=2, decode=codecs.decode_payload, rows=rows)
+    for i, frame in enumerate(done):
+        np.testing.assert_array_equal(frame.data, sim.frame(i))
+    bases = {id(frame.data.base if frame.data.base is not None else frame.data) for frame in done}
+    assert len(bases) == sim.n_frames

@@ -72,6 +72,7 @@ import ctypes
 import logging
 import struct
 import sys
+import threading
 import time
 from typing import Any
 
@@ -257,25 +258,32 @@ class BitshuffleRows:
     Either way each block's length is checked before the block is decoded, as :func:`check`
     and :func:`decode` do.
 
+    The frames are decoded into buffers it reuses (:class:`Buffers`): a worker does not
+    allocate 17 MB per frame.
+
     Parameters
     ----------
     backend : {"dectris-compression", "numba"}, optional
         Whose block functions decode; default :func:`backend`.
+    buffers : how many frame buffers to keep for reuse: the frames in flight in the executor
+        and a few more (a frame someone still holds keeps its buffer out of use).
     """
 
-    def __init__(self, backend: str | None = None) -> None:
+    def __init__(self, backend: str | None = None, *, buffers: int = 8) -> None:
         if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "dectris-compression" and _dectris is None:
             raise ValueError("backend 'dectris-compression' is not installed (pip install 'livediff[fast-codec]')")
         self.backend = backend
+        self.buffers = Buffers(buffers)
 
     def __call__(self, payload: Encoded) -> RowDecoding | None:
-        """A :class:`RowDecoding` of a ``"bslz4"`` payload (its framing checked by :func:`check`);
-        None for other encodings, or on a big-endian host."""
+        """A :class:`RowDecoding` of a ``"bslz4"`` payload (its framing checked by :func:`check`)
+        into a free buffer; None for other encodings, or on a big-endian host."""
         if payload.encoding != "bslz4" or sys.byteorder != "little":
             return None
-        return RowDecoding(payload, backend() if self.backend is None else self.backend)
+        pixels = self.buffers.take(payload.shape, np.dtype(payload.dtype))
+        return RowDecoding(payload, backend() if self.backend is None else self.backend, pixels=pixels)
 
     def sample(self, pixels: np.ndarray) -> Encoded:
         """``pixels`` as a bitshuffle-LZ4 payload."""
@@ -292,13 +300,14 @@ class RowDecoding:
         From :meth:`finish`: the payload does not decode.
     """
 
-    def __init__(self, payload: Encoded, backend: str, functions: tuple[int, int] | None = None) -> None:
+    def __init__(self, payload: Encoded, backend: str, functions: tuple[int, int] | None = None,
+                 pixels: np.ndarray | None = None) -> None:
         from . import lz4chunks  # numba: loaded with the first compressed frame, never by importing a receiver
 
         dtype = np.dtype(payload.dtype)
         view = _bytes_view(payload.buffer)
         block_bytes, _ = _framing(view, "bslz4", payload.shape, dtype)
-        self.pixels = np.empty(payload.shape, dtype)
+        self.pixels = np.empty(payload.shape, dtype) if pixels is None else pixels
         src = np.frombuffer(view, np.uint8)
         dst = self.pixels.reshape(-1).view(np.uint8)
         if functions is None:
@@ -319,6 +328,41 @@ class RowDecoding:
         if code:
             raise _corrupt("bslz4", code, int(state[lz4chunks.BLOCKS]), int(state[lz4chunks.VALUE]))
         return self.pixels
+
+
+class Buffers:
+    """Frame buffers of one shape and pixel type, each handed out again only once nothing else
+    refers to it.
+
+    CPython counts the references to every object: a buffer only this pool's list refers to
+    (and any view of it, a frame's ``data``, a sink's copy of the reference, an array a numba
+    kernel is running on, all count) is free.  So a consumer that keeps frames, however long,
+    keeps their buffers; the pool then hands out new ones, up to ``size``, and past that
+    buffers it does not keep.  Thread-safe: workers take buffers at the same time.
+
+    Parameters
+    ----------
+    size : the most buffers kept for reuse.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kept: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        """A ``shape`` array of ``dtype`` that nothing else refers to (its contents are left over)."""
+        with self._lock:
+            kept = self._kept
+            if kept and (kept[0].shape != tuple(shape) or kept[0].dtype != dtype):
+                kept.clear()  # a new series: the old series' buffers go when their frames do
+            for i in range(len(kept)):
+                if sys.getrefcount(kept[i]) == 2:  # the list's reference and getrefcount's argument: free
+                    return kept[i]
+            buffer = np.empty(shape, dtype)
+            if len(kept) < self.size:
+                kept.append(buffer)
+            return buffer
 
 
 def _block_functions() -> tuple[int, int]:
