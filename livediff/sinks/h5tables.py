@@ -1,6 +1,7 @@
 """Growing datasets of a series file: tables, per-frame stacks, columns, frame stacks (SWMR appends)."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import h5py
@@ -40,7 +41,12 @@ class Growing:
             self.length = n + len(block)
 
     def _extend(self, length: int) -> None:
-        self.dataset.id.set_extent((length, *self.dataset.shape[1:]))
+        self.dataset.id.set_extent((length, *self._row_shape))
+
+    @functools.cached_property
+    def _row_shape(self) -> tuple[int, ...]:
+        """The shape of one row (asking HDF5 for the dataset's shape costs a call per append)."""
+        return self.dataset.shape[1:]
 
     def trim(self) -> None:
         """Cut the dataset back to the rows written (an append that failed may have grown it)."""
@@ -126,7 +132,6 @@ class FrameStack(Growing):
     def __init__(self, group: h5py.Group, name: str, shape: tuple[int, int], dtype: str) -> None:
         self.dataset = group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                             chunks=(1, *shape), **BSLZ4)
-        self._frame = tuple(shape)
 
     def write(self, index: int, frame: Any) -> int:
         """Store frame ``index``: a (encoding, blob) bslz4 pair by direct chunk write, else an array.
@@ -144,9 +149,6 @@ class FrameStack(Growing):
         if length > self.length:
             self._extend(length)
             self.length = length
-
-    def _extend(self, length: int) -> None:
-        self.dataset.id.set_extent((length, *self._frame))
 
 
 def missing(dtype: np.dtype) -> Any:
